@@ -1,0 +1,535 @@
+//! Config: every option of the server, its default, where it comes from and how it is checked.
+//!
+//! Sources, later ones win: the built-in defaults (the same values `config/sfu.toml` documents,
+//! a test keeps the two in agreement), the TOML file given with `--config`, then `SFU_<SECTION>_<KEY>`
+//! environment variables (`SFU_HTTP_PORT=8080`, `SFU_RTC_PUBLIC_IPS='["203.0.113.7"]'`).
+//! Every error names the key it is about, so an operator can fix it from one line.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The API key used by `--dev`. Printed at start-up so a developer can mint tokens.
+pub const DEV_API_KEY: &str = "devkey";
+/// The API secret used by `--dev`. Public by design: dev mode is for a laptop, never for production.
+pub const DEV_API_SECRET: &str = "devsecret-for-local-development-only";
+/// The room the dev-mode demo page offers.
+pub const DEV_ROOM: &str = "demo";
+/// HS256 is only as strong as its secret; 32 bytes is the size of the hash itself.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// The largest signaling frame a client may send. Bigger frames are closed with 1009.
+pub const MAX_FRAME_BYTES_LIMIT: usize = 1024 * 1024;
+/// Environment variable prefix for overrides.
+const ENV_PREFIX: &str = "SFU_";
+/// Environment variables with the prefix that are not config keys (clap reads them).
+const ENV_NOT_KEYS: &[&str] = &["SFU_CONFIG"];
+
+/// A config that failed to load: the key it is about and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("config key {key}: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub rtc: RtcConfig,
+    pub auth: AuthConfig,
+    pub room: RoomConfig,
+    pub chat: ChatConfig,
+    pub signal: SignalConfig,
+    pub log: LogConfig,
+    /// Set by `--dev`, never read from a file: dev key/secret, the dev token endpoint.
+    #[serde(skip)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP/WebSocket server listens on.
+    pub bind: IpAddr,
+    /// Port for HTTP, WebSocket signaling, /metrics and the web client.
+    pub port: u16,
+    /// PEM certificate chain; with `tls_key` the server speaks HTTPS and `wss://`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtcConfig {
+    /// Address the media UDP sockets bind to.
+    pub bind: IpAddr,
+    /// First UDP port for media; media worker N listens on `udp_port + N`.
+    pub udp_port: u16,
+    /// Media workers; 0 means one per CPU core.
+    pub workers: usize,
+    /// Addresses advertised to clients as ICE host candidates (public IPs behind NAT).
+    /// Empty: the bind address if it is specific, else the machine's first non-loopback address.
+    pub public_ips: Vec<IpAddr>,
+    /// Subscribe every participant to every publication in its room automatically.
+    pub auto_subscribe: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Identifies the key pair; tokens carry it as `iss`.
+    pub api_key: String,
+    /// Signs and verifies access tokens (HS256). At least 32 bytes.
+    pub api_secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomConfig {
+    /// Most rooms open at once on this server.
+    pub max_rooms: usize,
+    /// Most participants in one room.
+    pub max_participants: usize,
+    /// How long an empty room (and its chat history) is kept before it closes.
+    #[serde(with = "humantime_serde")]
+    pub empty_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// Largest chat message text, in bytes of UTF-8.
+    pub max_message_bytes: usize,
+    /// Messages kept per room and sent to each participant on join.
+    pub history: usize,
+    /// Sustained chat messages per second per participant.
+    pub rate_per_second: f64,
+    /// Chat messages a participant may send in a burst above the sustained rate.
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalConfig {
+    /// Largest WebSocket message a client may send; bigger ones close the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// A client must send `join` within this time after connecting.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// The server pings every client this often.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A client silent for this long (no message, no pong) is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Sustained signaling messages per second per client, all kinds together.
+    pub rate_per_second: f64,
+    /// Signaling messages a client may send in a burst above the sustained rate.
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `sfu=debug,str0m=warn`. `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 7880,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            udp_port: 7882,
+            workers: 0,
+            public_ips: Vec::new(),
+            auto_subscribe: true,
+        }
+    }
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            max_rooms: 1000,
+            max_participants: 100,
+            empty_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4096,
+            history: 100,
+            rate_per_second: 2.0,
+            burst: 10,
+        }
+    }
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            join_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(30),
+            rate_per_second: 50.0,
+            burst: 200,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the config as `sfu serve` does: defaults, then the file, then the environment.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        dev: bool,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+                    path: path.to_owned(),
+                    message: e.message().to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let mut config = Self::from_table(table)?;
+        config.dev = dev;
+        if dev {
+            if config.auth.api_key.is_empty() {
+                config.auth.api_key = DEV_API_KEY.into();
+            }
+            if config.auth.api_secret.is_empty() {
+                config.auth.api_secret = DEV_API_SECRET.into();
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document into a config, without validation.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let table = text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+            path: PathBuf::from("<toml>"),
+            message: e.message().to_string(),
+        })?;
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // serde reports an unknown key one level up; name the key itself.
+            match message.strip_prefix("unknown field `") {
+                Some(rest) => {
+                    let field = rest.split('`').next().unwrap_or_default();
+                    let full = if key == "." {
+                        field.to_string()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    ConfigError::key(full, "unknown key")
+                }
+                None => ConfigError::key(key, message),
+            }
+        })
+    }
+
+    /// Checks what types cannot: ranges, pairs of options, secrets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            let missing = if self.http.tls_cert.is_some() {
+                "http.tls_key"
+            } else {
+                "http.tls_cert"
+            };
+            return Err(ConfigError::key(
+                missing,
+                "tls_cert and tls_key must be set together",
+            ));
+        }
+        if self.auth.api_key.is_empty() {
+            return Err(ConfigError::key(
+                "auth.api_key",
+                "must be set (or run `sfu serve --dev` for local development)",
+            ));
+        }
+        if self.auth.api_secret.len() < MIN_SECRET_BYTES {
+            return Err(ConfigError::key(
+                "auth.api_secret",
+                format!(
+                    "must be at least {MIN_SECRET_BYTES} bytes (or run `sfu serve --dev` for local development)"
+                ),
+            ));
+        }
+        positive("room.max_rooms", self.room.max_rooms)?;
+        positive("room.max_participants", self.room.max_participants)?;
+        positive("chat.max_message_bytes", self.chat.max_message_bytes)?;
+        if !(self.chat.rate_per_second > 0.0 && self.chat.rate_per_second.is_finite()) {
+            return Err(ConfigError::key(
+                "chat.rate_per_second",
+                "must be a positive number",
+            ));
+        }
+        positive("chat.burst", self.chat.burst as usize)?;
+        if !(self.signal.rate_per_second > 0.0 && self.signal.rate_per_second.is_finite()) {
+            return Err(ConfigError::key(
+                "signal.rate_per_second",
+                "must be a positive number",
+            ));
+        }
+        positive("signal.burst", self.signal.burst as usize)?;
+        if self.signal.max_frame_bytes < 1024 || self.signal.max_frame_bytes > MAX_FRAME_BYTES_LIMIT
+        {
+            return Err(ConfigError::key(
+                "signal.max_frame_bytes",
+                format!("must be between 1024 and {MAX_FRAME_BYTES_LIMIT}"),
+            ));
+        }
+        if self.chat.max_message_bytes + 512 > self.signal.max_frame_bytes {
+            return Err(ConfigError::key(
+                "chat.max_message_bytes",
+                "must be at least 512 bytes below signal.max_frame_bytes",
+            ));
+        }
+        if self.signal.ping_interval.is_zero() {
+            return Err(ConfigError::key("signal.ping_interval", "must be above 0"));
+        }
+        if self.signal.ping_timeout <= self.signal.ping_interval {
+            return Err(ConfigError::key(
+                "signal.ping_timeout",
+                "must be longer than signal.ping_interval",
+            ));
+        }
+        if self.signal.join_timeout.is_zero() {
+            return Err(ConfigError::key("signal.join_timeout", "must be above 0"));
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(ConfigError::key(
+                "log.level",
+                format!("`{}` is not a valid log filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of media workers this config asks for.
+    pub fn media_workers(&self) -> usize {
+        if self.rtc.workers > 0 {
+            self.rtc.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+fn positive(key: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::key(key, "must be above 0"));
+    }
+    Ok(())
+}
+
+/// Writes `SFU_SECTION_KEY=value` variables into the table as `section.key = value`.
+/// A value is read as TOML when it parses as one (numbers, booleans, arrays), else as a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    const SECTIONS: &[&str] = &["http", "rtc", "auth", "room", "chat", "signal", "log"];
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if ENV_NOT_KEYS.contains(&name.as_str()) {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = rest.split_once('_') else {
+            return Err(ConfigError::key(
+                name,
+                "not a config key (SFU_<SECTION>_<KEY>)",
+            ));
+        };
+        if !SECTIONS.contains(&section) {
+            return Err(ConfigError::key(
+                name,
+                format!("unknown section `{section}`, expected one of {SECTIONS:?}"),
+            ));
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key.to_string(), parsed);
+            }
+            _ => return Err(ConfigError::key(section, "must be a table")),
+        }
+    }
+    Ok(())
+}
+
+/// Durations as humantime strings ("30s", "1m 30s") in TOML and the environment.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration ({e})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCUMENTED: &str = include_str!("../config/sfu.toml");
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn documented_config_matches_built_in_defaults() {
+        let documented = Config::from_toml(DOCUMENTED).expect("config/sfu.toml parses");
+        assert_eq!(documented, Config::default());
+    }
+
+    #[test]
+    fn dev_mode_needs_no_config() {
+        let config = Config::load(None, env(&[]), true).expect("dev config");
+        assert_eq!(config.auth.api_key, DEV_API_KEY);
+        assert_eq!(config.http.port, 7880);
+    }
+
+    #[test]
+    fn missing_secret_names_the_key() {
+        let err = Config::load(None, env(&[]), false).unwrap_err().to_string();
+        assert!(err.contains("auth.api_key"), "{err}");
+        let err = Config::load(None, env(&[("SFU_AUTH_API_KEY", "k")]), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.api_secret"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file_values() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("SFU_HTTP_PORT", "9000"),
+                ("SFU_RTC_PUBLIC_IPS", "[\"203.0.113.7\"]"),
+                ("SFU_ROOM_EMPTY_TIMEOUT", "5s"),
+                ("SFU_CONFIG", "/ignored"),
+                ("PATH", "/bin"),
+            ]),
+            true,
+        )
+        .expect("config");
+        assert_eq!(config.http.port, 9000);
+        assert_eq!(config.rtc.public_ips, vec![IpAddr::from([203, 0, 113, 7])]);
+        assert_eq!(config.room.empty_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("SFU_HTTP_PORT", "seventy", "http.port"),
+            ("SFU_HTTP_PORT", "70000", "http.port"),
+            ("SFU_ROOM_EMPTY_TIMEOUT", "soon", "room.empty_timeout"),
+            ("SFU_HTTP_PROT", "1", "http.prot"),
+            ("SFU_NOPE_X", "1", "SFU_NOPE_X"),
+            ("SFU_CHAT_MAX_MESSAGE_BYTES", "0", "chat.max_message_bytes"),
+            ("SFU_LOG_FORMAT", "yaml", "log.format"),
+            ("SFU_HTTP_TLS_CERT", "/c.pem", "http.tls_key"),
+        ];
+        for (var, value, key) in cases {
+            let err = Config::load(None, env(&[(var, value)]), true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let err = Config::from_toml("[chat]\nhistroy = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chat.histroy"), "{err}");
+    }
+}

@@ -1,0 +1,360 @@
+//! The HTTP side: the axum router (/ws, /metrics, /healthz, /api/*, the web client), the shared
+//! `AppState`, and the running `Server` with its graceful shutdown.
+//!
+//! Handlers stay small: extract, call the domain, map the error to a status and a JSON body
+//! `{code, message}` with the same stable codes signaling uses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Auth, AuthError, Claims, Grants, MAX_NAME_BYTES};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::room::Rooms;
+use crate::signal::protocol::LeaveReason;
+use crate::signal::session;
+
+/// How long shutdown waits for sessions to say goodbye before the process goes on without them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Lifetime of tokens the dev-mode page mints.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
+
+/// What every handler and session shares.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Config,
+    pub auth: Auth,
+    pub rooms: Arc<Rooms>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled once, when the server starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every signaling session, so shutdown can wait for their goodbyes.
+    pub sessions: TaskTracker,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let rooms = Rooms::new(
+            config.room.clone(),
+            &config.chat,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        Self(Arc::new(AppInner {
+            auth: Auth::new(&config.auth),
+            config,
+            rooms,
+            metrics,
+            shutdown,
+            sessions: TaskTracker::new(),
+        }))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/rooms", get(list_rooms))
+        .route("/api/rooms/{room}", get(room_detail))
+        .route("/api/rooms/{room}/participants/{identity}", delete(kick))
+        .route("/api/dev/token", get(dev_token))
+        .route("/", get(web_file))
+        .route("/{*path}", get(web_file))
+        .with_state(state)
+}
+
+/// An HTTP error: status plus the JSON body `{code, message}`.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.1, "message": self.2 });
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::NotAdmin => {
+                ApiError(StatusCode::FORBIDDEN, "permission_denied", e.to_string())
+            }
+            AuthError::Expired => {
+                ApiError(StatusCode::UNAUTHORIZED, "token_expired", e.to_string())
+            }
+            AuthError::Missing | AuthError::Invalid(_) => {
+                ApiError(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WsParams {
+    token: Option<String>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The signaling endpoint. A token in `?token=` or `Authorization: Bearer` is checked before the
+/// upgrade (401 with a reason); without one, the client must send it in `join`.
+async fn ws(
+    State(app): State<AppState>,
+    Query(params): Query<WsParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    if app.shutdown.is_cancelled() {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_shutdown",
+            "the server is shutting down".into(),
+        ));
+    }
+    let token = params.token.or_else(|| {
+        bearer(&headers)
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::to_string)
+    });
+    let preauth: Option<Claims> = match token {
+        Some(token) => Some(app.auth.verify_participant(&token)?),
+        None => None,
+    };
+    // Frames over max_frame_bytes are refused by our own check with close code 1009; the
+    // transport limit above it only stops a client from making us buffer megabytes first.
+    let transport_limit = (app.config.signal.max_frame_bytes * 4).max(1024 * 1024);
+    let sessions = app.sessions.clone();
+    Ok(upgrade
+        .max_message_size(transport_limit)
+        .max_frame_size(transport_limit)
+        .on_upgrade(move |socket| sessions.track_future(session::run(socket, app, preauth))))
+}
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    if app.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    "ok\n".into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn list_rooms(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.verify_admin(bearer(&headers))?;
+    Ok(Json(serde_json::json!({ "rooms": app.rooms.list() })).into_response())
+}
+
+fn room_not_found(room: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "room_not_found",
+        format!("no room named `{room}`"),
+    )
+}
+
+async fn room_detail(
+    State(app): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.auth.verify_admin(bearer(&headers))?;
+    let r = app.rooms.get(&room).ok_or_else(|| room_not_found(&room))?;
+    Ok(
+        Json(serde_json::json!({ "name": r.name(), "participants": r.participants() }))
+            .into_response(),
+    )
+}
+
+/// Removes a participant: its session gets `leave{reason:"kicked"}`, the room sees it leave.
+async fn kick(
+    State(app): State<AppState>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.auth.verify_admin(bearer(&headers))?;
+    let r = app.rooms.get(&room).ok_or_else(|| room_not_found(&room))?;
+    let participant = r.participant(&identity).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "participant_not_found",
+            format!("no participant `{identity}` in room `{room}`"),
+        )
+    })?;
+    participant.end(LeaveReason::Kicked);
+    app.rooms.leave(&r, participant.sid(), LeaveReason::Kicked);
+    tracing::info!(room, identity, "participant kicked");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct DevTokenParams {
+    room: Option<String>,
+    identity: Option<String>,
+    name: Option<String>,
+}
+
+/// Dev mode only: mints a participant token so the demo page can join without a backend.
+async fn dev_token(
+    State(app): State<AppState>,
+    Query(p): Query<DevTokenParams>,
+) -> Result<Response, ApiError> {
+    if !app.config.dev {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "token minting is only available with `sfu serve --dev`".into(),
+        ));
+    }
+    let room = p.room.unwrap_or_else(|| crate::config::DEV_ROOM.into());
+    let name = p.name.filter(|n| !n.trim().is_empty());
+    let identity = p
+        .identity
+        .filter(|i| !i.trim().is_empty())
+        .or_else(|| name.clone())
+        .unwrap_or_else(|| format!("guest-{}", rand::random::<u16>()));
+    for (key, value) in [("room", &room), ("identity", &identity)] {
+        if value.is_empty() || value.len() > MAX_NAME_BYTES {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("`{key}` must be 1 to {MAX_NAME_BYTES} bytes"),
+            ));
+        }
+    }
+    let token = app.auth.participant_token(
+        &room,
+        &identity,
+        name.as_deref(),
+        Grants::default(),
+        DEV_TOKEN_TTL,
+    )?;
+    Ok(
+        Json(serde_json::json!({ "token": token, "room": room, "identity": identity }))
+            .into_response(),
+    )
+}
+
+/// The browser client (web/), built into the binary so one file is the whole server.
+const WEB_FILES: &[(&str, &str, &str)] = &[(
+    "index.html",
+    "text/html; charset=utf-8",
+    include_str!("../web/index.html"),
+)];
+
+async fn web_file(path: Option<Path<String>>) -> Response {
+    let path = path.map(|Path(p)| p).unwrap_or_default();
+    let path = if path.is_empty() {
+        "index.html"
+    } else {
+        path.as_str()
+    };
+    match WEB_FILES.iter().find(|(name, _, _)| *name == path) {
+        Some((_, content_type, body)) => {
+            ([(header::CONTENT_TYPE, *content_type)], *body).into_response()
+        }
+        None => ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no file `/{path}`"),
+        )
+        .into_response(),
+    }
+}
+
+/// A server that is running, with the address it listens on.
+pub struct Server {
+    pub state: AppState,
+    pub local_addr: SocketAddr,
+    handle: axum_server::Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Binds and starts serving. Port 0 in the config picks a free port (tests use it).
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(config.http.bind, config.http.port);
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (http.bind, http.port): {e}"))?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("http.tls_cert / http.tls_key: {e}"))?,
+            ),
+            _ => None,
+        };
+        let state = AppState::new(config);
+        let app = router(state.clone()).into_make_service();
+        let handle = axum_server::Handle::new();
+        let task = match tls {
+            Some(tls) => {
+                let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+                tokio::spawn(async move { server.serve(app).await })
+            }
+            None => {
+                let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+                tokio::spawn(async move { server.serve(app).await })
+            }
+        };
+        Ok(Self {
+            state,
+            local_addr,
+            handle,
+            task,
+        })
+    }
+
+    /// Says goodbye to every client (`leave{reason:"server_shutdown"}`), then stops serving.
+    pub async fn shutdown(self) {
+        let state = &self.state;
+        state.shutdown.cancel();
+        state.rooms.end_all(LeaveReason::ServerShutdown);
+        state.sessions.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, state.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some signaling sessions did not close in time");
+        }
+        self.handle.graceful_shutdown(Some(Duration::from_secs(1)));
+        let _ = self.task.await;
+    }
+}

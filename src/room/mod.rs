@@ -1,0 +1,14 @@
+//! Rooms and the participants in them: the registry, one room's state, chat.
+//!
+//! This layer never touches packets or sockets: it decides who is in which room and what each
+//! participant is told, and hands encoded messages to the participants' sessions.
+
+pub mod chat;
+pub mod participant;
+#[allow(clippy::module_inception)]
+pub mod room;
+pub mod rooms;
+
+pub use participant::{Participant, SessionEnd};
+pub use room::{Room, RoomError, RoomRef};
+pub use rooms::Rooms;

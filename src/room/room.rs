@@ -1,0 +1,250 @@
+//! A Room: its participants, its chat, and the events they see of each other.
+//!
+//! All state sits behind one short-held lock; nothing awaits under it. Events are queued to
+//! participants while the lock is held, so every participant sees joins, leaves and chat in the
+//! same order, and a joiner's snapshot (`joined`) is never older than the events queued after it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::room::chat::ChatLog;
+use crate::room::participant::{Encoded, Participant};
+use crate::signal::protocol::{
+    ChatMessage, ChatSender, LeaveReason, ParticipantInfo, ServerMessage,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    #[error("the room is full ({0} participants)")]
+    Full(usize),
+    #[error("the server has its maximum number of rooms ({0})")]
+    TooManyRooms(usize),
+    #[error("the room has closed")]
+    Closed,
+}
+
+/// What a participant gets back from joining.
+#[derive(Debug)]
+pub struct Joined {
+    /// Everyone else in the room, in join order.
+    pub others: Vec<ParticipantInfo>,
+    pub chat_history: Vec<ChatMessage>,
+    /// The earlier session of the same identity, which this join replaced.
+    pub replaced: Option<Participant>,
+}
+
+/// A summary for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomSummary {
+    pub name: String,
+    pub participants: usize,
+    /// Seconds since the room was created.
+    pub age_seconds: u64,
+}
+
+pub struct Room {
+    name: String,
+    created: Instant,
+    state: Mutex<RoomState>,
+}
+
+struct RoomState {
+    /// In join order, so snapshots list participants the way they arrived.
+    participants: Vec<Participant>,
+    by_identity: HashMap<String, usize>,
+    chat: ChatLog,
+    closed: bool,
+    /// When the last participant left; None while anyone is in.
+    empty_since: Option<Instant>,
+}
+
+impl RoomState {
+    fn reindex(&mut self) {
+        self.by_identity = self
+            .participants
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.identity().to_string(), i))
+            .collect();
+    }
+
+    fn broadcast(&self, message: &ServerMessage, except_sid: Option<&str>) {
+        let encoded = Encoded::event(message);
+        for p in &self.participants {
+            if Some(p.sid()) != except_sid {
+                p.send(&encoded);
+            }
+        }
+    }
+
+    fn remove_at(&mut self, index: usize, now: Instant) -> Participant {
+        let p = self.participants.remove(index);
+        self.reindex();
+        if self.participants.is_empty() {
+            self.empty_since = Some(now);
+        }
+        p
+    }
+}
+
+impl Room {
+    pub fn new(name: String, chat_history: usize, now: Instant) -> Self {
+        Self {
+            name,
+            created: now,
+            state: Mutex::new(RoomState {
+                participants: Vec::new(),
+                by_identity: HashMap::new(),
+                chat: ChatLog::new(chat_history),
+                closed: false,
+                empty_since: Some(now),
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn state(&self) -> MutexGuard<'_, RoomState> {
+        // A panic while holding this lock cannot leave the state half-changed in a way that
+        // matters more than losing the room, so keep serving it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a participant. A participant with the same identity is replaced: it is removed
+    /// (others see it leave with reason `replaced`) and returned so its session can be ended.
+    pub fn join(
+        &self,
+        participant: Participant,
+        max_participants: usize,
+    ) -> Result<Joined, RoomError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(RoomError::Closed);
+        }
+        let replaced = match state.by_identity.get(participant.identity()).copied() {
+            Some(index) => {
+                let old = state.remove_at(index, Instant::now());
+                state.broadcast(
+                    &ServerMessage::ParticipantLeft {
+                        sid: old.info.sid.clone(),
+                        identity: old.info.identity.clone(),
+                        reason: LeaveReason::Replaced,
+                    },
+                    None,
+                );
+                Some(old)
+            }
+            None => None,
+        };
+        if state.participants.len() >= max_participants {
+            return Err(RoomError::Full(max_participants));
+        }
+        state.broadcast(
+            &ServerMessage::ParticipantJoined {
+                participant: participant.info.clone(),
+            },
+            None,
+        );
+        let others = state.participants.iter().map(|p| p.info.clone()).collect();
+        let chat_history = state.chat.history();
+        state.participants.push(participant);
+        state.reindex();
+        state.empty_since = None;
+        Ok(Joined {
+            others,
+            chat_history,
+            replaced,
+        })
+    }
+
+    /// Removes the participant with session `sid`, if it is still here, and tells the others.
+    /// Returns the removed participant.
+    pub fn leave(&self, sid: &str, reason: LeaveReason, now: Instant) -> Option<Participant> {
+        let mut state = self.state();
+        let index = state.participants.iter().position(|p| p.sid() == sid)?;
+        let gone = state.remove_at(index, now);
+        state.broadcast(
+            &ServerMessage::ParticipantLeft {
+                sid: gone.info.sid.clone(),
+                identity: gone.info.identity.clone(),
+                reason,
+            },
+            None,
+        );
+        Some(gone)
+    }
+
+    /// Finds the participant with `identity`.
+    pub fn participant(&self, identity: &str) -> Option<Participant> {
+        let state = self.state();
+        let index = *state.by_identity.get(identity)?;
+        state.participants.get(index).cloned()
+    }
+
+    /// Stamps and relays a chat message to everyone but its sender, whose session answers it.
+    pub fn chat(&self, sender: ChatSender, text: String, time_ms: u64) -> ChatMessage {
+        let mut state = self.state();
+        let message = state.chat.post(sender, text, time_ms);
+        state.broadcast(
+            &ServerMessage::Chat {
+                message: message.clone(),
+            },
+            Some(&message.sender.sid),
+        );
+        message
+    }
+
+    /// Sends any message to everyone but `except_sid`.
+    pub fn broadcast(&self, message: &ServerMessage, except_sid: Option<&str>) {
+        self.state().broadcast(message, except_sid);
+    }
+
+    pub fn participants(&self) -> Vec<ParticipantInfo> {
+        self.state()
+            .participants
+            .iter()
+            .map(|p| p.info.clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.state().participants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes the room if it has been empty for at least `grace`. A closed room takes no joins.
+    pub fn close_if_idle(&self, grace: std::time::Duration, now: Instant) -> bool {
+        let mut state = self.state();
+        match state.empty_since {
+            Some(since) if !state.closed && now.saturating_duration_since(since) >= grace => {
+                state.closed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends every participant's session with `reason`.
+    pub fn end_all(&self, reason: LeaveReason) {
+        for p in &self.state().participants {
+            p.end(reason);
+        }
+    }
+
+    pub fn summary(&self, now: Instant) -> RoomSummary {
+        RoomSummary {
+            name: self.name.clone(),
+            participants: self.len(),
+            age_seconds: now.saturating_duration_since(self.created).as_secs(),
+        }
+    }
+}
+
+/// Shared handle to a room.
+pub type RoomRef = Arc<Room>;

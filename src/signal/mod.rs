@@ -1,0 +1,8 @@
+//! Signaling: the JSON protocol over WebSocket and the session that speaks it for one client.
+//!
+//! `signal/` never touches packets; it turns requests into room (and later media) operations and
+//! room events into messages.
+
+pub mod protocol;
+pub mod rate_limit;
+pub mod session;

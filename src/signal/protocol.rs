@@ -1,0 +1,471 @@
+//! Signaling protocol v1: every message a client sends and receives, as JSON over WebSocket.
+//!
+//! docs/protocol.md describes each one with examples; this file is the source of truth for
+//! their shape. A client message is an object with a `type` and an optional `id`; the server
+//! answers every such request exactly once, with its response (carrying `request_id`) or an
+//! `error` (carrying `request_id`, a stable `code` and a human `message`). Events the server
+//! sends on its own carry no `request_id`.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this server speaks. A client may send it in `join`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request id a client may send.
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// Message types the media issue will implement; answered with `not_supported` for now.
+pub const RESERVED_TYPES: &[&str] = &[
+    "offer",
+    "answer",
+    "candidate",
+    "publish",
+    "unpublish",
+    "mute",
+    "subscribe",
+    "unsubscribe",
+    "set_quality",
+];
+
+/// A request from a client, after its envelope (`type`, `id`) is read.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Join a room. The token may instead come with the upgrade (`/ws?token=`).
+    Join {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        token: Option<String>,
+        /// When given, must equal the token's room.
+        #[serde(default)]
+        room: Option<String>,
+        #[serde(default)]
+        protocol: Option<u32>,
+    },
+    /// Leave the room; the server answers `leave{reason:"client_left"}` and closes.
+    Leave {
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// Send a chat message to the room.
+    Chat {
+        #[serde(default)]
+        id: Option<String>,
+        text: String,
+    },
+    /// Tell the room this participant is (or stopped) typing. Not stored.
+    Typing {
+        #[serde(default)]
+        id: Option<String>,
+        typing: bool,
+    },
+    /// Keepalive; answered with `pong`.
+    Ping {
+        #[serde(default)]
+        id: Option<String>,
+    },
+}
+
+impl Request {
+    /// The request id the answer must carry.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Request::Join { id, .. }
+            | Request::Leave { id }
+            | Request::Chat { id, .. }
+            | Request::Typing { id, .. }
+            | Request::Ping { id } => id.as_deref(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Join { .. } => "join",
+            Request::Leave { .. } => "leave",
+            Request::Chat { .. } => "chat",
+            Request::Typing { .. } => "typing",
+            Request::Ping { .. } => "ping",
+        }
+    }
+}
+
+/// Types a client may send, for metric labels and the `unknown_type` check.
+pub const REQUEST_TYPES: &[&str] = &["join", "leave", "chat", "typing", "ping"];
+
+/// A message that could not be read as a request, with what to answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRequest {
+    /// The request id, when the message had a readable one.
+    pub id: Option<String>,
+    /// Its type, when it had a readable one (for metrics: one of a fixed set, or "unknown").
+    pub kind: &'static str,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Reads one text frame. Errors say what was wrong in terms a client developer can act on.
+pub fn parse_request(text: &str) -> Result<Request, BadRequest> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| BadRequest {
+        id: None,
+        kind: "invalid",
+        code: ErrorCode::BadJson,
+        message: format!("message is not valid JSON: {e}"),
+    })?;
+    let serde_json::Value::Object(object) = &value else {
+        return Err(BadRequest {
+            id: None,
+            kind: "invalid",
+            code: ErrorCode::BadRequest,
+            message: "message must be a JSON object".into(),
+        });
+    };
+    let id = match object.get("id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.len() <= MAX_REQUEST_ID_BYTES => Some(s.clone()),
+        Some(_) => {
+            return Err(BadRequest {
+                id: None,
+                kind: "invalid",
+                code: ErrorCode::BadRequest,
+                message: format!("`id` must be a string of at most {MAX_REQUEST_ID_BYTES} bytes"),
+            })
+        }
+    };
+    let bad = |kind, code, message: String| BadRequest {
+        id: id.clone(),
+        kind,
+        code,
+        message,
+    };
+    let kind = match object.get("type") {
+        Some(serde_json::Value::String(t)) => t.as_str(),
+        Some(_) => {
+            return Err(bad(
+                "invalid",
+                ErrorCode::BadRequest,
+                "`type` must be a string".into(),
+            ))
+        }
+        None => {
+            return Err(bad(
+                "invalid",
+                ErrorCode::BadRequest,
+                "missing field `type`".into(),
+            ))
+        }
+    };
+    let Some(known) = REQUEST_TYPES.iter().find(|t| **t == kind) else {
+        if let Some(reserved) = RESERVED_TYPES.iter().find(|t| **t == kind) {
+            return Err(bad(
+                reserved,
+                ErrorCode::NotSupported,
+                format!("`{kind}` is not supported by this server yet"),
+            ));
+        }
+        return Err(bad(
+            "unknown",
+            ErrorCode::UnknownType,
+            format!("unknown message type `{}`", truncate(kind, 64)),
+        ));
+    };
+    serde_json::from_value(value).map_err(|e| {
+        bad(
+            known,
+            ErrorCode::BadRequest,
+            format!("bad `{known}` message: {e}"),
+        )
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Stable error codes. Clients branch on these; the text beside them is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not JSON.
+    BadJson,
+    /// JSON, but not a valid request: not an object, missing or wrong fields.
+    BadRequest,
+    /// A `type` this server does not know.
+    UnknownType,
+    /// A reserved type this server does not implement yet.
+    NotSupported,
+    /// A request that needs a joined participant, before `join`.
+    NotJoined,
+    /// A second `join` on one connection.
+    AlreadyJoined,
+    /// No token, or a forged, malformed or unknown-key token.
+    Unauthorized,
+    /// The token has expired.
+    TokenExpired,
+    /// `join.room` differs from the token's room.
+    WrongRoom,
+    /// The token's grants do not allow this request.
+    PermissionDenied,
+    /// The room has `room.max_participants` participants.
+    RoomFull,
+    /// The server has `room.max_rooms` rooms.
+    RoomLimit,
+    /// A chat message longer than `chat.max_message_bytes`.
+    ChatTooLong,
+    /// Empty chat message.
+    ChatEmpty,
+    /// Sending faster than the chat or signaling rate limit.
+    RateLimited,
+    /// `join.protocol` is a version this server does not speak.
+    UnsupportedProtocol,
+    /// Something failed inside the server; the connection goes on.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::NotSupported => "not_supported",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::WrongRoom => "wrong_room",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::RoomLimit => "room_limit",
+            ErrorCode::ChatTooLong => "chat_too_long",
+            ErrorCode::ChatEmpty => "chat_empty",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UnsupportedProtocol => "unsupported_protocol",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Why a participant left, in `leave` and `participant_left`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The client sent `leave`.
+    ClientLeft,
+    /// The WebSocket closed or went silent.
+    Disconnected,
+    /// The same identity joined again; the newer session stays.
+    Replaced,
+    /// Removed through the admin API.
+    Kicked,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// The client could not keep up with its messages.
+    SlowConsumer,
+    /// The client did not join within `signal.join_timeout`.
+    JoinTimeout,
+}
+
+/// What the server tells about itself in `joined`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub version: String,
+    pub protocol: u32,
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// Session id: new for every join, so a rejoin under the same identity is a new sid.
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    /// Milliseconds since the Unix epoch.
+    pub joined_at: u64,
+    pub permissions: Permissions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permissions {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub chat: bool,
+}
+
+/// Who sent a chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatSender {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+}
+
+/// One chat message as the server stamped it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Increases by one per message within a room.
+    pub id: u64,
+    pub sender: ChatSender,
+    pub text: String,
+    /// Milliseconds since the Unix epoch, by the server's clock.
+    pub time: u64,
+}
+
+/// An ICE server a client may use (STUN/TURN).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Every message the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The answer to `join`.
+    Joined {
+        server: ServerInfo,
+        room: String,
+        /// This participant.
+        participant: ParticipantInfo,
+        /// Everyone else in the room.
+        participants: Vec<ParticipantInfo>,
+        /// The room's last messages, oldest first.
+        chat_history: Vec<ChatMessage>,
+        ice_servers: Vec<IceServer>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        sid: String,
+        identity: String,
+        reason: LeaveReason,
+    },
+    /// A chat message; the sender's copy is its answer and carries its `request_id`.
+    Chat {
+        message: ChatMessage,
+    },
+    Typing {
+        sid: String,
+        identity: String,
+        typing: bool,
+    },
+    /// The answer to a request that has no other response (`typing`).
+    Ack,
+    Pong {
+        /// Server time, milliseconds since the Unix epoch.
+        time: u64,
+    },
+    /// The session ends; the server closes the socket after it.
+    Leave {
+        reason: LeaveReason,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Joined { .. } => "joined",
+            ServerMessage::ParticipantJoined { .. } => "participant_joined",
+            ServerMessage::ParticipantLeft { .. } => "participant_left",
+            ServerMessage::Chat { .. } => "chat",
+            ServerMessage::Typing { .. } => "typing",
+            ServerMessage::Ack => "ack",
+            ServerMessage::Pong { .. } => "pong",
+            ServerMessage::Leave { .. } => "leave",
+            ServerMessage::Error { .. } => "error",
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A server message with the id of the request it answers, as sent on the wire.
+#[derive(Debug, Serialize)]
+struct Envelope<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(flatten)]
+    message: &'a ServerMessage,
+}
+
+/// Serializes a message for the wire; `request_id` marks it as the answer to that request.
+pub fn encode(message: &ServerMessage, request_id: Option<&str>) -> String {
+    // Serializing these plain structs cannot fail: no maps with non-string keys, no floats.
+    serde_json::to_string(&Envelope {
+        request_id,
+        message,
+    })
+    .unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"encode failed"}"#.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_with_and_without_id() {
+        assert_eq!(
+            parse_request(r#"{"type":"chat","id":"7","text":"hi"}"#),
+            Ok(Request::Chat {
+                id: Some("7".into()),
+                text: "hi".into()
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"ping"}"#),
+            Ok(Request::Ping { id: None })
+        );
+    }
+
+    #[test]
+    fn bad_frames_get_codes_and_keep_the_id() {
+        assert_eq!(parse_request("{nope").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(
+            parse_request("[1]").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        let e = parse_request(r#"{"type":"dance","id":"x"}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.id.as_deref()),
+            (ErrorCode::UnknownType, Some("x"))
+        );
+        let e = parse_request(r#"{"type":"chat","id":"y"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("text"), "{}", e.message);
+        assert_eq!(e.id.as_deref(), Some("y"));
+        let e = parse_request(r#"{"type":"publish"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotSupported);
+        let e = parse_request(r#"{"id":"z"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn answers_carry_the_request_id() {
+        let text = encode(&ServerMessage::Pong { time: 5 }, Some("r1"));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "pong");
+        assert_eq!(v["request_id"], "r1");
+        let text = encode(&ServerMessage::Ack, None);
+        assert_eq!(text, r#"{"type":"ack"}"#);
+    }
+}

@@ -1,0 +1,469 @@
+//! One WebSocket connection, one participant: reads requests, answers each, relays room events.
+//!
+//! The session owns the socket. It checks every frame (size, JSON, type, fields, rate), answers
+//! every request exactly once, and forwards what the room queues for this participant. However it
+//! ends (leave, kick, replace, shutdown, a dead socket), it sends `leave{reason}` when the socket is
+//! still there and takes the participant out of its room.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::SinkExt;
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::mpsc;
+
+use crate::auth::{AuthError, Claims};
+use crate::http::AppState;
+use crate::room::participant::{Encoded, OUTBOUND_QUEUE};
+use crate::room::{Participant, RoomError, RoomRef, SessionEnd};
+use crate::signal::protocol::{
+    encode, parse_request, ChatSender, ErrorCode, LeaveReason, ParticipantInfo, Permissions,
+    Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
+};
+use crate::signal::rate_limit::TokenBucket;
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Why the socket could not take a message: the session ends without a goodbye.
+struct SocketGone;
+
+/// The session's state once it has joined.
+struct Joined {
+    room: RoomRef,
+    me: ChatSender,
+    permissions: Permissions,
+}
+
+/// What a request did to the session.
+enum Next {
+    Continue,
+    /// The client asked to leave; the answer was sent.
+    Leave,
+}
+
+struct Session {
+    app: AppState,
+    sink: Sink,
+    /// A token checked before the upgrade (`/ws?token=`), used when `join` carries none.
+    preauth: Option<Claims>,
+    joined: Option<Joined>,
+    end: Arc<SessionEnd>,
+    outbound_tx: mpsc::Sender<Encoded>,
+    limiter: TokenBucket,
+    chat_limiter: TokenBucket,
+}
+
+/// Runs one signaling session to its end.
+pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
+    let metrics = app.metrics.clone();
+    metrics.signal_connections.inc();
+    let (sink, mut stream) = socket.split();
+    let (outbound_tx, mut outbound_rx) = mpsc::channel::<Encoded>(OUTBOUND_QUEUE);
+    let now = Instant::now();
+    let signal = &app.config.signal;
+    let mut session = Session {
+        limiter: TokenBucket::new(signal.rate_per_second, signal.burst, now),
+        chat_limiter: TokenBucket::new(app.config.chat.rate_per_second, app.config.chat.burst, now),
+        app: app.clone(),
+        sink,
+        preauth,
+        joined: None,
+        end: Arc::new(SessionEnd::default()),
+        outbound_tx,
+    };
+    let join_deadline = tokio::time::sleep(signal.join_timeout);
+    tokio::pin!(join_deadline);
+    let mut ping = tokio::time::interval(signal.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let end = session.end.clone();
+
+    // `Some(reason)`: tell the client why and close; `None`: the socket is gone already.
+    let goodbye: Option<LeaveReason> = loop {
+        tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => break Some(LeaveReason::ServerShutdown),
+            _ = end.ended() => break Some(end.reason().unwrap_or(LeaveReason::Disconnected)),
+            _ = &mut join_deadline, if session.joined.is_none() => break Some(LeaveReason::JoinTimeout),
+            Some(event) = outbound_rx.recv() => {
+                if session.send_encoded(&event).await.is_err() {
+                    break None;
+                }
+            }
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(text))) => match session.on_text(&text).await {
+                        Ok(Next::Continue) => {}
+                        Ok(Next::Leave) => break Some(LeaveReason::ClientLeft),
+                        Err(SocketGone) => break None,
+                    },
+                    Some(Ok(Message::Binary(_))) => {
+                        let reply = ServerMessage::error(
+                            ErrorCode::BadRequest,
+                            "binary frames are not supported; send JSON text",
+                        );
+                        if session.send(&reply, None).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(e)) => {
+                        // Most often a frame over the size limit; say so if the socket lets us.
+                        tracing::debug!(error = %e, "websocket read failed");
+                        session.close(close_code::SIZE, "message too big").await;
+                        break None;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > app.config.signal.ping_timeout {
+                    tracing::info!("signaling client silent past ping_timeout, disconnecting");
+                    break None;
+                }
+                if session.sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+
+    let reason = goodbye.unwrap_or(LeaveReason::Disconnected);
+    if reason == LeaveReason::SlowConsumer {
+        metrics.signal_slow_consumers.inc();
+    }
+    if let Some(joined) = session.joined.take() {
+        app.rooms.leave(&joined.room, &joined.me.sid, reason);
+        tracing::info!(room = joined.room.name(), identity = %joined.me.identity, ?reason, "participant left");
+    }
+    if goodbye.is_some() {
+        // The client's own `leave` was answered already.
+        if reason != LeaveReason::ClientLeft {
+            let _ = session.send(&ServerMessage::Leave { reason }, None).await;
+        }
+        session.close(close_code::NORMAL, "").await;
+    }
+    metrics.signal_connections.dec();
+}
+
+impl Session {
+    async fn send(
+        &mut self,
+        message: &ServerMessage,
+        request_id: Option<&str>,
+    ) -> Result<(), SocketGone> {
+        if let ServerMessage::Error { code, .. } = message {
+            self.app
+                .metrics
+                .signal_errors
+                .with_label_values(&[code.as_str()])
+                .inc();
+        }
+        self.app
+            .metrics
+            .signal_messages_sent
+            .with_label_values(&[message.kind()])
+            .inc();
+        let text = encode(message, request_id);
+        self.sink
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|_| SocketGone)
+    }
+
+    async fn send_encoded(&mut self, event: &Encoded) -> Result<(), SocketGone> {
+        self.app
+            .metrics
+            .signal_messages_sent
+            .with_label_values(&[event.kind])
+            .inc();
+        self.sink
+            .send(Message::Text(Utf8Bytes::from(&*event.text)))
+            .await
+            .map_err(|_| SocketGone)
+    }
+
+    async fn error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        request_id: Option<&str>,
+    ) -> Result<Next, SocketGone> {
+        self.send(&ServerMessage::error(code, message), request_id)
+            .await?;
+        Ok(Next::Continue)
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let _ = self
+            .sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+        let _ = self.sink.close().await;
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<Next, SocketGone> {
+        let metrics = self.app.metrics.clone();
+        let limit = self.app.config.signal.max_frame_bytes;
+        if text.len() > limit {
+            metrics
+                .signal_errors
+                .with_label_values(&["frame_too_large"])
+                .inc();
+            self.close(close_code::SIZE, "message too big").await;
+            return Err(SocketGone);
+        }
+        let request = match parse_request(text) {
+            Ok(request) => request,
+            Err(bad) => {
+                metrics
+                    .signal_messages_received
+                    .with_label_values(&[bad.kind])
+                    .inc();
+                return self.error(bad.code, bad.message, bad.id.as_deref()).await;
+            }
+        };
+        metrics
+            .signal_messages_received
+            .with_label_values(&[request.kind()])
+            .inc();
+        if !self.limiter.try_take(Instant::now()) {
+            let id = request.id().map(str::to_string);
+            return self
+                .error(
+                    ErrorCode::RateLimited,
+                    "too many messages; slow down",
+                    id.as_deref(),
+                )
+                .await;
+        }
+        match request {
+            Request::Join {
+                id,
+                token,
+                room,
+                protocol,
+            } => self.on_join(id.as_deref(), token, room, protocol).await,
+            Request::Leave { id } => {
+                self.send(
+                    &ServerMessage::Leave {
+                        reason: LeaveReason::ClientLeft,
+                    },
+                    id.as_deref(),
+                )
+                .await?;
+                Ok(Next::Leave)
+            }
+            Request::Ping { id } => {
+                self.send(&ServerMessage::Pong { time: unix_ms() }, id.as_deref())
+                    .await?;
+                Ok(Next::Continue)
+            }
+            Request::Chat { id, text } => self.on_chat(id.as_deref(), text).await,
+            Request::Typing { id, typing } => self.on_typing(id.as_deref(), typing).await,
+        }
+    }
+
+    async fn on_join(
+        &mut self,
+        id: Option<&str>,
+        token: Option<String>,
+        room: Option<String>,
+        protocol: Option<u32>,
+    ) -> Result<Next, SocketGone> {
+        if self.joined.is_some() {
+            return self
+                .error(
+                    ErrorCode::AlreadyJoined,
+                    "this connection has joined already",
+                    id,
+                )
+                .await;
+        }
+        if let Some(version) = protocol {
+            if version != PROTOCOL_VERSION {
+                return self
+                    .error(
+                        ErrorCode::UnsupportedProtocol,
+                        format!("this server speaks protocol {PROTOCOL_VERSION}, not {version}"),
+                        id,
+                    )
+                    .await;
+            }
+        }
+        let claims = match token {
+            Some(token) => self.app.auth.verify_participant(&token),
+            None => self.preauth.clone().ok_or(AuthError::Missing),
+        };
+        let claims = match claims {
+            Ok(claims) => claims,
+            Err(e) => {
+                let code = match e {
+                    AuthError::Expired => ErrorCode::TokenExpired,
+                    _ => ErrorCode::Unauthorized,
+                };
+                return self.error(code, e.to_string(), id).await;
+            }
+        };
+        let token_room = claims.room.clone().unwrap_or_default();
+        if let Some(asked) = room {
+            if asked != token_room {
+                return self
+                    .error(
+                        ErrorCode::WrongRoom,
+                        format!("the token is for room `{token_room}`, not `{asked}`"),
+                        id,
+                    )
+                    .await;
+            }
+        }
+        let permissions = Permissions {
+            publish: claims.grants.publish,
+            subscribe: claims.grants.subscribe,
+            chat: claims.grants.chat,
+        };
+        let info = ParticipantInfo {
+            sid: new_sid(),
+            identity: claims.identity().to_string(),
+            name: claims.display_name().to_string(),
+            joined_at: unix_ms(),
+            permissions,
+        };
+        let participant =
+            Participant::new(info.clone(), self.outbound_tx.clone(), self.end.clone());
+        let (room, joined) = match self.app.rooms.join(&token_room, participant) {
+            Ok(ok) => ok,
+            Err(e) => {
+                let code = match e {
+                    RoomError::Full(_) => ErrorCode::RoomFull,
+                    RoomError::TooManyRooms(_) => ErrorCode::RoomLimit,
+                    RoomError::Closed => ErrorCode::Internal,
+                };
+                return self.error(code, e.to_string(), id).await;
+            }
+        };
+        if let Some(old) = &joined.replaced {
+            self.app.rooms.replaced(old);
+        }
+        tracing::info!(room = room.name(), identity = %info.identity, sid = %info.sid, "participant joined");
+        self.joined = Some(Joined {
+            room: room.clone(),
+            me: ChatSender {
+                sid: info.sid.clone(),
+                identity: info.identity.clone(),
+                name: info.name.clone(),
+            },
+            permissions,
+        });
+        let reply = ServerMessage::Joined {
+            server: ServerInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                protocol: PROTOCOL_VERSION,
+            },
+            room: room.name().to_string(),
+            participant: info,
+            participants: joined.others,
+            chat_history: joined.chat_history,
+            ice_servers: Vec::new(),
+        };
+        self.send(&reply, id).await?;
+        Ok(Next::Continue)
+    }
+
+    /// The joined state, or a `not_joined` answer.
+    fn require_joined(&self) -> Option<(&RoomRef, &ChatSender, Permissions)> {
+        self.joined
+            .as_ref()
+            .map(|j| (&j.room, &j.me, j.permissions))
+    }
+
+    async fn on_chat(&mut self, id: Option<&str>, text: String) -> Result<Next, SocketGone> {
+        let Some((room, me, permissions)) = self.require_joined() else {
+            return self
+                .error(ErrorCode::NotJoined, "join a room first", id)
+                .await;
+        };
+        let (room, me) = (room.clone(), me.clone());
+        if !permissions.chat {
+            return self
+                .error(
+                    ErrorCode::PermissionDenied,
+                    "your token does not allow chat",
+                    id,
+                )
+                .await;
+        }
+        if text.trim().is_empty() {
+            return self
+                .error(ErrorCode::ChatEmpty, "chat text is empty", id)
+                .await;
+        }
+        let max = self.app.config.chat.max_message_bytes;
+        if text.len() > max {
+            return self
+                .error(
+                    ErrorCode::ChatTooLong,
+                    format!("chat text is {} bytes; the limit is {max}", text.len()),
+                    id,
+                )
+                .await;
+        }
+        if !self.chat_limiter.try_take(Instant::now()) {
+            return self
+                .error(
+                    ErrorCode::RateLimited,
+                    "too many chat messages; this one was not sent",
+                    id,
+                )
+                .await;
+        }
+        let message = room.chat(me, text, unix_ms());
+        self.app.metrics.chat_messages.inc();
+        self.send(&ServerMessage::Chat { message }, id).await?;
+        Ok(Next::Continue)
+    }
+
+    async fn on_typing(&mut self, id: Option<&str>, typing: bool) -> Result<Next, SocketGone> {
+        let Some((room, me, permissions)) = self.require_joined() else {
+            return self
+                .error(ErrorCode::NotJoined, "join a room first", id)
+                .await;
+        };
+        if !permissions.chat {
+            return self
+                .error(
+                    ErrorCode::PermissionDenied,
+                    "your token does not allow chat",
+                    id,
+                )
+                .await;
+        }
+        room.broadcast(
+            &ServerMessage::Typing {
+                sid: me.sid.clone(),
+                identity: me.identity.clone(),
+                typing,
+            },
+            Some(&me.sid),
+        );
+        self.send(&ServerMessage::Ack, id).await?;
+        Ok(Next::Continue)
+    }
+}
+
+/// A new session id: "PA_" and 12 random alphanumerics.
+fn new_sid() -> String {
+    format!("PA_{}", Alphanumeric.sample_string(&mut rand::rng(), 12))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,215 @@
+//! Shared helpers for integration tests: an in-process server on a free port and a WebSocket
+//! signaling client that speaks the JSON protocol.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sfu::auth::{Auth, Grants};
+use sfu::config::Config;
+use sfu::http::Server;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a message it expects before failing.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A dev-mode config on free ports, changed by `tweak`.
+pub fn config(tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut config = Config::load(None, std::iter::empty(), true).expect("dev config");
+    config.http.bind = [127, 0, 0, 1].into();
+    config.http.port = 0;
+    tweak(&mut config);
+    config.validate().expect("test config is valid");
+    config
+}
+
+pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+    Server::start(config(tweak)).await.expect("server starts")
+}
+
+pub fn auth(server: &Server) -> Auth {
+    Auth::new(&server.state.config.auth)
+}
+
+pub fn token(server: &Server, room: &str, identity: &str) -> String {
+    token_with(server, room, identity, Grants::default())
+}
+
+pub fn token_with(server: &Server, room: &str, identity: &str, grants: Grants) -> String {
+    auth(server)
+        .participant_token(
+            room,
+            identity,
+            Some(&identity.to_uppercase()),
+            grants,
+            Duration::from_secs(600),
+        )
+        .expect("token")
+}
+
+pub fn admin_token(server: &Server) -> String {
+    auth(server)
+        .admin_token(Duration::from_secs(600))
+        .expect("admin token")
+}
+
+pub fn http_url(server: &Server, path: &str) -> String {
+    format!("http://{}{}", server.local_addr, path)
+}
+
+/// A signaling client over a real WebSocket.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u32,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    Code(u16),
+    NoFrame,
+}
+
+impl Client {
+    pub async fn connect(server: &Server) -> Self {
+        Self::connect_url(&format!("ws://{}/ws", server.local_addr)).await
+    }
+
+    pub async fn connect_url(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Self { ws, next_id: 0 }
+    }
+
+    /// Connects and joins `room` as `identity`; returns the client and its `joined` message.
+    pub async fn join(server: &Server, room: &str, identity: &str) -> (Self, Value) {
+        let mut c = Self::connect(server).await;
+        let joined = c
+            .request(json!({"type":"join","token":token(server, room, identity)}))
+            .await;
+        assert_eq!(joined["type"], "joined", "join failed: {joined}");
+        (c, joined)
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    /// Sends `value` with a fresh id and returns the answer carrying that id; events that
+    /// arrive meanwhile are skipped.
+    pub async fn request(&mut self, mut value: Value) -> Value {
+        self.next_id += 1;
+        let id = format!("r{}", self.next_id);
+        value["id"] = json!(id);
+        self.send(value).await;
+        loop {
+            let m = self.recv().await;
+            if m["request_id"] == json!(id) {
+                return m;
+            }
+        }
+    }
+
+    /// The next JSON message, or a panic after `WAIT`.
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT).await.expect("a message in time")
+    }
+
+    /// The next JSON message within `wait`, None if none came or the socket closed.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match frame {
+                Ok(Message::Text(t)) => {
+                    return Some(serde_json::from_str(&t).expect("server sends JSON"))
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Waits for the next message of `kind`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m["type"] == kind {
+                return m;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Closed::Code(u16::from(frame.code))
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoFrame,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Drops the TCP connection without a close frame, like a crashed client.
+    pub fn drop_hard(self) {
+        drop(self.ws);
+    }
+}
+
+pub fn close_code_too_big() -> u16 {
+    u16::from(CloseCode::Size)
+}
+
+/// Reads a metric's value (first sample with that exact name and labels) from /metrics.
+pub async fn metric(server: &Server, series: &str) -> Option<f64> {
+    let text = reqwest::get(http_url(server, "/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// Polls `check` until it holds or `WAIT` passes.
+pub async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

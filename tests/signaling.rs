@@ -1,0 +1,574 @@
+//! Signaling over real WebSocket connections: join, presence, chat, typing, replace, kick,
+//! limits, shutdown, and every kind of bad input the protocol documents.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Closed};
+use serde_json::{json, Value};
+use sfu::auth::{Claims, Grants};
+
+#[tokio::test]
+async fn join_lists_the_others_and_presence_follows() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, joined) = Client::join(&server, "r", "alice").await;
+    assert_eq!(joined["room"], "r");
+    assert_eq!(joined["participant"]["identity"], "alice");
+    assert_eq!(joined["participant"]["name"], "ALICE");
+    assert_eq!(joined["participants"], json!([]));
+    assert_eq!(joined["server"]["protocol"], 1);
+
+    let (mut bob, joined) = Client::join(&server, "r", "bob").await;
+    assert_eq!(joined["participants"][0]["identity"], "alice");
+    let event = alice.recv_type("participant_joined").await;
+    assert_eq!(event["participant"]["identity"], "bob");
+    assert!(event.get("request_id").is_none());
+
+    // A participant in another room is invisible.
+    let (_carol, joined) = Client::join(&server, "other", "carol").await;
+    assert_eq!(joined["participants"], json!([]));
+
+    let answer = bob.request(json!({"type":"leave"})).await;
+    assert_eq!(answer["type"], "leave");
+    assert_eq!(answer["reason"], "client_left");
+    let left = alice.recv_type("participant_left").await;
+    assert_eq!(
+        (left["identity"].clone(), left["reason"].clone()),
+        (json!("bob"), json!("client_left"))
+    );
+
+    let (dave, _) = Client::join(&server, "r", "dave").await;
+    alice.recv_type("participant_joined").await;
+    dave.drop_hard();
+    let left = alice.recv_type("participant_left").await;
+    assert_eq!(
+        (left["identity"].clone(), left["reason"].clone()),
+        (json!("dave"), json!("disconnected"))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn chat_is_relayed_stamped_and_its_history_is_sent_on_join() {
+    let server = common::start(|c| c.chat.history = 2).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        let echo = alice.request(json!({"type":"chat","text":text})).await;
+        assert_eq!(echo["type"], "chat", "{echo}");
+        assert_eq!(echo["message"]["text"], text);
+        assert_eq!(echo["message"]["sender"]["identity"], "alice");
+        assert!(echo["message"]["time"].as_u64().unwrap() > 1_600_000_000_000);
+        ids.push(echo["message"]["id"].as_u64().unwrap());
+        let relayed = bob.recv_type("chat").await;
+        assert_eq!(relayed["message"], echo["message"]);
+        assert!(relayed.get("request_id").is_none());
+    }
+    assert_eq!(ids, vec![1, 2, 3]);
+
+    let (_carol, joined) = Client::join(&server, "r", "carol").await;
+    let history: Vec<_> = joined["chat_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(history, vec!["two", "three"]);
+    assert_eq!(
+        common::metric(&server, "sfu_chat_messages_total").await,
+        Some(3.0)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn typing_reaches_the_others_only() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+    let ack = alice.request(json!({"type":"typing","typing":true})).await;
+    assert_eq!(ack["type"], "ack");
+    let typing = bob.recv_type("typing").await;
+    assert_eq!(
+        (typing["identity"].clone(), typing["typing"].clone()),
+        (json!("alice"), json!(true))
+    );
+    // Alice gets no typing event of her own: the next thing she sees is her pong.
+    alice.send(json!({"type":"ping","id":"p"})).await;
+    assert_eq!(alice.recv().await["type"], "pong");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn rejoining_with_the_same_identity_replaces_the_old_session() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut old_bob, first) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+    let (mut new_bob, second) = Client::join(&server, "r", "bob").await;
+    assert_ne!(first["participant"]["sid"], second["participant"]["sid"]);
+    assert_eq!(
+        second["participants"].as_array().unwrap().len(),
+        1,
+        "only alice besides bob"
+    );
+
+    let leave = old_bob.recv_type("leave").await;
+    assert_eq!(leave["reason"], "replaced");
+    assert_eq!(old_bob.closed().await, Closed::Code(1000));
+
+    let left = alice.recv_type("participant_left").await;
+    assert_eq!(
+        (left["sid"].clone(), left["reason"].clone()),
+        (first["participant"]["sid"].clone(), json!("replaced"))
+    );
+    let joined = alice.recv_type("participant_joined").await;
+    assert_eq!(joined["participant"]["sid"], second["participant"]["sid"]);
+
+    // The new session works, and the old one's end did not take it out of the room.
+    let echo = new_bob
+        .request(json!({"type":"chat","text":"still here"}))
+        .await;
+    assert_eq!(echo["type"], "chat");
+    assert_eq!(
+        alice.recv_type("chat").await["message"]["text"],
+        "still here"
+    );
+    assert_eq!(common::metric(&server, "sfu_participants").await, Some(2.0));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_can_kick_and_others_cannot() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+    let http = reqwest::Client::new();
+    let url = common::http_url(&server, "/api/rooms/r/participants/bob");
+
+    let res = http.delete(&url).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "unauthorized");
+    let participant = common::token(&server, "r", "alice");
+    let res = http
+        .delete(&url)
+        .bearer_auth(&participant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["code"],
+        "permission_denied"
+    );
+    let forged = common::token(&server, "r", "alice").replace('.', ".x");
+    let res = http.delete(&url).bearer_auth(forged).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+
+    let admin = common::admin_token(&server);
+    let rooms: Value = http
+        .get(common::http_url(&server, "/api/rooms"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rooms["rooms"][0]["name"], "r");
+    assert_eq!(rooms["rooms"][0]["participants"], 2);
+
+    let res = http.delete(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(bob.recv_type("leave").await["reason"], "kicked");
+    let left = alice.recv_type("participant_left").await;
+    assert_eq!(
+        (left["identity"].clone(), left["reason"].clone()),
+        (json!("bob"), json!("kicked"))
+    );
+
+    let res = http.delete(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["code"],
+        "participant_not_found"
+    );
+    let detail: Value = http
+        .get(common::http_url(&server, "/api/rooms/r"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["participants"].as_array().unwrap().len(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn room_and_server_limits_are_enforced() {
+    let server = common::start(|c| {
+        c.room.max_participants = 2;
+        c.room.max_rooms = 1;
+    })
+    .await;
+    let (_a, _) = Client::join(&server, "r", "a").await;
+    let (_b, _) = Client::join(&server, "r", "b").await;
+    let mut c = Client::connect(&server).await;
+    let full = c
+        .request(json!({"type":"join","token":common::token(&server, "r", "c")}))
+        .await;
+    assert_eq!(full["code"], "room_full");
+    let limit = c
+        .request(json!({"type":"join","token":common::token(&server, "r2", "c")}))
+        .await;
+    assert_eq!(limit["code"], "room_limit");
+    // The refused connection stays usable.
+    assert_eq!(c.request(json!({"type":"ping"})).await["type"], "pong");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn empty_room_closes_after_its_grace_period() {
+    let server = common::start(|c| c.room.empty_timeout = Duration::from_millis(200)).await;
+    let (alice, _) = Client::join(&server, "r", "alice").await;
+    assert_eq!(common::metric(&server, "sfu_rooms").await, Some(1.0));
+    alice.close().await;
+    assert!(
+        common::eventually(|| async { common::metric(&server, "sfu_rooms").await == Some(0.0) })
+            .await
+    );
+    assert_eq!(common::metric(&server, "sfu_participants").await, Some(0.0));
+    // A new join opens a fresh room with no history.
+    let (_bob, joined) = Client::join(&server, "r", "bob").await;
+    assert_eq!(joined["chat_history"], json!([]));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_every_client_why() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let mut unjoined = Client::connect(&server).await;
+    assert_eq!(
+        unjoined.request(json!({"type":"ping"})).await["type"],
+        "pong"
+    );
+    server.shutdown().await;
+    assert_eq!(alice.recv_type("leave").await["reason"], "server_shutdown");
+    assert_eq!(alice.closed().await, Closed::Code(1000));
+    assert_eq!(
+        unjoined.recv_type("leave").await["reason"],
+        "server_shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_joins_is_disconnected() {
+    let server = common::start(|c| c.signal.join_timeout = Duration::from_millis(300)).await;
+    let mut c = Client::connect(&server).await;
+    assert_eq!(c.recv_type("leave").await["reason"], "join_timeout");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_messages_get_errors_and_the_connection_goes_on() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+
+    let cases: &[(&str, &str)] = &[
+        ("{not json", "bad_json"),
+        ("[1,2]", "bad_request"),
+        (r#"{"id":"x"}"#, "bad_request"),
+        (r#"{"type":"teleport","id":"x"}"#, "unknown_type"),
+        (r#"{"type":"chat","id":"x"}"#, "bad_request"),
+        (
+            r#"{"type":"typing","id":"x","typing":"yes"}"#,
+            "bad_request",
+        ),
+        (r#"{"type":"chat","id":"x","text":"   "}"#, "chat_empty"),
+        (
+            r#"{"type":"join","id":"x","token":"abc"}"#,
+            "already_joined",
+        ),
+        (r#"{"type":"publish","id":"x"}"#, "not_supported"),
+        (r#"{"type":"ping","id":7}"#, "bad_request"),
+    ];
+    for (frame, code) in cases {
+        alice.send_text(frame.to_string()).await;
+        let answer = alice.recv_type("error").await;
+        assert_eq!(answer["code"], *code, "{frame}: {answer}");
+        assert!(!answer["message"].as_str().unwrap().is_empty());
+        if frame.contains(r#""id":"x""#) {
+            assert_eq!(answer["request_id"], "x", "{frame}");
+        }
+    }
+    // Still connected, still in the room.
+    alice
+        .send(json!({"type":"chat","text":"after all that"}))
+        .await;
+    assert_eq!(
+        bob.recv_type("chat").await["message"]["text"],
+        "after all that"
+    );
+    let errors = common::metric(&server, "sfu_signal_errors_total{code=\"bad_json\"}").await;
+    assert_eq!(errors, Some(1.0));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_before_join_are_refused() {
+    let server = common::start(|_| {}).await;
+    let mut c = Client::connect(&server).await;
+    let answer = c.request(json!({"type":"chat","text":"hi"})).await;
+    assert_eq!(answer["code"], "not_joined");
+    let answer = c.request(json!({"type":"join"})).await;
+    assert_eq!(answer["code"], "unauthorized");
+    let answer = c
+        .request(json!({"type":"join","token":common::token(&server, "r", "a"),"protocol":2}))
+        .await;
+    assert_eq!(answer["code"], "unsupported_protocol");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009_and_the_room_goes_on() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+    let big = json!({"type":"chat","text":"x".repeat(70 * 1024)}).to_string();
+    bob.send_text(big).await;
+    assert_eq!(
+        bob.closed().await,
+        Closed::Code(common::close_code_too_big())
+    );
+    let left = alice.recv_type("participant_left").await;
+    assert_eq!(left["identity"], "bob");
+    // A frame past even the transport limit is cut off too, without taking the server down.
+    let (mut carol, _) = Client::join(&server, "r", "carol").await;
+    carol.send_text("y".repeat(2 * 1024 * 1024)).await;
+    assert!(matches!(
+        carol.closed().await,
+        Closed::Code(_) | Closed::NoFrame
+    ));
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn chat_over_the_size_limit_is_refused() {
+    let server = common::start(|c| c.chat.max_message_bytes = 1000).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let answer = alice
+        .request(json!({"type":"chat","text":"é".repeat(501)}))
+        .await;
+    assert_eq!(answer["code"], "chat_too_long");
+    let answer = alice
+        .request(json!({"type":"chat","text":"é".repeat(500)}))
+        .await;
+    assert_eq!(answer["type"], "chat");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn chat_flood_is_rate_limited_without_dropping_the_sender() {
+    let server = common::start(|c| {
+        c.chat.burst = 5;
+        c.chat.rate_per_second = 1.0;
+    })
+    .await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+    let mut sent = 0;
+    let mut limited = 0;
+    for i in 0..30 {
+        let answer = alice
+            .request(json!({"type":"chat","text":format!("spam {i}")}))
+            .await;
+        match answer["type"].as_str() {
+            Some("chat") => sent += 1,
+            _ => {
+                assert_eq!(answer["code"], "rate_limited");
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        (5..=7).contains(&sent),
+        "burst of 5 (+ refill) got through, got {sent}"
+    );
+    assert_eq!(sent + limited, 30);
+    // Bob saw exactly the messages that got through.
+    for _ in 0..sent {
+        bob.recv_type("chat").await;
+    }
+    assert!(bob.try_recv(Duration::from_millis(300)).await.is_none());
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn signaling_flood_is_rate_limited() {
+    let server = common::start(|c| {
+        c.signal.burst = 10;
+        c.signal.rate_per_second = 1.0;
+    })
+    .await;
+    let mut c = Client::connect(&server).await;
+    let mut limited = 0;
+    for _ in 0..20 {
+        if c.request(json!({"type":"ping"})).await["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 9, "{limited}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_their_reason() {
+    let server = common::start(|_| {}).await;
+    let auth = common::auth(&server);
+    let expired = auth
+        .sign(&Claims {
+            iss: server.state.config.auth.api_key.clone(),
+            sub: "a".into(),
+            name: None,
+            room: Some("r".into()),
+            grants: Grants::default(),
+            iat: 1,
+            exp: 2,
+        })
+        .unwrap();
+    let other = sfu::auth::Auth::new(&sfu::config::AuthConfig {
+        api_key: server.state.config.auth.api_key.clone(),
+        api_secret: "a-completely-different-secret-of-32b".into(),
+    });
+    let forged = other
+        .participant_token("r", "a", None, Grants::default(), Duration::from_secs(60))
+        .unwrap();
+    let admin = common::admin_token(&server);
+
+    let mut c = Client::connect(&server).await;
+    let cases = [
+        (json!({"type":"join","token":expired}), "token_expired"),
+        (json!({"type":"join","token":forged}), "unauthorized"),
+        (json!({"type":"join","token":"not.a.jwt"}), "unauthorized"),
+        (json!({"type":"join","token":admin}), "unauthorized"),
+        (
+            json!({"type":"join","token":common::token(&server, "r", "a"),"room":"elsewhere"}),
+            "wrong_room",
+        ),
+    ];
+    for (request, code) in cases {
+        let answer = c.request(request.clone()).await;
+        assert_eq!(answer["code"], code, "{request}: {answer}");
+    }
+    // The same connection can still join with a good token.
+    let answer = c
+        .request(json!({"type":"join","token":common::token(&server, "r", "a"),"room":"r"}))
+        .await;
+    assert_eq!(answer["type"], "joined");
+
+    // A token in the URL is checked before the upgrade.
+    let res = reqwest::Client::new()
+        .get(common::http_url(&server, &format!("/ws?token={forged}")))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "unauthorized");
+    let good = common::token(&server, "r", "urlguest");
+    let mut by_url =
+        Client::connect_url(&format!("ws://{}/ws?token={good}", server.local_addr)).await;
+    assert_eq!(
+        by_url.request(json!({"type":"join"})).await["type"],
+        "joined"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn chat_needs_the_chat_grant() {
+    let server = common::start(|_| {}).await;
+    let grants = Grants {
+        chat: false,
+        ..Grants::default()
+    };
+    let mut c = Client::connect(&server).await;
+    let token = common::token_with(&server, "r", "mute", grants);
+    assert_eq!(
+        c.request(json!({"type":"join","token":token})).await["type"],
+        "joined"
+    );
+    let answer = c.request(json!({"type":"chat","text":"hi"})).await;
+    assert_eq!(answer["code"], "permission_denied");
+    let answer = c.request(json!({"type":"typing","typing":true})).await;
+    assert_eq!(answer["code"], "permission_denied");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_metrics_and_web_page_are_served() {
+    let server = common::start(|_| {}).await;
+    let (_alice, _) = Client::join(&server, "r", "alice").await;
+    let health = reqwest::get(common::http_url(&server, "/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = reqwest::get(common::http_url(&server, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "sfu_rooms 1",
+        "sfu_participants 1",
+        "sfu_signal_connections 1",
+        "sfu_signal_messages_received_total{type=\"join\"} 1",
+        "sfu_build_info{version=",
+        "sfu_process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    let page = reqwest::get(common::http_url(&server, "/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<html"));
+    let missing = reqwest::get(common::http_url(&server, "/nope.js"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let dev: Value = reqwest::get(common::http_url(
+        &server,
+        "/api/dev/token?room=demo&name=Zoe",
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let claims = common::auth(&server)
+        .verify_participant(dev["token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        (claims.room.as_deref(), claims.display_name()),
+        (Some("demo"), "Zoe")
+    );
+    server.shutdown().await;
+}
