@@ -21,6 +21,7 @@ use crate::auth::{Auth, AuthError, Claims, Grants, MAX_NAME_BYTES};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
+use crate::rtc::MediaEngine;
 use crate::signal::protocol::LeaveReason;
 use crate::signal::session;
 
@@ -42,6 +43,8 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// Every signaling session, so shutdown can wait for their goodbyes.
     pub sessions: TaskTracker,
+    /// The media workers.
+    pub media: MediaEngine,
 }
 
 impl std::ops::Deref for AppState {
@@ -52,8 +55,9 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
+        let media = MediaEngine::start(&config, metrics.clone())?;
         let shutdown = CancellationToken::new();
         let rooms = Rooms::new(
             config.room.clone(),
@@ -61,14 +65,15 @@ impl AppState {
             metrics.clone(),
             shutdown.clone(),
         );
-        Self(Arc::new(AppInner {
+        Ok(Self(Arc::new(AppInner {
             auth: Auth::new(&config.auth),
             config,
             rooms,
             metrics,
             shutdown,
             sessions: TaskTracker::new(),
-        }))
+            media,
+        })))
     }
 }
 
@@ -321,7 +326,7 @@ impl Server {
             ),
             _ => None,
         };
-        let state = AppState::new(config);
+        let state = AppState::new(config)?;
         let app = router(state.clone()).into_make_service();
         let handle = axum_server::Handle::new();
         let task = match tls {
@@ -356,5 +361,7 @@ impl Server {
         }
         self.handle.graceful_shutdown(Some(Duration::from_secs(1)));
         let _ = self.task.await;
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.media.shutdown()).await;
     }
 }

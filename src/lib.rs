@@ -29,7 +29,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod forward;
 pub mod http;
 pub mod metrics;
 pub mod room;
+pub mod rtc;
 pub mod signal;

@@ -27,6 +27,26 @@ pub struct Metrics {
     pub chat_messages: IntCounter,
     /// Signaling clients disconnected because they could not keep up with their messages.
     pub signal_slow_consumers: IntCounter,
+    /// Peer connections (publisher and subscriber) alive now.
+    pub peers: IntGauge,
+    /// Published tracks now.
+    pub publications: IntGauge,
+    /// Receivers (one per publication layer that has received packets) now.
+    pub receivers: IntGauge,
+    /// Subscriptions (a publication forwarded to a subscriber) now.
+    pub subscriptions: IntGauge,
+    /// RTP packets received from publishers.
+    pub rtp_packets_received: IntCounter,
+    /// RTP packets forwarded to subscribers.
+    pub rtp_packets_sent: IntCounter,
+    /// PLI/FIR keyframe requests received from subscribers.
+    pub keyframe_requests_received: IntCounter,
+    /// Keyframe requests sent to publishers (after throttling).
+    pub keyframe_requests_sent: IntCounter,
+    /// UDP datagrams dropped before or by the WebRTC stack, by reason.
+    pub udp_datagrams_dropped: IntCounterVec,
+    /// Participants whose media failed (ICE/DTLS timeout, a fault in the stack).
+    pub media_failures: IntCounter,
 }
 
 impl Metrics {
@@ -72,6 +92,52 @@ impl Metrics {
                 "Signaling clients disconnected because their outgoing queue was full",
             )
             .expect("valid metric"),
+            peers: IntGauge::new("sfu_peers", "Peer connections alive now").expect("valid metric"),
+            publications: IntGauge::new("sfu_publications", "Published tracks now")
+                .expect("valid metric"),
+            receivers: IntGauge::new(
+                "sfu_receivers",
+                "Receivers (publication layers receiving packets) now",
+            )
+            .expect("valid metric"),
+            subscriptions: IntGauge::new(
+                "sfu_subscriptions",
+                "Publications forwarded to subscribers now",
+            )
+            .expect("valid metric"),
+            rtp_packets_received: IntCounter::new(
+                "sfu_rtp_packets_received_total",
+                "RTP packets received from publishers",
+            )
+            .expect("valid metric"),
+            rtp_packets_sent: IntCounter::new(
+                "sfu_rtp_packets_sent_total",
+                "RTP packets forwarded to subscribers",
+            )
+            .expect("valid metric"),
+            keyframe_requests_received: IntCounter::new(
+                "sfu_keyframe_requests_received_total",
+                "PLI/FIR keyframe requests received from subscribers",
+            )
+            .expect("valid metric"),
+            keyframe_requests_sent: IntCounter::new(
+                "sfu_keyframe_requests_sent_total",
+                "Keyframe requests sent to publishers after throttling",
+            )
+            .expect("valid metric"),
+            udp_datagrams_dropped: IntCounterVec::new(
+                Opts::new(
+                    "sfu_udp_datagrams_dropped_total",
+                    "Media datagrams dropped, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            media_failures: IntCounter::new(
+                "sfu_media_failures_total",
+                "Participants whose media connection failed",
+            )
+            .expect("valid metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -94,6 +160,16 @@ impl Metrics {
             Box::new(m.signal_errors.clone()),
             Box::new(m.chat_messages.clone()),
             Box::new(m.signal_slow_consumers.clone()),
+            Box::new(m.peers.clone()),
+            Box::new(m.publications.clone()),
+            Box::new(m.receivers.clone()),
+            Box::new(m.subscriptions.clone()),
+            Box::new(m.rtp_packets_received.clone()),
+            Box::new(m.rtp_packets_sent.clone()),
+            Box::new(m.keyframe_requests_received.clone()),
+            Box::new(m.keyframe_requests_sent.clone()),
+            Box::new(m.udp_datagrams_dropped.clone()),
+            Box::new(m.media_failures.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::new(
                 std::process::id() as i32,

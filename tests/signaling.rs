@@ -300,7 +300,7 @@ async fn malformed_messages_get_errors_and_the_connection_goes_on() {
             r#"{"type":"join","id":"x","token":"abc"}"#,
             "already_joined",
         ),
-        (r#"{"type":"publish","id":"x"}"#, "not_supported"),
+        (r#"{"type":"set_quality","id":"x"}"#, "not_supported"),
         (r#"{"type":"ping","id":7}"#, "bad_request"),
     ];
     for (frame, code) in cases {

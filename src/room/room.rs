@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::room::chat::ChatLog;
 use crate::room::participant::{Encoded, Participant};
 use crate::signal::protocol::{
-    ChatMessage, ChatSender, LeaveReason, ParticipantInfo, ServerMessage,
+    ChatMessage, ChatSender, LeaveReason, ParticipantInfo, ServerMessage, TrackInfo,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +30,8 @@ pub struct Joined {
     /// Everyone else in the room, in join order.
     pub others: Vec<ParticipantInfo>,
     pub chat_history: Vec<ChatMessage>,
+    /// Every track published in the room.
+    pub tracks: Vec<TrackInfo>,
     /// The earlier session of the same identity, which this join replaced.
     pub replaced: Option<Participant>,
 }
@@ -54,6 +56,8 @@ struct RoomState {
     participants: Vec<Participant>,
     by_identity: HashMap<String, usize>,
     chat: ChatLog,
+    /// Published tracks, in publication order.
+    tracks: Vec<TrackInfo>,
     closed: bool,
     /// When the last participant left; None while anyone is in.
     empty_since: Option<Instant>,
@@ -78,9 +82,32 @@ impl RoomState {
         }
     }
 
-    fn remove_at(&mut self, index: usize, now: Instant) -> Participant {
+    /// Removes a participant and its tracks; others see its tracks go, then it.
+    fn remove_at(&mut self, index: usize, reason: LeaveReason, now: Instant) -> Participant {
         let p = self.participants.remove(index);
         self.reindex();
+        let sid = p.info.sid.clone();
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tracks)
+            .into_iter()
+            .partition(|t| t.participant == sid);
+        self.tracks = kept;
+        for t in gone {
+            self.broadcast(
+                &ServerMessage::TrackUnpublished {
+                    track: t.sid,
+                    participant: sid.clone(),
+                },
+                None,
+            );
+        }
+        self.broadcast(
+            &ServerMessage::ParticipantLeft {
+                sid,
+                identity: p.info.identity.clone(),
+                reason,
+            },
+            None,
+        );
         if self.participants.is_empty() {
             self.empty_since = Some(now);
         }
@@ -97,6 +124,7 @@ impl Room {
                 participants: Vec::new(),
                 by_identity: HashMap::new(),
                 chat: ChatLog::new(chat_history),
+                tracks: Vec::new(),
                 closed: false,
                 empty_since: Some(now),
             }),
@@ -124,21 +152,11 @@ impl Room {
         if state.closed {
             return Err(RoomError::Closed);
         }
-        let replaced = match state.by_identity.get(participant.identity()).copied() {
-            Some(index) => {
-                let old = state.remove_at(index, Instant::now());
-                state.broadcast(
-                    &ServerMessage::ParticipantLeft {
-                        sid: old.info.sid.clone(),
-                        identity: old.info.identity.clone(),
-                        reason: LeaveReason::Replaced,
-                    },
-                    None,
-                );
-                Some(old)
-            }
-            None => None,
-        };
+        let replaced = state
+            .by_identity
+            .get(participant.identity())
+            .copied()
+            .map(|index| state.remove_at(index, LeaveReason::Replaced, Instant::now()));
         if state.participants.len() >= max_participants {
             return Err(RoomError::Full(max_participants));
         }
@@ -150,12 +168,14 @@ impl Room {
         );
         let others = state.participants.iter().map(|p| p.info.clone()).collect();
         let chat_history = state.chat.history();
+        let tracks = state.tracks.clone();
         state.participants.push(participant);
         state.reindex();
         state.empty_since = None;
         Ok(Joined {
             others,
             chat_history,
+            tracks,
             replaced,
         })
     }
@@ -165,16 +185,71 @@ impl Room {
     pub fn leave(&self, sid: &str, reason: LeaveReason, now: Instant) -> Option<Participant> {
         let mut state = self.state();
         let index = state.participants.iter().position(|p| p.sid() == sid)?;
-        let gone = state.remove_at(index, now);
+        Some(state.remove_at(index, reason, now))
+    }
+
+    /// Records a track a participant published and tells everyone, its publisher included
+    /// (which learns the track's sid this way). Ignored if the publisher has left.
+    pub fn add_track(&self, track: TrackInfo) {
+        let mut state = self.state();
+        if !state
+            .participants
+            .iter()
+            .any(|p| p.sid() == track.participant)
+        {
+            return;
+        }
         state.broadcast(
-            &ServerMessage::ParticipantLeft {
-                sid: gone.info.sid.clone(),
-                identity: gone.info.identity.clone(),
-                reason,
+            &ServerMessage::TrackPublished {
+                track: track.clone(),
             },
             None,
         );
-        Some(gone)
+        state.tracks.push(track);
+    }
+
+    /// Removes a track and tells everyone. Returns false if there was no such track.
+    pub fn remove_track(&self, track_sid: &str) -> bool {
+        let mut state = self.state();
+        let Some(index) = state.tracks.iter().position(|t| t.sid == track_sid) else {
+            return false;
+        };
+        let t = state.tracks.remove(index);
+        state.broadcast(
+            &ServerMessage::TrackUnpublished {
+                track: t.sid,
+                participant: t.participant,
+            },
+            None,
+        );
+        true
+    }
+
+    /// Sets a track's muted flag and tells everyone if it changed.
+    pub fn set_muted(&self, track_sid: &str, muted: bool) -> bool {
+        let mut state = self.state();
+        let Some(t) = state.tracks.iter_mut().find(|t| t.sid == track_sid) else {
+            return false;
+        };
+        if t.muted != muted {
+            t.muted = muted;
+            let message = ServerMessage::TrackMuted {
+                track: t.sid.clone(),
+                participant: t.participant.clone(),
+                muted,
+            };
+            state.broadcast(&message, None);
+        }
+        true
+    }
+
+    /// A track by sid.
+    pub fn track(&self, track_sid: &str) -> Option<TrackInfo> {
+        self.state()
+            .tracks
+            .iter()
+            .find(|t| t.sid == track_sid)
+            .cloned()
     }
 
     /// Finds the participant with `identity`.

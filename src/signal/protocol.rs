@@ -13,18 +13,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request id a client may send.
 pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
-/// Message types the media issue will implement; answered with `not_supported` for now.
-pub const RESERVED_TYPES: &[&str] = &[
-    "offer",
-    "answer",
-    "candidate",
-    "publish",
-    "unpublish",
-    "mute",
-    "subscribe",
-    "unsubscribe",
-    "set_quality",
-];
+/// Message types reserved for later versions; answered with `not_supported`.
+pub const RESERVED_TYPES: &[&str] = &["set_quality"];
 
 /// A request from a client, after its envelope (`type`, `id`) is read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -64,6 +54,132 @@ pub enum Request {
         #[serde(default)]
         id: Option<String>,
     },
+    /// Declares a track before it appears in an offer: its source and name. `cid` is the
+    /// client's track id, the one in the SDP's `a=msid` line.
+    Publish {
+        #[serde(default)]
+        id: Option<String>,
+        cid: String,
+        kind: TrackKind,
+        #[serde(default)]
+        source: Option<TrackSource>,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// The publisher connection's SDP offer; answered with `answer`.
+    Offer {
+        #[serde(default)]
+        id: Option<String>,
+        sdp: String,
+    },
+    /// The answer to the server's subscriber `offer`.
+    Answer {
+        #[serde(default)]
+        id: Option<String>,
+        sdp: String,
+    },
+    /// A trickled ICE candidate of the client's publisher or subscriber connection.
+    Candidate {
+        #[serde(default)]
+        id: Option<String>,
+        target: PeerTarget,
+        /// The `candidate:...` attribute value; empty means end of candidates.
+        candidate: String,
+    },
+    /// Stops publishing a track (by its server `sid`).
+    Unpublish {
+        #[serde(default)]
+        id: Option<String>,
+        track: String,
+    },
+    /// Mutes or unmutes one of this participant's tracks.
+    Mute {
+        #[serde(default)]
+        id: Option<String>,
+        track: String,
+        muted: bool,
+    },
+    /// Starts forwarding a track to this participant.
+    Subscribe {
+        #[serde(default)]
+        id: Option<String>,
+        track: String,
+    },
+    /// Stops forwarding a track to this participant.
+    Unsubscribe {
+        #[serde(default)]
+        id: Option<String>,
+        track: String,
+    },
+}
+
+/// Which of a participant's two peer connections a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerTarget {
+    Publisher,
+    Subscriber,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    Camera,
+    Microphone,
+    Screen,
+    ScreenAudio,
+}
+
+impl TrackSource {
+    /// What a track is when its publisher did not say.
+    pub fn default_for(kind: TrackKind) -> Self {
+        match kind {
+            TrackKind::Audio => TrackSource::Microphone,
+            TrackKind::Video => TrackSource::Camera,
+        }
+    }
+}
+
+/// A published track as every participant sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// Server id of the track ("TR_..."), used in unpublish/mute/subscribe.
+    pub sid: String,
+    /// Session id of the publishing participant.
+    pub participant: String,
+    /// The publisher's own track id (`a=msid`), so it can match `track_published` to its track.
+    pub cid: String,
+    pub kind: TrackKind,
+    pub source: TrackSource,
+    #[serde(default)]
+    pub name: String,
+    pub muted: bool,
+    /// Simulcast layers (rids) the publisher offered, empty without simulcast.
+    #[serde(default)]
+    pub layers: Vec<String>,
+}
+
+/// One m-line of a subscriber offer: which track it carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferedTrack {
+    pub mid: String,
+    pub track: String,
+    pub participant: String,
+}
+
+/// One entry of `active_speakers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speaker {
+    pub participant: String,
+    /// 0 (loudest) to 127 (silence), RFC 6464 -dBov, smoothed.
+    pub level: u8,
 }
 
 impl Request {
@@ -74,7 +190,15 @@ impl Request {
             | Request::Leave { id }
             | Request::Chat { id, .. }
             | Request::Typing { id, .. }
-            | Request::Ping { id } => id.as_deref(),
+            | Request::Ping { id }
+            | Request::Publish { id, .. }
+            | Request::Offer { id, .. }
+            | Request::Answer { id, .. }
+            | Request::Candidate { id, .. }
+            | Request::Unpublish { id, .. }
+            | Request::Mute { id, .. }
+            | Request::Subscribe { id, .. }
+            | Request::Unsubscribe { id, .. } => id.as_deref(),
         }
     }
 
@@ -85,12 +209,34 @@ impl Request {
             Request::Chat { .. } => "chat",
             Request::Typing { .. } => "typing",
             Request::Ping { .. } => "ping",
+            Request::Publish { .. } => "publish",
+            Request::Offer { .. } => "offer",
+            Request::Answer { .. } => "answer",
+            Request::Candidate { .. } => "candidate",
+            Request::Unpublish { .. } => "unpublish",
+            Request::Mute { .. } => "mute",
+            Request::Subscribe { .. } => "subscribe",
+            Request::Unsubscribe { .. } => "unsubscribe",
         }
     }
 }
 
 /// Types a client may send, for metric labels and the `unknown_type` check.
-pub const REQUEST_TYPES: &[&str] = &["join", "leave", "chat", "typing", "ping"];
+pub const REQUEST_TYPES: &[&str] = &[
+    "join",
+    "leave",
+    "chat",
+    "typing",
+    "ping",
+    "publish",
+    "offer",
+    "answer",
+    "candidate",
+    "unpublish",
+    "mute",
+    "subscribe",
+    "unsubscribe",
+];
 
 /// A message that could not be read as a request, with what to answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,6 +370,12 @@ pub enum ErrorCode {
     RateLimited,
     /// `join.protocol` is a version this server does not speak.
     UnsupportedProtocol,
+    /// An SDP offer or answer the server cannot accept.
+    BadSdp,
+    /// No track with that sid (or not one of yours, for unpublish/mute).
+    TrackNotFound,
+    /// Media failed for this participant (its peer connection died or failed).
+    MediaFailed,
     /// Something failed inside the server; the connection goes on.
     Internal,
 }
@@ -247,6 +399,9 @@ impl ErrorCode {
             ErrorCode::ChatEmpty => "chat_empty",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
+            ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::TrackNotFound => "track_not_found",
+            ErrorCode::MediaFailed => "media_failed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -270,6 +425,8 @@ pub enum LeaveReason {
     SlowConsumer,
     /// The client did not join within `signal.join_timeout`.
     JoinTimeout,
+    /// The participant's media connection died (ICE/DTLS timeout) or failed.
+    MediaFailed,
 }
 
 /// What the server tells about itself in `joined`.
@@ -341,6 +498,8 @@ pub enum ServerMessage {
         participants: Vec<ParticipantInfo>,
         /// The room's last messages, oldest first.
         chat_history: Vec<ChatMessage>,
+        /// Every track published in the room now.
+        tracks: Vec<TrackInfo>,
         ice_servers: Vec<IceServer>,
     },
     ParticipantJoined {
@@ -360,8 +519,33 @@ pub enum ServerMessage {
         identity: String,
         typing: bool,
     },
-    /// The answer to a request that has no other response (`typing`).
+    /// The answer to a request that has no other response (`typing`, `publish`, ...).
     Ack,
+    /// The server's answer to the client's publisher offer.
+    Answer {
+        sdp: String,
+    },
+    /// An offer for the subscriber connection; the client answers with `answer`.
+    Offer {
+        sdp: String,
+        tracks: Vec<OfferedTrack>,
+    },
+    TrackPublished {
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        track: String,
+        participant: String,
+    },
+    TrackMuted {
+        track: String,
+        participant: String,
+        muted: bool,
+    },
+    /// Who is speaking, loudest first; sent at most every 300 ms, when it changes.
+    ActiveSpeakers {
+        speakers: Vec<Speaker>,
+    },
     Pong {
         /// Server time, milliseconds since the Unix epoch.
         time: u64,
@@ -385,6 +569,12 @@ impl ServerMessage {
             ServerMessage::Chat { .. } => "chat",
             ServerMessage::Typing { .. } => "typing",
             ServerMessage::Ack => "ack",
+            ServerMessage::Answer { .. } => "answer",
+            ServerMessage::Offer { .. } => "offer",
+            ServerMessage::TrackPublished { .. } => "track_published",
+            ServerMessage::TrackUnpublished { .. } => "track_unpublished",
+            ServerMessage::TrackMuted { .. } => "track_muted",
+            ServerMessage::ActiveSpeakers { .. } => "active_speakers",
             ServerMessage::Pong { .. } => "pong",
             ServerMessage::Leave { .. } => "leave",
             ServerMessage::Error { .. } => "error",
@@ -453,7 +643,7 @@ mod tests {
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(e.message.contains("text"), "{}", e.message);
         assert_eq!(e.id.as_deref(), Some("y"));
-        let e = parse_request(r#"{"type":"publish"}"#).unwrap_err();
+        let e = parse_request(r#"{"type":"set_quality"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::NotSupported);
         let e = parse_request(r#"{"id":"z"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);

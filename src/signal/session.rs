@@ -18,6 +18,7 @@ use crate::auth::{AuthError, Claims};
 use crate::http::AppState;
 use crate::room::participant::{Encoded, OUTBOUND_QUEUE};
 use crate::room::{Participant, RoomError, RoomRef, SessionEnd};
+use crate::rtc::{Command, MediaError, MediaEvent, MediaHandle};
 use crate::signal::protocol::{
     encode, parse_request, ChatSender, ErrorCode, LeaveReason, ParticipantInfo, Permissions,
     Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
@@ -34,6 +35,8 @@ struct Joined {
     room: RoomRef,
     me: ChatSender,
     permissions: Permissions,
+    /// The media worker hosting the room.
+    media: MediaHandle,
 }
 
 /// What a request did to the session.
@@ -53,6 +56,8 @@ struct Session {
     outbound_tx: mpsc::Sender<Encoded>,
     limiter: TokenBucket,
     chat_limiter: TokenBucket,
+    /// Given to the media worker at join; events come back on the session's receiver.
+    media_tx: mpsc::UnboundedSender<MediaEvent>,
 }
 
 /// Runs one signaling session to its end.
@@ -61,6 +66,7 @@ pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
     metrics.signal_connections.inc();
     let (sink, mut stream) = socket.split();
     let (outbound_tx, mut outbound_rx) = mpsc::channel::<Encoded>(OUTBOUND_QUEUE);
+    let (media_tx, mut media_rx) = mpsc::unbounded_channel::<MediaEvent>();
     let now = Instant::now();
     let signal = &app.config.signal;
     let mut session = Session {
@@ -72,6 +78,7 @@ pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
         joined: None,
         end: Arc::new(SessionEnd::default()),
         outbound_tx,
+        media_tx,
     };
     let join_deadline = tokio::time::sleep(signal.join_timeout);
     tokio::pin!(join_deadline);
@@ -92,6 +99,11 @@ pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
                     break None;
                 }
             }
+            Some(event) = media_rx.recv() => match session.on_media_event(event).await {
+                Ok(Next::Continue) => {}
+                Ok(Next::Leave) => break Some(LeaveReason::MediaFailed),
+                Err(SocketGone) => break None,
+            },
             frame = stream.next() => {
                 last_heard = Instant::now();
                 match frame {
@@ -136,6 +148,9 @@ pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
         metrics.signal_slow_consumers.inc();
     }
     if let Some(joined) = session.joined.take() {
+        joined.media.send(Command::Leave {
+            participant: joined.me.sid.clone(),
+        });
         app.rooms.leave(&joined.room, &joined.me.sid, reason);
         tracing::info!(room = joined.room.name(), identity = %joined.me.identity, ?reason, "participant left");
     }
@@ -267,7 +282,191 @@ impl Session {
             }
             Request::Chat { id, text } => self.on_chat(id.as_deref(), text).await,
             Request::Typing { id, typing } => self.on_typing(id.as_deref(), typing).await,
+            other => self.on_media_request(other).await,
         }
+    }
+
+    /// Requests about tracks and peer connections, answered once the media worker has.
+    async fn on_media_request(&mut self, request: Request) -> Result<Next, SocketGone> {
+        let id = request.id().map(str::to_string);
+        let id = id.as_deref();
+        let Some(joined) = &self.joined else {
+            return self
+                .error(ErrorCode::NotJoined, "join a room first", id)
+                .await;
+        };
+        let media = joined.media.clone();
+        let room = joined.room.clone();
+        let me = joined.me.sid.clone();
+        let permissions = joined.permissions;
+        let participant = me.clone();
+        let result: Result<Option<ServerMessage>, MediaError> = match request {
+            Request::Publish {
+                cid,
+                kind,
+                source,
+                name,
+                ..
+            } => {
+                if !permissions.publish {
+                    return self
+                        .error(
+                            ErrorCode::PermissionDenied,
+                            "your token does not allow publishing",
+                            id,
+                        )
+                        .await;
+                }
+                media.send(Command::Publish {
+                    participant,
+                    cid,
+                    kind,
+                    source,
+                    name,
+                });
+                Ok(None)
+            }
+            Request::Offer { sdp, .. } => {
+                if !permissions.publish {
+                    return self
+                        .error(
+                            ErrorCode::PermissionDenied,
+                            "your token does not allow publishing",
+                            id,
+                        )
+                        .await;
+                }
+                media
+                    .ask(|reply| Command::PublisherOffer {
+                        participant,
+                        sdp,
+                        reply,
+                    })
+                    .await
+                    .map(|sdp| Some(ServerMessage::Answer { sdp }))
+            }
+            Request::Answer { sdp, .. } => media
+                .ask(|reply| Command::SubscriberAnswer {
+                    participant,
+                    sdp,
+                    reply,
+                })
+                .await
+                .map(|()| None),
+            Request::Candidate {
+                target, candidate, ..
+            } => {
+                media.send(Command::Candidate {
+                    participant,
+                    target,
+                    candidate,
+                });
+                Ok(None)
+            }
+            Request::Unpublish { track, .. } => {
+                let r = media
+                    .ask(|reply| Command::Unpublish {
+                        participant,
+                        track: track.clone(),
+                        reply,
+                    })
+                    .await;
+                if r.is_ok() {
+                    room.remove_track(&track);
+                }
+                r.map(|()| None)
+            }
+            Request::Mute { track, muted, .. } => {
+                let r = media
+                    .ask(|reply| Command::Mute {
+                        participant,
+                        track: track.clone(),
+                        muted,
+                        reply,
+                    })
+                    .await;
+                if r.is_ok() {
+                    room.set_muted(&track, muted);
+                }
+                r.map(|()| None)
+            }
+            Request::Subscribe { track, .. } | Request::Unsubscribe { track, .. }
+                if !permissions.subscribe =>
+            {
+                let _ = track;
+                return self
+                    .error(
+                        ErrorCode::PermissionDenied,
+                        "your token does not allow subscribing",
+                        id,
+                    )
+                    .await;
+            }
+            Request::Subscribe { track, .. } => media
+                .ask(|reply| Command::Subscribe {
+                    participant,
+                    track,
+                    subscribed: true,
+                    reply,
+                })
+                .await
+                .map(|()| None),
+            Request::Unsubscribe { track, .. } => media
+                .ask(|reply| Command::Subscribe {
+                    participant,
+                    track,
+                    subscribed: false,
+                    reply,
+                })
+                .await
+                .map(|()| None),
+            // Join, leave, chat, typing and ping never get here.
+            _ => Ok(None),
+        };
+        match result {
+            Ok(Some(message)) => self.send(&message, id).await.map(|()| Next::Continue),
+            Ok(None) => self
+                .send(&ServerMessage::Ack, id)
+                .await
+                .map(|()| Next::Continue),
+            Err(e) => {
+                let code = match e {
+                    MediaError::BadSdp(_) | MediaError::NoPendingOffer => ErrorCode::BadSdp,
+                    MediaError::TrackNotFound => ErrorCode::TrackNotFound,
+                    MediaError::NotJoined | MediaError::WorkerGone => ErrorCode::MediaFailed,
+                };
+                self.error(code, e.to_string(), id).await
+            }
+        }
+    }
+
+    /// Relays what the media worker says about this participant.
+    async fn on_media_event(&mut self, event: MediaEvent) -> Result<Next, SocketGone> {
+        let Some(joined) = &self.joined else {
+            return Ok(Next::Continue);
+        };
+        let room = joined.room.clone();
+        match event {
+            MediaEvent::SubscriberOffer { sdp, tracks } => {
+                self.send(&ServerMessage::Offer { sdp, tracks }, None)
+                    .await?;
+            }
+            MediaEvent::TrackPublished(track) => room.add_track(track),
+            MediaEvent::TrackUnpublished(track) => {
+                room.remove_track(&track);
+            }
+            MediaEvent::ActiveSpeakers(speakers) => {
+                self.send(&ServerMessage::ActiveSpeakers { speakers }, None)
+                    .await?;
+            }
+            MediaEvent::Failed(reason) => {
+                tracing::info!(%reason, "participant's media failed");
+                self.send(&ServerMessage::error(ErrorCode::MediaFailed, reason), None)
+                    .await?;
+                return Ok(Next::Leave);
+            }
+        }
+        Ok(Next::Continue)
     }
 
     async fn on_join(
@@ -351,6 +550,14 @@ impl Session {
         if let Some(old) = &joined.replaced {
             self.app.rooms.replaced(old);
         }
+        let media = self.app.media.for_room(room.name());
+        media.send(Command::Join {
+            room: room.name().to_string(),
+            participant: info.sid.clone(),
+            can_publish: permissions.publish,
+            can_subscribe: permissions.subscribe,
+            events: self.media_tx.clone(),
+        });
         tracing::info!(room = room.name(), identity = %info.identity, sid = %info.sid, "participant joined");
         self.joined = Some(Joined {
             room: room.clone(),
@@ -360,6 +567,7 @@ impl Session {
                 name: info.name.clone(),
             },
             permissions,
+            media,
         });
         let reply = ServerMessage::Joined {
             server: ServerInfo {
@@ -370,6 +578,7 @@ impl Session {
             participant: info,
             participants: joined.others,
             chat_history: joined.chat_history,
+            tracks: joined.tracks,
             ice_servers: Vec::new(),
         };
         self.send(&reply, id).await?;

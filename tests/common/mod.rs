@@ -22,6 +22,9 @@ pub fn config(tweak: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::load(None, std::iter::empty(), true).expect("dev config");
     config.http.bind = [127, 0, 0, 1].into();
     config.http.port = 0;
+    config.rtc.bind = [127, 0, 0, 1].into();
+    config.rtc.udp_port = 0;
+    config.rtc.public_ips = vec![[127, 0, 0, 1].into()];
     tweak(&mut config);
     config.validate().expect("test config is valid");
     config

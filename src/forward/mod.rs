@@ -1,0 +1,21 @@
+//! The forwarding core, sans-IO: what to do with each packet and each piece of feedback.
+//!
+//! Nothing here knows tokio, sockets or the WebRTC stack. Inputs are packets (a parsed header and
+//! a shared payload), feedback (keyframe requests, audio levels) and the current time passed in;
+//! outputs are rewritten packets to send and actions (request a keyframe upstream). Every rule is
+//! unit-tested with a fake clock.
+//!
+//! - [`receiver`]: one published track's incoming stream: keyframes, bitrate, liveness.
+//! - [`subscription`]: one publication forwarded to one subscriber: gating, rewriting.
+//! - [`munger`]: sequence number and timestamp rewrite arithmetic.
+//! - [`keyframe`]: keyframe detection per codec, the keyframe request throttle.
+//! - [`audio_level`]: active speakers.
+
+pub mod audio_level;
+pub mod keyframe;
+pub mod munger;
+pub mod packet;
+pub mod receiver;
+pub mod subscription;
+
+pub use packet::{Codec, Packet};

@@ -1,0 +1,222 @@
+//! Header rewriting: sequence numbers and timestamps a subscriber sees as one continuous stream.
+//!
+//! A subscription's source can change under it: the publisher restarts its encoder (new SSRC or
+//! a jump in sequence numbers), or (with simulcast) the subscription switches layers. The
+//! subscriber's decoder must see none of that: its sequence numbers go up by one per packet
+//! forwarded, and its timestamps keep moving forward at the pace of real time. Only the offset
+//! arithmetic lives here, with its wrap-around rules.
+
+use std::time::Instant;
+
+/// A jump this large within one SSRC is a restart, not loss: at 1000 packets/s of video it is
+/// several seconds of packets, which NACK could never recover anyway.
+pub const MAX_SEQ_JUMP: u64 = 3000;
+
+/// What the munger decided for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Send with this sequence number and timestamp.
+    Send { seq: u64, timestamp: u32 },
+    /// Drop: from before the current source began, or a duplicate already forwarded.
+    Drop,
+}
+
+#[derive(Debug, Default)]
+pub struct Munger {
+    state: Option<State>,
+    /// Treat the next packet as the start of a new source (after a gap we chose to make).
+    restart_next: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    ssrc: u32,
+    /// First input sequence number of the current source; anything older is dropped.
+    first_in_seq: u64,
+    /// Highest input sequence number seen from the current source.
+    highest_in_seq: u64,
+    /// Added to input sequence numbers (in i128 to allow going down as well as up).
+    seq_offset: i128,
+    /// Added (wrapping) to input timestamps.
+    ts_offset: u32,
+    /// Highest output sequence number sent.
+    last_out_seq: u64,
+    last_out_ts: u32,
+    last_out_at: Instant,
+}
+
+impl Munger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next packet starts a new source even if its SSRC and sequence number look
+    /// continuous: the packets in between were dropped on purpose (paused, waiting for a
+    /// keyframe) and must leave no gap the subscriber would NACK.
+    pub fn restart_next(&mut self) {
+        self.restart_next = true;
+    }
+
+    /// The last sequence number sent, if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.state.map(|s| s.last_out_seq)
+    }
+
+    /// Rewrites one packet of `ssrc`. `clock_rate` converts the wall time since the last
+    /// packet sent into timestamp ticks when the source changes.
+    pub fn rewrite(
+        &mut self,
+        ssrc: u32,
+        seq: u64,
+        timestamp: u32,
+        clock_rate: u32,
+        now: Instant,
+    ) -> Rewrite {
+        let Some(state) = &mut self.state else {
+            // First packet ever: keep the source's 16-bit sequence number and timestamp, but
+            // start the extended count in the first rollover: SRTP's rollover counter is not
+            // signaled, so a fresh subscriber must begin at ROC 0.
+            let out_seq = seq & 0xffff;
+            self.state = Some(State {
+                ssrc,
+                first_in_seq: seq,
+                highest_in_seq: seq,
+                seq_offset: i128::from(out_seq) - i128::from(seq),
+                ts_offset: 0,
+                last_out_seq: out_seq,
+                last_out_ts: timestamp,
+                last_out_at: now,
+            });
+            return Rewrite::Send {
+                seq: out_seq,
+                timestamp,
+            };
+        };
+        let restarted = std::mem::take(&mut self.restart_next)
+            || ssrc != state.ssrc
+            || seq > state.highest_in_seq + MAX_SEQ_JUMP
+            || seq + MAX_SEQ_JUMP < state.first_in_seq;
+        if restarted {
+            // New source: continue right after what the subscriber last got. The timestamp
+            // moves on by the wall time elapsed (at least one tick) so the decoder neither
+            // sees time go back nor a frame with the previous one's timestamp.
+            let elapsed = now.saturating_duration_since(state.last_out_at);
+            let ticks = (elapsed.as_secs_f64() * f64::from(clock_rate)) as u64;
+            let ticks = ticks.clamp(1, u64::from(u32::MAX / 2)) as u32;
+            let out_seq = state.last_out_seq + 1;
+            let out_ts = state.last_out_ts.wrapping_add(ticks);
+            *state = State {
+                ssrc,
+                first_in_seq: seq,
+                highest_in_seq: seq,
+                seq_offset: i128::from(out_seq) - i128::from(seq),
+                ts_offset: out_ts.wrapping_sub(timestamp),
+                last_out_seq: out_seq,
+                last_out_ts: out_ts,
+                last_out_at: now,
+            };
+            return Rewrite::Send {
+                seq: out_seq,
+                timestamp: out_ts,
+            };
+        }
+        if seq < state.first_in_seq {
+            return Rewrite::Drop;
+        }
+        let out_seq = (i128::from(seq) + state.seq_offset) as u64;
+        let out_ts = timestamp.wrapping_add(state.ts_offset);
+        if seq > state.highest_in_seq {
+            state.highest_in_seq = seq;
+        }
+        if out_seq > state.last_out_seq {
+            state.last_out_seq = out_seq;
+            state.last_out_ts = out_ts;
+            state.last_out_at = now;
+        }
+        Rewrite::Send {
+            seq: out_seq,
+            timestamp: out_ts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn send(r: Rewrite) -> (u64, u32) {
+        match r {
+            Rewrite::Send { seq, timestamp } => (seq, timestamp),
+            Rewrite::Drop => panic!("dropped"),
+        }
+    }
+
+    #[test]
+    fn a_single_source_passes_through_unchanged() {
+        let mut m = Munger::new();
+        let t = Instant::now();
+        for i in 0..10u64 {
+            let out = send(m.rewrite(1, 100 + i, 9000 * i as u32, 90_000, t));
+            assert_eq!(out, (100 + i, 9000 * i as u32));
+        }
+    }
+
+    #[test]
+    fn a_new_ssrc_continues_sequence_and_time() {
+        let mut m = Munger::new();
+        let t = Instant::now();
+        send(m.rewrite(1, 500, 1_000, 90_000, t));
+        let (s, ts) = send(m.rewrite(1, 501, 4_000, 90_000, t));
+        assert_eq!((s, ts), (501, 4_000));
+        // 100 ms later a restarted publisher starts from scratch with a new SSRC.
+        let later = t + Duration::from_millis(100);
+        let (s2, ts2) = send(m.rewrite(2, 7, 123, 90_000, later));
+        assert_eq!(s2, 502);
+        assert_eq!(ts2, 4_000 + 9_000);
+        let (s3, ts3) = send(m.rewrite(2, 8, 123 + 3000, 90_000, later));
+        assert_eq!((s3, ts3), (503, 4_000 + 9_000 + 3000));
+    }
+
+    #[test]
+    fn a_big_jump_in_one_ssrc_is_a_restart() {
+        let mut m = Munger::new();
+        let t = Instant::now();
+        send(m.rewrite(1, 10, 0, 48_000, t));
+        let (s, _) = send(m.rewrite(1, 10 + MAX_SEQ_JUMP * 10, 5, 48_000, t));
+        assert_eq!(s, 11);
+    }
+
+    #[test]
+    fn a_late_joiner_starts_in_the_first_rollover() {
+        let mut m = Munger::new();
+        let t = Instant::now();
+        let (s, _) = send(m.rewrite(1, 3 * 65_536 + 65_535, 0, 90_000, t));
+        assert_eq!(s, 65_535);
+        let (s, _) = send(m.rewrite(1, 4 * 65_536, 0, 90_000, t));
+        assert_eq!(s, 65_536);
+    }
+
+    #[test]
+    fn timestamps_wrap_at_32_bits() {
+        let mut m = Munger::new();
+        let t = Instant::now();
+        send(m.rewrite(1, 1, u32::MAX - 10, 90_000, t));
+        let (_, ts) = send(m.rewrite(2, 1000, 50, 90_000, t + Duration::from_millis(1)));
+        assert_eq!(ts, (u32::MAX - 10).wrapping_add(90));
+        let (_, ts) = send(m.rewrite(2, 1001, 60, 90_000, t));
+        assert_eq!(ts, (u32::MAX - 10).wrapping_add(100));
+    }
+
+    #[test]
+    fn packets_from_before_a_switch_are_dropped() {
+        let mut m = Munger::new();
+        let t = Instant::now();
+        send(m.rewrite(1, 100, 0, 90_000, t));
+        send(m.rewrite(2, 50, 0, 90_000, t));
+        assert_eq!(m.rewrite(2, 49, 0, 90_000, t), Rewrite::Drop);
+        // Reordered packets of the current source keep their relative order.
+        send(m.rewrite(2, 52, 0, 90_000, t));
+        assert_eq!(send(m.rewrite(2, 51, 0, 90_000, t)).0, 102);
+    }
+}

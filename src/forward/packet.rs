@@ -1,0 +1,49 @@
+//! The packet the forwarding core works on: a parsed RTP header and a shared payload.
+//!
+//! The payload is an `Arc<[u8]>`: a publisher's packet is allocated once when it arrives and
+//! every subscription that forwards it shares that allocation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The codecs the forwarding core knows how to inspect (keyframes, picture ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    Opus,
+    Vp8,
+    Vp9,
+    H264,
+    /// Forwarded whole, never inspected.
+    Other,
+}
+
+impl Codec {
+    pub fn is_video(self) -> bool {
+        matches!(self, Codec::Vp8 | Codec::Vp9 | Codec::H264)
+    }
+
+    /// RTP clock rate: 48 kHz for Opus, 90 kHz for video.
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            Codec::Opus => 48_000,
+            _ => 90_000,
+        }
+    }
+}
+
+/// One RTP packet from a publisher, as the forwarding core sees it.
+#[derive(Debug, Clone)]
+pub struct Packet {
+    pub ssrc: u32,
+    /// Extended sequence number (no 16-bit wrap), as the receiving stack unrolled it.
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub codec: Codec,
+    /// True when this packet starts a keyframe (see [`crate::forward::keyframe::is_keyframe`]).
+    pub keyframe: bool,
+    /// RFC 6464 audio level, 0 (loudest) to 127 (silence), when the publisher sent one.
+    pub audio_level: Option<i8>,
+    pub arrival: Instant,
+    pub payload: Arc<[u8]>,
+}

@@ -1,0 +1,141 @@
+//! A Receiver: one published track's incoming stream (one simulcast layer of it).
+//!
+//! It measures what arrives (packets, bytes, bitrate over a sliding window, liveness), notes
+//! keyframes, and decides when a keyframe request may go upstream. It never reaches into the
+//! subscriptions it feeds: the worker hands each packet to them.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::forward::keyframe::KeyframeThrottle;
+use crate::forward::packet::{Codec, Packet};
+
+/// Bitrate is averaged over this window: long enough to span a keyframe and the small frames
+/// after it, short enough to follow a publisher that changes its encoding.
+pub const BITRATE_WINDOW: Duration = Duration::from_secs(1);
+/// A layer with no packet for this long is down (the publisher stopped encoding it, or lost it).
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Receiver {
+    codec: Codec,
+    throttle: KeyframeThrottle,
+    /// (arrival, bytes) of the packets inside the bitrate window.
+    window: VecDeque<(Instant, usize)>,
+    window_bytes: usize,
+    last_packet: Option<Instant>,
+    last_keyframe: Option<Instant>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Receiver {
+    pub fn new(codec: Codec) -> Self {
+        Self {
+            codec,
+            throttle: KeyframeThrottle::default(),
+            window: VecDeque::new(),
+            window_bytes: 0,
+            last_packet: None,
+            last_keyframe: None,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Accounts for one packet.
+    pub fn on_packet(&mut self, packet: &Packet, now: Instant) {
+        let size = packet.payload.len();
+        self.packets += 1;
+        self.bytes += size as u64;
+        self.last_packet = Some(now);
+        if packet.keyframe {
+            self.last_keyframe = Some(now);
+        }
+        self.window.push_back((now, size));
+        self.window_bytes += size;
+        self.expire(now);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(t, size)) = self.window.front() {
+            if now.saturating_duration_since(t) <= BITRATE_WINDOW {
+                break;
+            }
+            self.window.pop_front();
+            self.window_bytes -= size;
+        }
+    }
+
+    /// Payload bitrate over the last [`BITRATE_WINDOW`], in bits per second.
+    pub fn bitrate_bps(&mut self, now: Instant) -> u64 {
+        self.expire(now);
+        (self.window_bytes as u64 * 8 * 1000) / BITRATE_WINDOW.as_millis() as u64
+    }
+
+    /// Packets arrived within [`LIVENESS_TIMEOUT`].
+    pub fn is_live(&self, now: Instant) -> bool {
+        self.last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) < LIVENESS_TIMEOUT)
+    }
+
+    pub fn last_keyframe(&self) -> Option<Instant> {
+        self.last_keyframe
+    }
+
+    /// A subscriber needs a keyframe. True if a request should go to the publisher now; false
+    /// if one went out recently enough that its keyframe will serve this subscriber too.
+    pub fn want_keyframe(&mut self, now: Instant) -> bool {
+        self.codec.is_video() && self.throttle.allow(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn packet(seq: u64, size: usize, at: Instant) -> Packet {
+        Packet {
+            ssrc: 1,
+            seq,
+            timestamp: 0,
+            marker: false,
+            codec: Codec::Vp8,
+            keyframe: false,
+            audio_level: None,
+            arrival: at,
+            payload: Arc::from(vec![0u8; size]),
+        }
+    }
+
+    #[test]
+    fn bitrate_and_liveness_follow_the_stream() {
+        let t = Instant::now();
+        let mut r = Receiver::new(Codec::Vp8);
+        assert!(!r.is_live(t));
+        // 100 packets of 1250 bytes over one second: 1 Mbit/s.
+        for i in 0..100u64 {
+            let at = t + Duration::from_millis(10 * i);
+            r.on_packet(&packet(i, 1250, at), at);
+        }
+        let end = t + Duration::from_millis(990);
+        assert_eq!(r.bitrate_bps(end), 1_000_000);
+        assert!(r.is_live(end));
+        assert!(!r.is_live(end + LIVENESS_TIMEOUT));
+        assert_eq!(r.bitrate_bps(end + Duration::from_secs(2)), 0);
+    }
+
+    #[test]
+    fn audio_never_asks_for_keyframes() {
+        let t = Instant::now();
+        assert!(!Receiver::new(Codec::Opus).want_keyframe(t));
+        let mut v = Receiver::new(Codec::Vp8);
+        assert!(v.want_keyframe(t));
+        assert!(!v.want_keyframe(t + Duration::from_millis(100)));
+    }
+}

@@ -1,0 +1,62 @@
+//! One `Rtc` as this server wants it: ICE-lite, RTP mode, the codecs and header extensions we
+//! forward, and the error boundary around str0m calls.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use str0m::format::{Codec as StrCodec, PayloadParams};
+use str0m::media::Pt;
+use str0m::{Rtc, RtcConfig};
+
+use crate::forward::Codec;
+
+/// A new peer connection. Both directions use the same setup: the codecs are what a publisher
+/// may send us and so what we can forward.
+pub fn new_rtc(now: Instant) -> Rtc {
+    RtcConfig::new()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .enable_h264(true)
+        .enable_vp9(true)
+        .build(now)
+}
+
+/// Runs a str0m call; a panic in str0m (it panics on internal bugs by design) becomes an Err
+/// so it ends one peer, never the worker.
+pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|e| {
+        e.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic in the WebRTC stack".into())
+    })
+}
+
+/// Our codec for a payload type negotiated on `rtc`.
+pub fn codec_of(rtc: &Rtc, pt: Pt) -> Codec {
+    match rtc
+        .codec_config()
+        .find(|p| p.pt() == pt)
+        .map(|p| p.spec().codec)
+    {
+        Some(StrCodec::Opus) => Codec::Opus,
+        Some(StrCodec::Vp8) => Codec::Vp8,
+        Some(StrCodec::Vp9) => Codec::Vp9,
+        Some(StrCodec::H264) => Codec::H264,
+        _ => Codec::Other,
+    }
+}
+
+/// The payload parameters of `pt` on `rtc`, to find the same format on another peer.
+pub fn params_of(rtc: &Rtc, pt: Pt) -> Option<PayloadParams> {
+    rtc.codec_config().find(|p| p.pt() == pt).copied()
+}
+
+/// The payload type `rtc` uses for the format `params` describes (codec, and for H.264 its
+/// profile and packetization mode): a subscriber gets the publisher's format, or nothing.
+pub fn matching_pt(rtc: &Rtc, params: &PayloadParams) -> Option<Pt> {
+    rtc.codec_config().match_params(*params).map(|p| p.pt())
+}

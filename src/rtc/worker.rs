@@ -1,0 +1,1178 @@
+//! A media worker: one thread, one UDP socket, the peer connections of the rooms it hosts.
+//!
+//! The loop waits on three things: a datagram, a command from the control plane, or the
+//! earliest timeout any peer asked for. Each input goes to one `Rtc`; what comes out is sent
+//! (datagrams) or handled (events). Packets from a publisher go through its `Receiver` and each
+//! `Subscription` of the forwarding core, then into the subscribers' `Rtc`s. Nothing here takes
+//! a lock: the worker owns all of it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use rand::distr::{Alphanumeric, SampleString};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::mpsc;
+
+use crate::forward::audio_level::ActiveSpeakers;
+use crate::forward::keyframe::is_keyframe;
+use crate::forward::receiver::Receiver;
+use crate::forward::subscription::{DropReason, Forward, Subscription};
+use crate::forward::{Codec, Packet};
+use crate::metrics::Metrics;
+use crate::rtc::demux::Demux;
+use crate::rtc::engine::{codec_of, guard, matching_pt, new_rtc, params_of};
+use crate::rtc::{Command, MediaError, MediaEvent, WorkerStats};
+use crate::signal::protocol::{
+    OfferedTrack, PeerTarget, Speaker, TrackInfo, TrackKind, TrackSource,
+};
+
+/// Largest datagram we read. Bigger ones are truncated by the kernel and fail to parse.
+const RECV_BUFFER: usize = 2048;
+/// How often room-wide state (active speakers) is looked at.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+/// The order in which simulcast layers are preferred until subscribers can choose (best first).
+const LAYER_PREFERENCE: [&str; 3] = ["f", "h", "q"];
+
+type PeerId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Publisher,
+    Subscriber,
+}
+
+struct Peer {
+    rtc: Rtc,
+    owner: String,
+    role: Role,
+    timeout: Instant,
+}
+
+/// One participant's media state.
+struct Member {
+    room: String,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    can_publish: bool,
+    can_subscribe: bool,
+    publisher: Option<PeerId>,
+    subscriber: Option<PeerId>,
+    /// Declared with `publish`, matched to offered m-lines by msid track id.
+    declared: HashMap<String, (TrackKind, Option<TrackSource>, Option<String>)>,
+    /// Track sids this member publishes.
+    published: Vec<String>,
+    /// Tracks this member should receive, by track sid, and where each stands.
+    out: HashMap<String, OutTrack>,
+    /// The subscriber offer waiting for the client's answer, and the mids it adds.
+    pending: Option<SdpPendingOffer>,
+    /// The subscriber connection needs another offer once the pending one is answered.
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    /// To be added in the next offer.
+    ToAdd,
+    /// In an offer not yet answered.
+    Negotiating(Mid),
+    /// Negotiated; packets flow.
+    Open(Mid),
+    /// To be removed in the next offer.
+    ToRemove(Mid),
+    /// Removal offered, not yet answered.
+    Removing(Mid),
+}
+
+struct OutTrack {
+    state: OutState,
+}
+
+/// One published track: its layers' receivers and its subscribers.
+struct Publication {
+    info: TrackInfo,
+    room: String,
+    publisher_peer: PeerId,
+    mid: Mid,
+    /// The format the publisher sends, once its first packet arrived.
+    params: Option<PayloadParams>,
+    codec: Codec,
+    /// Receivers by rid (None without simulcast), with the SSRC each layer arrives on.
+    layers: HashMap<Option<Rid>, Layer>,
+    /// Subscribers by participant sid.
+    subscribers: HashMap<String, OutSub>,
+}
+
+struct Layer {
+    ssrc: Ssrc,
+    receiver: Receiver,
+}
+
+struct OutSub {
+    subscription: Subscription,
+    peer: PeerId,
+    /// The subscriber's m-line and payload type, once negotiated.
+    route: Option<(Mid, Pt)>,
+    paused: bool,
+}
+
+struct RoomMedia {
+    members: Vec<String>,
+    speakers: ActiveSpeakers<String>,
+}
+
+struct Counters {
+    rtp_in: IntCounter,
+    rtp_out: IntCounter,
+    keyframe_requests_in: IntCounter,
+    keyframe_requests_out: IntCounter,
+    dropped_unknown_source: IntCounter,
+    dropped_unparseable: IntCounter,
+    dropped_rejected: IntCounter,
+    media_failures: IntCounter,
+}
+
+struct Worker {
+    socket: tokio::net::UdpSocket,
+    /// The address clients send to: what `Input::Receive` names as the destination.
+    local: SocketAddr,
+    candidates: Vec<SocketAddr>,
+    peers: HashMap<PeerId, Peer>,
+    next_peer: PeerId,
+    demux: Demux<PeerId>,
+    members: HashMap<String, Member>,
+    rooms: HashMap<String, RoomMedia>,
+    publications: HashMap<String, Publication>,
+    /// (publisher peer, mid) -> track sid.
+    by_mid: HashMap<(PeerId, Mid), String>,
+    /// Peers with output to drain after this round.
+    dirty: HashSet<PeerId>,
+    metrics: Arc<Metrics>,
+    counters: Counters,
+}
+
+pub fn run(
+    socket: std::net::UdpSocket,
+    candidates: Vec<SocketAddr>,
+    inbox: mpsc::UnboundedReceiver<Command>,
+    metrics: Arc<Metrics>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("media worker cannot start its runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let socket = match tokio::net::UdpSocket::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("media worker cannot use its socket: {e}");
+                return;
+            }
+        };
+        let local = candidates.first().copied().unwrap_or_else(|| {
+            socket
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        });
+        let counters = Counters {
+            rtp_in: metrics.rtp_packets_received.clone(),
+            rtp_out: metrics.rtp_packets_sent.clone(),
+            keyframe_requests_in: metrics.keyframe_requests_received.clone(),
+            keyframe_requests_out: metrics.keyframe_requests_sent.clone(),
+            dropped_unknown_source: metrics
+                .udp_datagrams_dropped
+                .with_label_values(&["unknown_source"]),
+            dropped_unparseable: metrics
+                .udp_datagrams_dropped
+                .with_label_values(&["unparseable"]),
+            dropped_rejected: metrics
+                .udp_datagrams_dropped
+                .with_label_values(&["rejected"]),
+            media_failures: metrics.media_failures.clone(),
+        };
+        let mut worker = Worker {
+            socket,
+            local,
+            candidates,
+            peers: HashMap::new(),
+            next_peer: 1,
+            demux: Demux::default(),
+            members: HashMap::new(),
+            rooms: HashMap::new(),
+            publications: HashMap::new(),
+            by_mid: HashMap::new(),
+            dirty: HashSet::new(),
+            metrics,
+            counters,
+        };
+        worker.run(inbox).await;
+        worker.close_all();
+    });
+}
+
+impl Worker {
+    async fn run(&mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = self
+                .peers
+                .values()
+                .map(|p| p.timeout)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((n, source)) => self.on_datagram(source, &buf[..n]),
+                    Err(e) => tracing::debug!("media socket read: {e}"),
+                },
+                command = inbox.recv() => match command {
+                    None | Some(Command::Shutdown) => return,
+                    Some(command) => self.on_command(command),
+                },
+                _ = tokio::time::sleep_until(next.into()) => self.on_timeouts(),
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+            self.flush();
+        }
+    }
+
+    fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
+        let Some(peer_id) = self.demux.route(source, datagram) else {
+            self.counters.dropped_unknown_source.inc();
+            return;
+        };
+        let Ok(contents) = datagram.try_into() else {
+            self.counters.dropped_unparseable.inc();
+            return;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        match guard(|| peer.rtc.handle_input(input)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // A packet str0m refuses (bad SRTP, bad RTCP, ...) costs nothing but a count.
+                tracing::debug!(peer = peer_id, "input rejected: {e}");
+                self.counters.dropped_rejected.inc();
+            }
+            Err(panic) => return self.fail_peer(peer_id, &panic),
+        }
+        self.dirty.insert(peer_id);
+    }
+
+    fn on_timeouts(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.timeout <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
+                Ok(_) => {
+                    self.dirty.insert(id);
+                }
+                Err(panic) => self.fail_peer(id, &panic),
+            }
+        }
+    }
+
+    /// Drains every peer that had input until none has output left. Events can write to other
+    /// peers (forwarded packets), which makes those dirty in turn.
+    fn flush(&mut self) {
+        while let Some(&id) = self.dirty.iter().next() {
+            self.dirty.remove(&id);
+            self.drain(id);
+        }
+    }
+
+    fn drain(&mut self, id: PeerId) {
+        loop {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                return;
+            };
+            let output = match guard(|| peer.rtc.poll_output()) {
+                Ok(Ok(output)) => output,
+                Ok(Err(e)) => {
+                    tracing::info!(peer = id, "peer failed: {e}");
+                    return self.fail_peer(id, &e.to_string());
+                }
+                Err(panic) => return self.fail_peer(id, &panic),
+            };
+            match output {
+                Output::Timeout(t) => {
+                    peer.timeout = t;
+                    if !peer.rtc.is_alive() {
+                        self.fail_peer(id, "connection closed");
+                    }
+                    return;
+                }
+                Output::Transmit(t) => {
+                    // UDP is lossy anyway: a full send buffer drops like the network would.
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Output::Event(event) => self.on_event(id, event),
+            }
+        }
+    }
+
+    fn on_event(&mut self, id: PeerId, event: Event) {
+        match event {
+            Event::RtpPacket(packet) => self.on_rtp(id, packet),
+            Event::MediaAdded(added) => self.on_media_added(id, added.mid, added.kind),
+            Event::KeyframeRequest(request) => self.on_keyframe_request(id, request.mid),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.fail_peer(id, "ICE disconnected (consent timed out)");
+            }
+            Event::Connected => tracing::debug!(peer = id, "peer connected"),
+            _ => {}
+        }
+    }
+
+    // ---- media ----
+
+    fn on_media_added(&mut self, peer_id: PeerId, mid: Mid, kind: MediaKind) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        if peer.role != Role::Publisher || self.by_mid.contains_key(&(peer_id, mid)) {
+            return;
+        }
+        let owner = peer.owner.clone();
+        let Some(media) = peer.rtc.media(mid) else {
+            return;
+        };
+        if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) {
+            return;
+        }
+        let cid = media.track_id().to_string();
+        let layers: Vec<String> = match media.rids_rx() {
+            str0m::media::Rids::Specific(rids) => rids.iter().map(|r| r.to_string()).collect(),
+            _ => Vec::new(),
+        };
+        let Some(member) = self.members.get_mut(&owner) else {
+            return;
+        };
+        let kind = match kind {
+            MediaKind::Audio => TrackKind::Audio,
+            MediaKind::Video => TrackKind::Video,
+        };
+        let (source, name) = match member.declared.get(&cid) {
+            Some((_, source, name)) => (*source, name.clone()),
+            None => (None, None),
+        };
+        let sid = format!("TR_{}", Alphanumeric.sample_string(&mut rand::rng(), 12));
+        let info = TrackInfo {
+            sid: sid.clone(),
+            participant: owner.clone(),
+            cid,
+            kind,
+            source: source.unwrap_or(TrackSource::default_for(kind)),
+            name: name.unwrap_or_default(),
+            muted: false,
+            layers,
+        };
+        member.published.push(sid.clone());
+        let _ = member.events.send(MediaEvent::TrackPublished(info.clone()));
+        let room = member.room.clone();
+        tracing::info!(track = %sid, participant = %owner, ?kind, "track published");
+        self.by_mid.insert((peer_id, mid), sid.clone());
+        self.publications.insert(
+            sid.clone(),
+            Publication {
+                info,
+                room: room.clone(),
+                publisher_peer: peer_id,
+                mid,
+                params: None,
+                codec: Codec::Other,
+                layers: HashMap::new(),
+                subscribers: HashMap::new(),
+            },
+        );
+        self.metrics.publications.inc();
+        // Everyone else in the room receives it.
+        let others: Vec<String> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.members.iter().filter(|m| **m != owner).cloned().collect())
+            .unwrap_or_default();
+        for other in others {
+            self.subscribe(&other, &sid);
+        }
+    }
+
+    fn on_rtp(&mut self, peer_id: PeerId, rtp: RtpPacket) {
+        self.counters.rtp_in.inc();
+        let now = Instant::now();
+        let ssrc = rtp.header.ssrc;
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let (mid, rid) = match peer.rtc.direct_api().stream_rx(&ssrc) {
+            Some(stream) => (stream.mid(), stream.rid()),
+            None => return,
+        };
+        let Some(sid) = self.by_mid.get(&(peer_id, mid)) else {
+            return;
+        };
+        let Some(publication) = self.publications.get_mut(sid) else {
+            return;
+        };
+        if publication.params.is_none() {
+            publication.params = params_of(&peer.rtc, rtp.header.payload_type);
+            publication.codec = codec_of(&peer.rtc, rtp.header.payload_type);
+        }
+        let codec = publication.codec;
+        let packet = Packet {
+            ssrc: *ssrc,
+            seq: *rtp.seq_no,
+            timestamp: rtp.header.timestamp,
+            marker: rtp.header.marker,
+            codec,
+            keyframe: is_keyframe(codec, &rtp.payload),
+            audio_level: rtp.header.ext_vals.audio_level,
+            arrival: rtp.timestamp,
+            payload: rtp.payload,
+        };
+        let layer = publication.layers.entry(rid).or_insert_with(|| {
+            self.metrics.receivers.inc();
+            Layer {
+                ssrc,
+                receiver: Receiver::new(codec),
+            }
+        });
+        layer.ssrc = ssrc;
+        layer.receiver.on_packet(&packet, now);
+        if let (Some(level), Some(room)) =
+            (packet.audio_level, self.rooms.get_mut(&publication.room))
+        {
+            room.speakers
+                .observe(publication.info.participant.clone(), level, now);
+        }
+        // Until subscribers choose layers, every subscriber gets the best live one.
+        if rid.is_some() && best_live_layer(&publication.layers, now) != rid {
+            return;
+        }
+        let mut want_keyframe = false;
+        for out in publication.subscribers.values_mut() {
+            let Some((out_mid, pt)) = out.route else {
+                continue;
+            };
+            if out.paused {
+                continue;
+            }
+            match out.subscription.on_packet(&packet, now) {
+                Forward::Send(o) => {
+                    let Some(sub_peer) = self.peers.get_mut(&out.peer) else {
+                        continue;
+                    };
+                    let ext = ExtensionValues {
+                        audio_level: packet.audio_level,
+                        ..Default::default()
+                    };
+                    let write = RtpWrite::new(
+                        pt,
+                        SeqNo::from(o.seq),
+                        o.timestamp,
+                        packet.arrival,
+                        o.payload,
+                    )
+                    .marker(o.marker)
+                    .ext_vals(ext)
+                    .nackable(codec.is_video());
+                    let written = guard(|| {
+                        if let Some(tx) = sub_peer.rtc.direct_api().stream_tx_by_mid(out_mid, None)
+                        {
+                            tx.write_rtp(write);
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                    match written {
+                        Ok(true) => {
+                            self.counters.rtp_out.inc();
+                            self.dirty.insert(out.peer);
+                        }
+                        Ok(false) => {}
+                        Err(panic) => tracing::warn!("write to subscriber failed: {panic}"),
+                    }
+                }
+                Forward::Drop(DropReason::WaitingForKeyframe) => want_keyframe = true,
+                Forward::Drop(_) => {}
+            }
+        }
+        if want_keyframe {
+            self.request_keyframe(sid.clone(), rid, now);
+        }
+    }
+
+    /// Asks the publisher of `track` (layer `rid`) for a keyframe, throttled per layer.
+    fn request_keyframe(&mut self, track: String, rid: Option<Rid>, now: Instant) {
+        let Some(publication) = self.publications.get_mut(&track) else {
+            return;
+        };
+        let rid = rid.or_else(|| best_live_layer(&publication.layers, now));
+        let Some(layer) = publication.layers.get_mut(&rid) else {
+            return;
+        };
+        if !layer.receiver.want_keyframe(now) {
+            return;
+        }
+        let ssrc = layer.ssrc;
+        let peer_id = publication.publisher_peer;
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let sent = guard(|| {
+            if let Some(stream) = peer.rtc.direct_api().stream_rx(&ssrc) {
+                stream.request_keyframe(KeyframeRequestKind::Pli);
+                true
+            } else {
+                false
+            }
+        });
+        if matches!(sent, Ok(true)) {
+            self.counters.keyframe_requests_out.inc();
+            self.dirty.insert(peer_id);
+        }
+    }
+
+    fn on_keyframe_request(&mut self, peer_id: PeerId, mid: Mid) {
+        self.counters.keyframe_requests_in.inc();
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        if peer.role != Role::Subscriber {
+            return;
+        }
+        let Some(member) = self.members.get(&peer.owner) else {
+            return;
+        };
+        let track = member
+            .out
+            .iter()
+            .find(|(_, o)| o.state == OutState::Open(mid))
+            .map(|(t, _)| t.clone());
+        if let Some(track) = track {
+            self.request_keyframe(track, None, Instant::now());
+        }
+    }
+
+    // ---- subscriptions and negotiation ----
+
+    /// Makes `member` receive `track` (on its next subscriber offer).
+    fn subscribe(&mut self, member_sid: &str, track: &str) {
+        let Some(member) = self.members.get_mut(member_sid) else {
+            return;
+        };
+        if !member.can_subscribe || member.out.contains_key(track) {
+            return;
+        }
+        let Some(publication) = self.publications.get_mut(track) else {
+            return;
+        };
+        let peer = match member.subscriber {
+            Some(p) => p,
+            None => {
+                let id = self.next_peer;
+                self.next_peer += 1;
+                let mut rtc = new_rtc(Instant::now());
+                for c in &self.candidates {
+                    if let Ok(candidate) = Candidate::host(*c, "udp") {
+                        rtc.add_local_candidate(candidate);
+                    }
+                }
+                let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+                self.demux.add(ufrag, id);
+                self.peers.insert(
+                    id,
+                    Peer {
+                        rtc,
+                        owner: member_sid.to_string(),
+                        role: Role::Subscriber,
+                        timeout: Instant::now(),
+                    },
+                );
+                self.metrics.peers.inc();
+                member.subscriber = Some(id);
+                id
+            }
+        };
+        member.out.insert(
+            track.to_string(),
+            OutTrack {
+                state: OutState::ToAdd,
+            },
+        );
+        publication.subscribers.insert(
+            member_sid.to_string(),
+            OutSub {
+                subscription: Subscription::new(publication.codec),
+                peer,
+                route: None,
+                paused: false,
+            },
+        );
+        self.metrics.subscriptions.inc();
+        self.negotiate(member_sid);
+    }
+
+    /// Stops sending `track` to `member` (on its next subscriber offer).
+    fn unsubscribe(&mut self, member_sid: &str, track: &str) {
+        if let Some(publication) = self.publications.get_mut(track) {
+            if publication.subscribers.remove(member_sid).is_some() {
+                self.metrics.subscriptions.dec();
+            }
+        }
+        let Some(member) = self.members.get_mut(member_sid) else {
+            return;
+        };
+        let Some(out) = member.out.get_mut(track) else {
+            return;
+        };
+        match out.state {
+            OutState::ToAdd => {
+                member.out.remove(track);
+            }
+            OutState::Open(mid) | OutState::Negotiating(mid) => {
+                out.state = OutState::ToRemove(mid);
+            }
+            OutState::ToRemove(_) | OutState::Removing(_) => {}
+        }
+        self.negotiate(member_sid);
+    }
+
+    /// Sends a new subscriber offer if something changed and no offer is in flight.
+    fn negotiate(&mut self, member_sid: &str) {
+        let Some(member) = self.members.get_mut(member_sid) else {
+            return;
+        };
+        if member.pending.is_some() {
+            member.dirty = true;
+            return;
+        }
+        let Some(peer_id) = member.subscriber else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let mut changes = peer.rtc.sdp_api();
+        for (track, out) in member.out.iter_mut() {
+            match out.state {
+                OutState::ToAdd => {
+                    let Some(p) = self.publications.get(track) else {
+                        continue;
+                    };
+                    let kind = match p.info.kind {
+                        TrackKind::Audio => MediaKind::Audio,
+                        TrackKind::Video => MediaKind::Video,
+                    };
+                    let mid = changes.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(p.info.participant.clone()),
+                        Some(track.clone()),
+                        None,
+                    );
+                    out.state = OutState::Negotiating(mid);
+                }
+                OutState::ToRemove(mid) => {
+                    changes.stop_media(mid);
+                    out.state = OutState::Removing(mid);
+                }
+                _ => {}
+            }
+        }
+        member.dirty = false;
+        if !changes.has_changes() {
+            return;
+        }
+        let Some((offer, pending)) = changes.apply() else {
+            return;
+        };
+        member.pending = Some(pending);
+        let tracks = member
+            .out
+            .iter()
+            .filter_map(|(track, out)| {
+                let mid = match out.state {
+                    OutState::Negotiating(m) | OutState::Open(m) => m,
+                    _ => return None,
+                };
+                let participant = self.publications.get(track)?.info.participant.clone();
+                Some(OfferedTrack {
+                    mid: mid.to_string(),
+                    track: track.clone(),
+                    participant,
+                })
+            })
+            .collect();
+        let _ = member.events.send(MediaEvent::SubscriberOffer {
+            sdp: offer.to_sdp_string(),
+            tracks,
+        });
+        self.dirty.insert(peer_id);
+    }
+
+    fn on_subscriber_answer(&mut self, member_sid: &str, sdp: &str) -> Result<(), MediaError> {
+        let member = self
+            .members
+            .get_mut(member_sid)
+            .ok_or(MediaError::NotJoined)?;
+        let peer_id = member.subscriber.ok_or(MediaError::NoPendingOffer)?;
+        let pending = member.pending.take().ok_or(MediaError::NoPendingOffer)?;
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::NotJoined)?;
+        match guard(|| peer.rtc.sdp_api().accept_answer(pending, answer)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(MediaError::BadSdp(e.to_string())),
+            Err(panic) => {
+                self.fail_peer(peer_id, &panic);
+                return Err(MediaError::BadSdp("the answer broke the connection".into()));
+            }
+        }
+        self.dirty.insert(peer_id);
+        let mut opened = Vec::new();
+        member.out.retain(|track, out| match out.state {
+            OutState::Negotiating(mid) => {
+                out.state = OutState::Open(mid);
+                opened.push((track.clone(), mid));
+                true
+            }
+            OutState::Removing(_) => false,
+            _ => true,
+        });
+        let dirty = member.dirty;
+        let now = Instant::now();
+        for (track, mid) in opened {
+            let Some(publication) = self.publications.get_mut(&track) else {
+                continue;
+            };
+            let Some(out) = publication.subscribers.get_mut(member_sid) else {
+                continue;
+            };
+            let pt = match (&publication.params, self.peers.get(&peer_id)) {
+                (Some(params), Some(peer)) => matching_pt(&peer.rtc, params),
+                _ => None,
+            };
+            match pt {
+                Some(pt) => out.route = Some((mid, pt)),
+                None => {
+                    // No packet yet (format unknown): route once the first one shows it.
+                    out.route = None;
+                }
+            }
+            // A new subscriber can decode nothing until a keyframe.
+            self.request_keyframe(track.clone(), None, now);
+        }
+        if dirty {
+            self.negotiate(member_sid);
+        }
+        Ok(())
+    }
+
+    // ---- commands ----
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Join {
+                room,
+                participant,
+                can_publish,
+                can_subscribe,
+                events,
+            } => {
+                self.members.insert(
+                    participant.clone(),
+                    Member {
+                        room: room.clone(),
+                        events,
+                        can_publish,
+                        can_subscribe,
+                        publisher: None,
+                        subscriber: None,
+                        declared: HashMap::new(),
+                        published: Vec::new(),
+                        out: HashMap::new(),
+                        pending: None,
+                        dirty: false,
+                    },
+                );
+                let room_media = self.rooms.entry(room.clone()).or_insert_with(|| RoomMedia {
+                    members: Vec::new(),
+                    speakers: ActiveSpeakers::default(),
+                });
+                room_media.members.push(participant.clone());
+                let existing: Vec<String> = self
+                    .publications
+                    .values()
+                    .filter(|p| p.room == room && p.info.participant != participant)
+                    .map(|p| p.info.sid.clone())
+                    .collect();
+                for track in existing {
+                    self.subscribe(&participant, &track);
+                }
+            }
+            Command::Leave { participant } => self.remove_member(&participant),
+            Command::Publish {
+                participant,
+                cid,
+                kind,
+                source,
+                name,
+            } => {
+                if let Some(m) = self.members.get_mut(&participant) {
+                    m.declared.insert(cid, (kind, source, name));
+                }
+            }
+            Command::PublisherOffer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.on_publisher_offer(&participant, &sdp));
+            }
+            Command::SubscriberAnswer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.on_subscriber_answer(&participant, &sdp));
+            }
+            Command::Candidate {
+                participant,
+                target,
+                candidate,
+            } => self.on_candidate(&participant, target, &candidate),
+            Command::Unpublish {
+                participant,
+                track,
+                reply,
+            } => {
+                let owned = self
+                    .publications
+                    .get(&track)
+                    .is_some_and(|p| p.info.participant == participant);
+                if owned {
+                    self.remove_publication(&track);
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(MediaError::TrackNotFound));
+                }
+            }
+            Command::Mute {
+                participant,
+                track,
+                muted,
+                reply,
+            } => {
+                let result = match self.publications.get_mut(&track) {
+                    Some(p) if p.info.participant == participant => {
+                        p.info.muted = muted;
+                        Ok(())
+                    }
+                    _ => Err(MediaError::TrackNotFound),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Subscribe {
+                participant,
+                track,
+                subscribed,
+                reply,
+            } => {
+                let result = match self.publications.get_mut(&track) {
+                    Some(p) if p.info.participant != participant => {
+                        match p.subscribers.get_mut(&participant) {
+                            Some(out) => {
+                                out.paused = !subscribed;
+                                out.subscription.set_paused(!subscribed);
+                                Ok(())
+                            }
+                            None if subscribed => {
+                                self.subscribe(&participant, &track);
+                                Ok(())
+                            }
+                            None => Ok(()),
+                        }
+                    }
+                    _ => Err(MediaError::TrackNotFound),
+                };
+                if result.is_ok() && subscribed {
+                    self.request_keyframe(track, None, Instant::now());
+                }
+                let _ = reply.send(result);
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(WorkerStats {
+                    participants: self.members.len(),
+                    peers: self.peers.len(),
+                    receivers: self.publications.values().map(|p| p.layers.len()).sum(),
+                    subscriptions: self
+                        .publications
+                        .values()
+                        .map(|p| p.subscribers.len())
+                        .sum(),
+                });
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_publisher_offer(&mut self, member_sid: &str, sdp: &str) -> Result<String, MediaError> {
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let member = self
+            .members
+            .get_mut(member_sid)
+            .ok_or(MediaError::NotJoined)?;
+        if !member.can_publish {
+            return Err(MediaError::BadSdp(
+                "this participant may not publish".into(),
+            ));
+        }
+        let peer_id = match member.publisher {
+            Some(p) => p,
+            None => {
+                let id = self.next_peer;
+                self.next_peer += 1;
+                let mut rtc = new_rtc(Instant::now());
+                for c in &self.candidates {
+                    if let Ok(candidate) = Candidate::host(*c, "udp") {
+                        rtc.add_local_candidate(candidate);
+                    }
+                }
+                let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+                self.demux.add(ufrag, id);
+                self.peers.insert(
+                    id,
+                    Peer {
+                        rtc,
+                        owner: member_sid.to_string(),
+                        role: Role::Publisher,
+                        timeout: Instant::now(),
+                    },
+                );
+                self.metrics.peers.inc();
+                member.publisher = Some(id);
+                id
+            }
+        };
+        let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::NotJoined)?;
+        let answer = match guard(|| peer.rtc.sdp_api().accept_offer(offer)) {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(MediaError::BadSdp(e.to_string())),
+            Err(panic) => {
+                self.fail_peer(peer_id, &panic);
+                return Err(MediaError::BadSdp("the offer broke the connection".into()));
+            }
+        };
+        self.dirty.insert(peer_id);
+        Ok(answer.to_sdp_string())
+    }
+
+    fn on_candidate(&mut self, member_sid: &str, target: PeerTarget, candidate: &str) {
+        let candidate = candidate.trim();
+        if candidate.is_empty() {
+            return;
+        }
+        let Some(member) = self.members.get(member_sid) else {
+            return;
+        };
+        let peer_id = match target {
+            PeerTarget::Publisher => member.publisher,
+            PeerTarget::Subscriber => member.subscriber,
+        };
+        let Some(peer) = peer_id.and_then(|id| self.peers.get_mut(&id)) else {
+            return;
+        };
+        let text = candidate.strip_prefix("a=").unwrap_or(candidate);
+        match Candidate::from_sdp_string(text) {
+            Ok(c) => {
+                let _ = guard(|| peer.rtc.add_remote_candidate(c));
+            }
+            Err(e) => tracing::debug!("ignoring candidate `{text}`: {e}"),
+        }
+    }
+
+    // ---- teardown ----
+
+    fn remove_publication(&mut self, track: &str) {
+        let Some(publication) = self.publications.remove(track) else {
+            return;
+        };
+        self.by_mid
+            .remove(&(publication.publisher_peer, publication.mid));
+        self.metrics.publications.dec();
+        self.metrics.receivers.sub(publication.layers.len() as i64);
+        self.metrics
+            .subscriptions
+            .sub(publication.subscribers.len() as i64);
+        if let Some(owner) = self.members.get_mut(&publication.info.participant) {
+            owner.published.retain(|t| t != track);
+        }
+        if let Some(room) = self.rooms.get_mut(&publication.room) {
+            room.speakers.remove(&publication.info.participant);
+        }
+        for subscriber in publication.subscribers.keys() {
+            // The publication is gone already; this only renegotiates the m-line away.
+            self.unsubscribe(subscriber, track);
+        }
+    }
+
+    fn remove_member(&mut self, sid: &str) {
+        let Some(member) = self.members.get(sid) else {
+            return;
+        };
+        let published = member.published.clone();
+        let outgoing: Vec<String> = member.out.keys().cloned().collect();
+        for track in published {
+            self.remove_publication(&track);
+        }
+        for track in outgoing {
+            if let Some(p) = self.publications.get_mut(&track) {
+                if p.subscribers.remove(sid).is_some() {
+                    self.metrics.subscriptions.dec();
+                }
+            }
+        }
+        let Some(member) = self.members.remove(sid) else {
+            return;
+        };
+        for id in [member.publisher, member.subscriber].into_iter().flatten() {
+            if let Some(mut peer) = self.peers.remove(&id) {
+                let _ = guard(|| peer.rtc.disconnect());
+                self.metrics.peers.dec();
+            }
+            self.demux.remove(id);
+            self.dirty.remove(&id);
+        }
+        if let Some(room) = self.rooms.get_mut(&member.room) {
+            room.members.retain(|m| m != sid);
+            room.speakers.remove(&sid.to_string());
+            if room.members.is_empty() {
+                self.rooms.remove(&member.room);
+            }
+        }
+        tracing::debug!(participant = sid, "media state removed");
+    }
+
+    /// A peer died: its participant's media is over. The session hears of it and leaves,
+    /// which removes the member.
+    fn fail_peer(&mut self, id: PeerId, reason: &str) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let owner = peer.owner.clone();
+        tracing::info!(peer = id, participant = %owner, "media failed: {reason}");
+        self.counters.media_failures.inc();
+        if let Some(member) = self.members.get(&owner) {
+            let _ = member.events.send(MediaEvent::Failed(reason.to_string()));
+        }
+        self.remove_member(&owner);
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        for room in self.rooms.values_mut() {
+            let Some(list) = room.speakers.poll(now) else {
+                continue;
+            };
+            let speakers: Vec<Speaker> = list
+                .into_iter()
+                .map(|(participant, level)| Speaker { participant, level })
+                .collect();
+            for m in &room.members {
+                if let Some(member) = self.members.get(m) {
+                    let _ = member
+                        .events
+                        .send(MediaEvent::ActiveSpeakers(speakers.clone()));
+                }
+            }
+        }
+        // Subscriptions whose format became known after negotiation get their route now.
+        for publication in self.publications.values_mut() {
+            let Some(params) = &publication.params else {
+                continue;
+            };
+            for (member_sid, out) in publication.subscribers.iter_mut() {
+                if out.route.is_some() {
+                    continue;
+                }
+                let Some(OutTrack {
+                    state: OutState::Open(mid),
+                }) = self
+                    .members
+                    .get(member_sid)
+                    .and_then(|m| m.out.get(&publication.info.sid))
+                else {
+                    continue;
+                };
+                let Some(peer) = self.peers.get(&out.peer) else {
+                    continue;
+                };
+                // Its first keyframe is asked for by the next packet it has to drop.
+                if let Some(pt) = matching_pt(&peer.rtc, params) {
+                    out.route = Some((*mid, pt));
+                }
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        let members: Vec<String> = self.members.keys().cloned().collect();
+        for m in members {
+            self.remove_member(&m);
+        }
+    }
+}
+
+/// The best simulcast layer that is receiving packets, by [`LAYER_PREFERENCE`].
+fn best_live_layer(layers: &HashMap<Option<Rid>, Layer>, now: Instant) -> Option<Rid> {
+    let mut best: Option<(usize, Rid)> = None;
+    for (rid, layer) in layers {
+        let Some(rid) = rid else { continue };
+        if !layer.receiver.is_live(now) {
+            continue;
+        }
+        let rank = LAYER_PREFERENCE
+            .iter()
+            .position(|r| **r == **rid)
+            .unwrap_or(LAYER_PREFERENCE.len());
+        if best.is_none_or(|(b, _)| rank < b) {
+            best = Some((rank, *rid));
+        }
+    }
+    best.map(|(_, rid)| rid)
+}
