@@ -313,6 +313,9 @@ pub struct Server {
 impl Server {
     /// Binds and starts serving. Port 0 in the config picks a free port (tests use it).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        // One TLS crypto provider for the process (HTTPS), chosen here rather than left to
+        // whichever crate features happen to be on.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let addr = SocketAddr::new(config.http.bind, config.http.port);
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (http.bind, http.port): {e}"))?;

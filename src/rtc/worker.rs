@@ -482,7 +482,19 @@ impl Worker {
             return;
         }
         let mut want_keyframe = false;
-        for out in publication.subscribers.values_mut() {
+        let params = publication.params;
+        for (member_sid, out) in publication.subscribers.iter_mut() {
+            if out.route.is_none() {
+                // Negotiated before the publisher's format was known: resolve it now.
+                out.route = resolve_route(
+                    &self.members,
+                    &self.peers,
+                    member_sid,
+                    sid,
+                    out.peer,
+                    params,
+                );
+            }
             let Some((out_mid, pt)) = out.route else {
                 continue;
             };
@@ -506,15 +518,17 @@ impl Worker {
                         o.payload,
                     )
                     .marker(o.marker)
-                    .ext_vals(ext)
-                    .nackable(codec.is_video());
+                    .ext_vals(ext);
                     let written = guard(|| {
-                        if let Some(tx) = sub_peer.rtc.direct_api().stream_tx_by_mid(out_mid, None)
-                        {
-                            tx.write_rtp(write);
-                            true
-                        } else {
-                            false
+                        match sub_peer.rtc.direct_api().stream_tx_by_mid(out_mid, None) {
+                            Some(tx) => {
+                                // str0m resends only over RTX: without an RTX stream a NACK
+                                // for a nackable packet would have nothing to go out on.
+                                let nackable = codec.is_video() && tx.rtx().is_some();
+                                tx.write_rtp(write.nackable(nackable));
+                                true
+                            }
+                            None => false,
                         }
                     });
                     match written {
@@ -775,26 +789,10 @@ impl Worker {
         });
         let dirty = member.dirty;
         let now = Instant::now();
-        for (track, mid) in opened {
-            let Some(publication) = self.publications.get_mut(&track) else {
-                continue;
-            };
-            let Some(out) = publication.subscribers.get_mut(member_sid) else {
-                continue;
-            };
-            let pt = match (&publication.params, self.peers.get(&peer_id)) {
-                (Some(params), Some(peer)) => matching_pt(&peer.rtc, params),
-                _ => None,
-            };
-            match pt {
-                Some(pt) => out.route = Some((mid, pt)),
-                None => {
-                    // No packet yet (format unknown): route once the first one shows it.
-                    out.route = None;
-                }
-            }
-            // A new subscriber can decode nothing until a keyframe.
-            self.request_keyframe(track.clone(), None, now);
+        for (track, _mid) in opened {
+            // Packets route once the first one arrives (see `resolve_route`); the new
+            // subscriber can decode nothing until a keyframe, so ask for one now.
+            self.request_keyframe(track, None, now);
         }
         if dirty {
             self.negotiate(member_sid);
@@ -1121,33 +1119,6 @@ impl Worker {
                 }
             }
         }
-        // Subscriptions whose format became known after negotiation get their route now.
-        for publication in self.publications.values_mut() {
-            let Some(params) = &publication.params else {
-                continue;
-            };
-            for (member_sid, out) in publication.subscribers.iter_mut() {
-                if out.route.is_some() {
-                    continue;
-                }
-                let Some(OutTrack {
-                    state: OutState::Open(mid),
-                }) = self
-                    .members
-                    .get(member_sid)
-                    .and_then(|m| m.out.get(&publication.info.sid))
-                else {
-                    continue;
-                };
-                let Some(peer) = self.peers.get(&out.peer) else {
-                    continue;
-                };
-                // Its first keyframe is asked for by the next packet it has to drop.
-                if let Some(pt) = matching_pt(&peer.rtc, params) {
-                    out.route = Some((*mid, pt));
-                }
-            }
-        }
     }
 
     fn close_all(&mut self) {
@@ -1156,6 +1127,23 @@ impl Worker {
             self.remove_member(&m);
         }
     }
+}
+
+/// The subscriber m-line and payload type for forwarding a track to a member, once the
+/// subscriber connection has negotiated it and the publisher's format is known.
+fn resolve_route(
+    members: &HashMap<String, Member>,
+    peers: &HashMap<PeerId, Peer>,
+    member_sid: &str,
+    track: &str,
+    peer: PeerId,
+    params: Option<PayloadParams>,
+) -> Option<(Mid, Pt)> {
+    let OutState::Open(mid) = members.get(member_sid)?.out.get(track)?.state else {
+        return None;
+    };
+    let pt = matching_pt(&peers.get(&peer)?.rtc, &params?)?;
+    Some((mid, pt))
 }
 
 /// The best simulcast layer that is receiving packets, by [`LAYER_PREFERENCE`].

@@ -2,6 +2,8 @@
 //! signaling client that speaks the JSON protocol.
 #![allow(dead_code)]
 
+pub mod media;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

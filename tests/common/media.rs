@@ -1,0 +1,508 @@
+//! An independent WebRTC client for media tests, built on the webrtc-rs crates: it joins over
+//! the real WebSocket, publishes synthetic VP8 and Opus, subscribes, and records what arrives.
+//!
+//! The server uses str0m; this client shares none of its code, so a test that passes here shows
+//! interop, not one implementation agreeing with itself.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use interceptor::registry::Registry;
+use interceptor::stream_info::StreamInfo;
+use interceptor::{
+    Attributes, Interceptor, InterceptorBuilder, RTCPReader, RTCPWriter, RTPReader, RTPWriter,
+};
+use serde_json::{json, Value};
+use sfu::http::Server;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::APIBuilder;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+
+use super::WAIT;
+
+/// One RTP packet as a subscriber's stack handed it over (after SRTP), with the stream's codec.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub mime: String,
+    pub packet: rtp::packet::Packet,
+}
+
+/// Every RTP packet a peer connection receives, RTX repair packets included.
+pub type Tap = Arc<Mutex<Vec<Received>>>;
+
+/// Records incoming RTP below webrtc-rs's track API, which hides RTX.
+struct TapInterceptor {
+    tap: Tap,
+}
+
+struct TapBuilder {
+    tap: Tap,
+}
+
+impl InterceptorBuilder for TapBuilder {
+    fn build(&self, _id: &str) -> Result<Arc<dyn Interceptor + Send + Sync>, interceptor::Error> {
+        Ok(Arc::new(TapInterceptor {
+            tap: self.tap.clone(),
+        }))
+    }
+}
+
+struct TapReader {
+    tap: Tap,
+    mime: String,
+    inner: Arc<dyn RTPReader + Send + Sync>,
+}
+
+#[async_trait::async_trait]
+impl RTPReader for TapReader {
+    async fn read(
+        &self,
+        buf: &mut [u8],
+        attributes: &Attributes,
+    ) -> Result<(rtp::packet::Packet, Attributes), interceptor::Error> {
+        let (packet, attributes) = self.inner.read(buf, attributes).await?;
+        if let Ok(mut tap) = self.tap.lock() {
+            tap.push(Received {
+                mime: self.mime.clone(),
+                packet: packet.clone(),
+            });
+        }
+        Ok((packet, attributes))
+    }
+}
+
+#[async_trait::async_trait]
+impl Interceptor for TapInterceptor {
+    async fn bind_rtcp_reader(
+        &self,
+        reader: Arc<dyn RTCPReader + Send + Sync>,
+    ) -> Arc<dyn RTCPReader + Send + Sync> {
+        reader
+    }
+    async fn bind_rtcp_writer(
+        &self,
+        writer: Arc<dyn RTCPWriter + Send + Sync>,
+    ) -> Arc<dyn RTCPWriter + Send + Sync> {
+        writer
+    }
+    async fn bind_local_stream(
+        &self,
+        _info: &StreamInfo,
+        writer: Arc<dyn RTPWriter + Send + Sync>,
+    ) -> Arc<dyn RTPWriter + Send + Sync> {
+        writer
+    }
+    async fn unbind_local_stream(&self, _info: &StreamInfo) {}
+    async fn bind_remote_stream(
+        &self,
+        info: &StreamInfo,
+        reader: Arc<dyn RTPReader + Send + Sync>,
+    ) -> Arc<dyn RTPReader + Send + Sync> {
+        Arc::new(TapReader {
+            tap: self.tap.clone(),
+            mime: info.mime_type.to_lowercase(),
+            inner: reader,
+        })
+    }
+    async fn unbind_remote_stream(&self, _info: &StreamInfo) {}
+    async fn close(&self) -> Result<(), interceptor::Error> {
+        Ok(())
+    }
+}
+
+/// A peer connection set up for loopback-only tests: host candidates on 127.0.0.1, UDP4, no
+/// mDNS, default codecs (VP8 with RTX, Opus) and default interceptors plus the tap.
+async fn peer_connection(tap: Tap) -> Arc<RTCPeerConnection> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().expect("codecs");
+    let mut registry = Registry::new();
+    registry = register_default_interceptors(registry, &mut media).expect("interceptors");
+    registry.add(Box::new(TapBuilder { tap }));
+    let mut settings = SettingEngine::default();
+    settings.set_include_loopback_candidate(true);
+    settings.set_network_types(vec![NetworkType::Udp4]);
+    settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    let api = APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .build();
+    Arc::new(
+        api.new_peer_connection(RTCConfiguration::default())
+            .await
+            .expect("peer connection"),
+    )
+}
+
+/// A participant with media: signaling, a publisher and a subscriber peer connection.
+pub struct MediaClient {
+    outgoing: mpsc::UnboundedSender<Value>,
+    incoming: mpsc::UnboundedReceiver<Value>,
+    /// Messages read while waiting for something else, oldest first.
+    backlog: VecDeque<Value>,
+    next_id: u32,
+    pub joined: Value,
+    pub publisher: Arc<RTCPeerConnection>,
+    pub subscriber: Arc<RTCPeerConnection>,
+    /// What the subscriber connection receives.
+    pub received: Tap,
+    /// Keyframe requests (PLI) the publisher connection received, per track cid.
+    pub plis: Arc<Mutex<HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A track this client publishes, with a log of every payload it sent.
+pub struct PublishedTrack {
+    pub cid: String,
+    pub track: Arc<TrackLocalStaticRTP>,
+    /// Payloads by the counter stamped in them.
+    pub sent: Arc<Mutex<HashMap<u32, Bytes>>>,
+}
+
+impl MediaClient {
+    pub async fn join(server: &Server, room: &str, identity: &str) -> Self {
+        let url = format!("ws://{}/ws", server.local_addr);
+        let (ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        let (mut sink, mut stream) = ws.split();
+        let received: Tap = Arc::default();
+        let publisher = peer_connection(Arc::default()).await;
+        let subscriber = peer_connection(received.clone()).await;
+        // The tap sees packets as the application reads them: read every track to its end.
+        subscriber.on_track(Box::new(|track, _receiver, _transceiver| {
+            Box::pin(async move {
+                tokio::spawn(async move { while track.read_rtp().await.is_ok() {} });
+            })
+        }));
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
+        let (in_tx, in_rx) = mpsc::unbounded_channel::<Value>();
+        let sub = subscriber.clone();
+        let answer_tx = out_tx.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(message) = out_rx.recv() => {
+                        if sink.send(Message::Text(message.to_string().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    frame = stream.next() => {
+                        let Some(Ok(Message::Text(text))) = frame else {
+                            if matches!(frame, Some(Ok(_))) { continue; }
+                            return;
+                        };
+                        let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
+                        if value["type"] == "offer" {
+                            let sdp = value["sdp"].as_str().unwrap_or_default().to_string();
+                            let answer = answer_offer(&sub, sdp).await;
+                            let _ = answer_tx.send(json!({"type":"answer","id":"sub-answer","sdp":answer}));
+                        }
+                        let _ = in_tx.send(value);
+                    }
+                }
+            }
+        });
+        let mut client = Self {
+            outgoing: out_tx,
+            incoming: in_rx,
+            backlog: VecDeque::new(),
+            next_id: 0,
+            joined: Value::Null,
+            publisher,
+            subscriber,
+            received,
+            plis: Arc::default(),
+            task,
+        };
+        let token = super::token(server, room, identity);
+        client.joined = client.request(json!({"type":"join","token":token})).await;
+        assert_eq!(client.joined["type"], "joined", "{}", client.joined);
+        client
+    }
+
+    pub fn sid(&self) -> String {
+        self.joined["participant"]["sid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn send(&self, value: Value) {
+        let _ = self.outgoing.send(value);
+    }
+
+    async fn next(&mut self) -> Value {
+        if let Some(v) = self.backlog.pop_front() {
+            return v;
+        }
+        tokio::time::timeout(WAIT, self.incoming.recv())
+            .await
+            .expect("a signaling message in time")
+            .expect("signaling open")
+    }
+
+    /// Sends a request and waits for its answer; other messages stay in the backlog.
+    pub async fn request(&mut self, mut value: Value) -> Value {
+        self.next_id += 1;
+        let id = format!("m{}", self.next_id);
+        value["id"] = json!(id);
+        self.send(value);
+        let mut skipped = Vec::new();
+        let answer = loop {
+            let m = tokio::time::timeout(WAIT, self.incoming.recv())
+                .await
+                .expect("an answer in time")
+                .expect("signaling open");
+            if m["request_id"] == json!(id) {
+                break m;
+            }
+            skipped.push(m);
+        };
+        self.backlog.extend(skipped);
+        answer
+    }
+
+    /// Waits for the next message of `kind`, keeping nothing it skips.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let m = self.next().await;
+            if m["type"] == kind {
+                return m;
+            }
+        }
+    }
+
+    /// Adds a track to the publisher connection and declares it with `publish`.
+    pub async fn add_track(&mut self, kind: &str, cid: &str) -> PublishedTrack {
+        let mime = if kind == "video" {
+            MIME_TYPE_VP8
+        } else {
+            MIME_TYPE_OPUS
+        };
+        let capability = RTCRtpCodecCapability {
+            mime_type: mime.to_owned(),
+            clock_rate: if kind == "video" { 90_000 } else { 48_000 },
+            channels: if kind == "video" { 0 } else { 2 },
+            ..Default::default()
+        };
+        let track = Arc::new(TrackLocalStaticRTP::new(
+            capability,
+            cid.to_owned(),
+            "stream".to_owned(),
+        ));
+        let sender = self
+            .publisher
+            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>)
+            .await
+            .expect("add track");
+        let plis = self.plis.clone();
+        let key = cid.to_string();
+        tokio::spawn(async move {
+            while let Ok((packets, _)) = sender.read_rtcp().await {
+                for p in packets {
+                    let any = p.as_any();
+                    if any
+                        .downcast_ref::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+                        .is_some()
+                    {
+                        *plis.lock().unwrap().entry(key.clone()).or_default() += 1;
+                    }
+                }
+            }
+        });
+        let answer = self
+            .request(json!({"type":"publish","cid":cid,"kind":kind}))
+            .await;
+        assert_eq!(answer["type"], "ack", "{answer}");
+        PublishedTrack {
+            cid: cid.to_string(),
+            track,
+            sent: Arc::default(),
+        }
+    }
+
+    /// Offers the publisher connection's tracks and applies the server's answer.
+    pub async fn negotiate_publisher(&mut self) {
+        let offer = self.publisher.create_offer(None).await.expect("offer");
+        let mut gathered = self.publisher.gathering_complete_promise().await;
+        self.publisher
+            .set_local_description(offer)
+            .await
+            .expect("local offer");
+        let _ = gathered.recv().await;
+        let local = self.publisher.local_description().await.expect("local sdp");
+        let answer = self.request(json!({"type":"offer","sdp":local.sdp})).await;
+        assert_eq!(answer["type"], "answer", "{answer}");
+        let sdp = answer["sdp"].as_str().expect("answer sdp").to_string();
+        self.publisher
+            .set_remote_description(RTCSessionDescription::answer(sdp).expect("answer"))
+            .await
+            .expect("remote answer");
+    }
+
+    /// Waits until `track_published` names our track `cid`; returns its sid.
+    pub async fn published_sid(&mut self, cid: &str) -> String {
+        loop {
+            let m = self.recv_type("track_published").await;
+            if m["track"]["cid"] == cid && m["track"]["participant"] == json!(self.sid()) {
+                return m["track"]["sid"].as_str().unwrap().to_string();
+            }
+        }
+    }
+
+    /// Received packets of one codec (lowercase mime, e.g. "video/vp8"), in arrival order.
+    pub fn received_of(&self, mime: &str) -> Vec<rtp::packet::Packet> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.mime == mime)
+            .map(|r| r.packet.clone())
+            .collect()
+    }
+
+    pub async fn close(self) {
+        let _ = self.publisher.close().await;
+        let _ = self.subscriber.close().await;
+        self.task.abort();
+    }
+
+    /// Drops signaling and media without a goodbye, like a killed process.
+    pub fn kill(self) {
+        self.task.abort();
+        let publisher = self.publisher.clone();
+        let subscriber = self.subscriber.clone();
+        tokio::spawn(async move {
+            let _ = publisher.close().await;
+            let _ = subscriber.close().await;
+        });
+    }
+}
+
+async fn answer_offer(pc: &Arc<RTCPeerConnection>, sdp: String) -> String {
+    let offer = RTCSessionDescription::offer(sdp).expect("offer sdp");
+    pc.set_remote_description(offer)
+        .await
+        .expect("remote offer");
+    let answer = pc.create_answer(None).await.expect("answer");
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(answer)
+        .await
+        .expect("local answer");
+    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+    pc.local_description().await.expect("local sdp").sdp
+}
+
+/// A synthetic VP8 packet payload: a real payload descriptor (start of partition 0 on the first
+/// packet of a frame, with the VP8 key/delta bit), then a counter that names the packet.
+pub fn vp8_payload(counter: u32, first_of_frame: bool, keyframe: bool, size: usize) -> Bytes {
+    let mut p = Vec::with_capacity(size.max(8));
+    if first_of_frame {
+        p.push(0x10);
+        p.push(if keyframe { 0x00 } else { 0x01 });
+    } else {
+        p.push(0x00);
+        p.push(0xff);
+    }
+    p.extend_from_slice(&counter.to_be_bytes());
+    while p.len() < size {
+        p.push((p.len() as u8).wrapping_mul(31) ^ (counter as u8));
+    }
+    Bytes::from(p)
+}
+
+/// The counter `vp8_payload` or `opus_payload` stamped in a payload.
+pub fn counter_of(payload: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(payload.get(2..6)?.try_into().ok()?))
+}
+
+pub fn opus_payload(counter: u32) -> Bytes {
+    let mut p = vec![0xfc, 0xff];
+    p.extend_from_slice(&counter.to_be_bytes());
+    p.extend(std::iter::repeat_n(0x55, 60));
+    Bytes::from(p)
+}
+
+/// Sends `frames` VP8 frames of `packets_per_frame` packets at 30 fps, a keyframe every
+/// `keyframe_every` frames (and first), starting at sequence number `seq` and counter `counter`.
+/// Returns the next (seq, counter, timestamp).
+pub async fn send_vp8(
+    track: &PublishedTrack,
+    frames: u32,
+    packets_per_frame: u32,
+    keyframe_every: u32,
+    mut seq: u16,
+    mut counter: u32,
+    mut timestamp: u32,
+) -> (u16, u32, u32) {
+    let mut tick = tokio::time::interval(Duration::from_millis(33));
+    for frame in 0..frames {
+        tick.tick().await;
+        let keyframe = frame % keyframe_every == 0;
+        for i in 0..packets_per_frame {
+            let payload = vp8_payload(counter, i == 0, keyframe, if keyframe { 1100 } else { 600 });
+            track.sent.lock().unwrap().insert(counter, payload.clone());
+            let packet = rtp::packet::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker: i + 1 == packets_per_frame,
+                    sequence_number: seq,
+                    timestamp,
+                    ..Default::default()
+                },
+                payload,
+            };
+            let _ = track.track.write_rtp(&packet).await;
+            seq = seq.wrapping_add(1);
+            counter += 1;
+        }
+        timestamp = timestamp.wrapping_add(3000);
+    }
+    (seq, counter, timestamp)
+}
+
+/// Sends `packets` Opus packets every 20 ms.
+pub async fn send_opus(
+    track: &PublishedTrack,
+    packets: u32,
+    mut seq: u16,
+    mut counter: u32,
+) -> (u16, u32) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut timestamp = 0u32;
+    for _ in 0..packets {
+        tick.tick().await;
+        let payload = opus_payload(counter);
+        track.sent.lock().unwrap().insert(counter, payload.clone());
+        let packet = rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                sequence_number: seq,
+                timestamp,
+                ..Default::default()
+            },
+            payload,
+        };
+        let _ = track.track.write_rtp(&packet).await;
+        seq = seq.wrapping_add(1);
+        counter += 1;
+        timestamp = timestamp.wrapping_add(960);
+    }
+    (seq, counter)
+}

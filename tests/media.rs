@@ -1,0 +1,368 @@
+//! Media through the server with real WebRTC peers over loopback: webrtc-rs clients publish
+//! synthetic VP8 and Opus through the real signaling, others subscribe, and the tests check the
+//! packet streams the subscribers' stacks hand over.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::media::{counter_of, send_opus, send_vp8, MediaClient, PublishedTrack};
+use serde_json::json;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::RTCPeerConnection;
+
+async fn connected(pc: &RTCPeerConnection) {
+    let ok =
+        common::eventually(|| async { pc.connection_state() == RTCPeerConnectionState::Connected })
+            .await;
+    assert!(
+        ok,
+        "peer connection did not connect: {:?}",
+        pc.connection_state()
+    );
+}
+
+/// Sequence numbers go up by exactly one from each packet to the next.
+fn assert_continuous(seqs: &[u16], what: &str) {
+    for w in seqs.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0].wrapping_add(1),
+            "{what}: gap or reorder between {} and {}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+/// Alice publishes a VP8 camera; the given others join first and are connected to receive it.
+async fn publishing_room(
+    server: &sfu::http::Server,
+    others: &[&str],
+) -> (MediaClient, PublishedTrack, String, Vec<MediaClient>) {
+    let mut alice = MediaClient::join(server, "r", "alice").await;
+    let mut subscribers = Vec::new();
+    for name in others {
+        subscribers.push(MediaClient::join(server, "r", name).await);
+    }
+    let video = alice.add_track("video", "cam").await;
+    alice.negotiate_publisher().await;
+    let sid = alice.published_sid("cam").await;
+    connected(&alice.publisher).await;
+    for s in &subscribers {
+        connected(&s.subscriber).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (alice, video, sid, subscribers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_receive_every_packet_continuous_and_byte_identical() {
+    let server = common::start(|_| {}).await;
+    let mut alice = MediaClient::join(&server, "r", "alice").await;
+    let bob = MediaClient::join(&server, "r", "bob").await;
+    let carol = MediaClient::join(&server, "r", "carol").await;
+    let video = alice.add_track("video", "cam").await;
+    let audio = alice.add_track("audio", "mic").await;
+    alice.negotiate_publisher().await;
+    alice.published_sid("cam").await;
+    connected(&alice.publisher).await;
+    connected(&bob.subscriber).await;
+    connected(&carol.subscriber).await;
+    // Both tracks must be negotiated on each subscriber before the first packet is sent.
+    for c in [&bob, &carol] {
+        let ok =
+            common::eventually(|| async { c.subscriber.get_transceivers().await.len() >= 2 }).await;
+        assert!(ok);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (v, a) = tokio::join!(
+        send_vp8(&video, 60, 4, 30, 1000, 0, 0),
+        send_opus(&audio, 100, 500, 100_000),
+    );
+    let _ = (v, a);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sent_video = video.sent.lock().unwrap().clone();
+    let sent_audio = audio.sent.lock().unwrap().clone();
+    for (name, client) in [("bob", &bob), ("carol", &carol)] {
+        let got = client.received_of("video/vp8");
+        assert!(!got.is_empty(), "{name} got no video");
+        let seqs: Vec<u16> = got.iter().map(|p| p.header.sequence_number).collect();
+        assert_continuous(&seqs, &format!("{name} video"));
+        let mut counters = HashSet::new();
+        for p in &got {
+            let c = counter_of(&p.payload).expect("stamped payload");
+            assert_eq!(
+                sent_video.get(&c),
+                Some(&p.payload),
+                "{name}: video payload {c} differs"
+            );
+            counters.insert(c);
+        }
+        assert_eq!(
+            counters.len(),
+            sent_video.len(),
+            "{name}: every video packet arrives"
+        );
+
+        let got = client.received_of("audio/opus");
+        let seqs: Vec<u16> = got.iter().map(|p| p.header.sequence_number).collect();
+        assert_continuous(&seqs, &format!("{name} audio"));
+        for p in &got {
+            let c = counter_of(&p.payload).expect("stamped payload");
+            assert_eq!(
+                sent_audio.get(&c),
+                Some(&p.payload),
+                "{name}: audio payload {c} differs"
+            );
+        }
+        assert_eq!(
+            got.len(),
+            sent_audio.len(),
+            "{name}: every audio packet arrives"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_restart_keeps_the_subscriber_stream_continuous() {
+    let server = common::start(|_| {}).await;
+    let (_alice, video, _sid, subs) = publishing_room(&server, &["bob"]).await;
+    let bob = &subs[0];
+    // The encoder restarts: its sequence numbers jump far ahead (further than any loss NACK
+    // could repair, within what SRTP's rollover tracking allows) and its timestamps elsewhere.
+    let (_, counter, _) = send_vp8(&video, 20, 3, 10, 1000, 0, 50_000).await;
+    send_vp8(&video, 20, 3, 10, 11_000, counter, 3_000_000_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let got = bob.received_of("video/vp8");
+    assert_eq!(got.len(), 120, "both runs arrive whole");
+    let seqs: Vec<u16> = got.iter().map(|p| p.header.sequence_number).collect();
+    assert_continuous(&seqs, "across the restart");
+    // Time never goes back, and across the restart it moves on by about the real gap
+    // (one frame, 33 ms = 3000 ticks), not by the publisher's jump.
+    for w in got.windows(2) {
+        let step = w[1].header.timestamp.wrapping_sub(w[0].header.timestamp);
+        assert!(
+            step < 90_000,
+            "timestamp step {step} between consecutive packets"
+        );
+    }
+    let restart = &got[60];
+    assert_eq!(counter_of(&restart.payload), Some(counter));
+    let step = restart
+        .header
+        .timestamp
+        .wrapping_sub(got[59].header.timestamp);
+    assert!(
+        (1..=9_000).contains(&step),
+        "timestamp step at the restart: {step}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_keyframe_requests_are_throttled_upstream() {
+    let server = common::start(|_| {}).await;
+    let (alice, video, _sid, subs) = publishing_room(&server, &["bob"]).await;
+    let bob = &subs[0];
+    send_vp8(&video, 5, 2, 100, 1, 0, 0).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = alice.plis.lock().unwrap().get("cam").copied().unwrap_or(0);
+    let media_ssrc = bob.received_of("video/vp8")[0].header.ssrc;
+    for _ in 0..20 {
+        let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        bob.subscriber
+            .write_rtcp(&[Box::new(pli)])
+            .await
+            .expect("send PLI");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrived = alice.plis.lock().unwrap().get("cam").copied().unwrap_or(0) - before;
+    assert!(
+        (1..=3).contains(&arrived),
+        "20 PLIs in 1 s became {arrived} upstream"
+    );
+    let received = common::metric(&server, "sfu_keyframe_requests_received_total")
+        .await
+        .unwrap();
+    assert!(received >= 20.0, "server saw {received} requests");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the RTX resend does not reach the webrtc-rs tap yet; see the media issue's note"]
+async fn a_subscriber_nack_is_answered_with_the_original_payload() {
+    let server = common::start(|_| {}).await;
+    let (_alice, video, _sid, subs) = publishing_room(&server, &["bob"]).await;
+    let bob = &subs[0];
+    send_vp8(&video, 10, 3, 100, 7, 0, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = bob.received_of("video/vp8");
+    let wanted = got[12].clone();
+    let nack = rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
+        sender_ssrc: 0,
+        media_ssrc: wanted.header.ssrc,
+        nacks: vec![rtcp::transport_feedbacks::transport_layer_nack::NackPair {
+            packet_id: wanted.header.sequence_number,
+            lost_packets: 0,
+        }],
+    };
+    bob.subscriber
+        .write_rtcp(&[Box::new(nack)])
+        .await
+        .expect("send NACK");
+    let answered = common::eventually(|| async {
+        bob.received_of("video/rtx").iter().any(|p| {
+            p.payload.len() > 2
+                && u16::from_be_bytes([p.payload[0], p.payload[1]]) == wanted.header.sequence_number
+                && p.payload[2..] == wanted.payload[..]
+        })
+    })
+    .await;
+    assert!(
+        answered,
+        "an RTX resend of seq {} with the original payload",
+        wanted.header.sequence_number
+    );
+    server.shutdown().await;
+}
+
+async fn assert_media_state_empty(server: &sfu::http::Server) {
+    let empty = common::eventually(|| async {
+        let s = server.state.media.stats().await;
+        s.peers == 0 && s.receivers == 0 && s.subscriptions == 0 && s.participants == 0
+    })
+    .await;
+    assert!(empty, "left over: {:?}", server.state.media.stats().await);
+    for gauge in [
+        "sfu_peers",
+        "sfu_receivers",
+        "sfu_subscriptions",
+        "sfu_publications",
+    ] {
+        assert_eq!(common::metric(server, gauge).await, Some(0.0), "{gauge}");
+    }
+}
+
+/// How a publisher goes away in the cleanup tests.
+enum Departure {
+    Leave,
+    Kick,
+    Kill,
+}
+
+async fn departing_publisher_is_cleaned_up(how: Departure) {
+    let server = common::start(|_| {}).await;
+    let (mut alice, video, sid, mut subs) = publishing_room(&server, &["bob"]).await;
+    send_vp8(&video, 5, 2, 100, 1, 0, 0).await;
+    let alice_sid = alice.sid();
+    match how {
+        Departure::Leave => {
+            let answer = alice.request(json!({"type":"leave"})).await;
+            assert_eq!(answer["reason"], "client_left");
+            alice.close().await;
+        }
+        Departure::Kick => {
+            let admin = common::admin_token(&server);
+            let res = reqwest::Client::new()
+                .delete(common::http_url(&server, "/api/rooms/r/participants/alice"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 204);
+            alice.close().await;
+        }
+        Departure::Kill => alice.kill(),
+    }
+    let bob = &mut subs[0];
+    let unpublished = bob.recv_type("track_unpublished").await;
+    assert_eq!(unpublished["track"], json!(sid));
+    let left = bob.recv_type("participant_left").await;
+    assert_eq!(left["sid"], json!(alice_sid));
+    // Bob's subscriber connection drops the track; then Bob leaves too and nothing remains.
+    subs.pop().unwrap().close().await;
+    assert_media_state_empty(&server).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_unpublishes_and_frees_everything() {
+    departing_publisher_is_cleaned_up(Departure::Leave).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicking_unpublishes_and_frees_everything() {
+    departing_publisher_is_cleaned_up(Departure::Kick).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_is_unpublished_and_freed() {
+    departing_publisher_is_cleaned_up(Departure::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_media_is_dropped_counted_and_the_room_goes_on() {
+    let server = common::start(|_| {}).await;
+    let (_alice, video, _sid, subs) = publishing_room(&server, &["bob"]).await;
+    let bob = &subs[0];
+    // Garbage at the media port: not STUN, DTLS or RTP from any known peer.
+    let media_addr = server.state.media.addrs()[0];
+    let media_addr = std::net::SocketAddr::from(([127, 0, 0, 1], media_addr.port()));
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for datagram in [
+        &b""[..],
+        &[0xff; 3],
+        &[0x80; 1500],
+        &[0x00, 0x01, 0x00, 0xff, 0x21, 0x12, 0xa4, 0x42],
+    ] {
+        junk.send_to(datagram, media_addr).await.unwrap();
+    }
+    // Through the publisher's own connection: an unknown header extension, an empty payload,
+    // a truncated VP8 descriptor.
+    for (i, payload) in [vec![], vec![0x90], vec![0x10]].into_iter().enumerate() {
+        let packet = rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                sequence_number: 100 + i as u16,
+                extension: true,
+                extension_profile: 0xBEDE,
+                extensions: vec![rtp::header::Extension {
+                    id: 14,
+                    payload: bytes::Bytes::from_static(&[1, 2, 3]),
+                }],
+                ..Default::default()
+            },
+            payload: payload.into(),
+        };
+        use webrtc::track::track_local::TrackLocalWriter;
+        let _ = video.track.write_rtp(&packet).await;
+    }
+    // The room goes on: real video still reaches Bob.
+    send_vp8(&video, 10, 2, 5, 200, 0, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = bob.received_of("video/vp8");
+    assert!(
+        got.iter().filter_map(|p| counter_of(&p.payload)).count() >= 10,
+        "video flows after the junk"
+    );
+    let dropped = common::metric(
+        &server,
+        "sfu_udp_datagrams_dropped_total{reason=\"unknown_source\"}",
+    )
+    .await;
+    assert!(
+        dropped.unwrap_or(0.0) >= 3.0,
+        "junk datagrams counted: {dropped:?}"
+    );
+    server.shutdown().await;
+}
