@@ -7,7 +7,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::media::{counter_of, send_opus, send_vp8, MediaClient, PublishedTrack};
+use common::media::{
+    counter_of, send_opus, send_opus_with_level, send_vp8, MediaClient, PublishedTrack,
+};
 use serde_json::json;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::RTCPeerConnection;
@@ -363,6 +365,51 @@ async fn malformed_media_is_dropped_counted_and_the_room_goes_on() {
     assert!(
         dropped.unwrap_or(0.0) >= 3.0,
         "junk datagrams counted: {dropped:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loudest_speaker_is_announced_first() {
+    let server = common::start(|_| {}).await;
+    let mut alice = MediaClient::join(&server, "r", "alice").await;
+    let mut carol = MediaClient::join(&server, "r", "carol").await;
+    let mut bob = MediaClient::join(&server, "r", "bob").await;
+    let a = alice.add_track("audio", "mic").await;
+    alice.negotiate_publisher().await;
+    let c = carol.add_track("audio", "mic").await;
+    carol.negotiate_publisher().await;
+    connected(&alice.publisher).await;
+    connected(&carol.publisher).await;
+    let (a_id, c_id) = (
+        alice.audio_level_id().await.expect("negotiated"),
+        carol.audio_level_id().await.expect("negotiated"),
+    );
+    // Alice talks loudly (-10 dBov), Carol softly (-45 dBov): both speak, Alice first.
+    tokio::join!(
+        send_opus_with_level(&a, 50, 1, 0, Some((a_id, 10))),
+        send_opus_with_level(&c, 50, 1, 0, Some((c_id, 45))),
+    );
+    let expected = json!([alice.sid(), carol.sid()]);
+    let mut last = json!(null);
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let m = bob.recv_type("active_speakers").await;
+            last = json!(m["speakers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["participant"].clone())
+                .collect::<Vec<_>>());
+            if last == expected {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "active_speakers never listed alice then carol; last: {last}"
     );
     server.shutdown().await;
 }

@@ -42,8 +42,10 @@ pub struct Packet {
     pub codec: Codec,
     /// True when this packet starts a keyframe (see [`crate::forward::keyframe::is_keyframe`]).
     pub keyframe: bool,
-    /// RFC 6464 audio level, 0 (loudest) to 127 (silence), when the publisher sent one.
+    /// RFC 6464 audio level in -dBov, 0 (loudest) to 127 (silence), when the publisher sent one.
     pub audio_level: Option<i8>,
+    /// RFC 6464 voice activity flag, sent with the level.
+    pub voice_activity: Option<bool>,
     pub arrival: Instant,
     pub payload: Arc<[u8]>,
 }

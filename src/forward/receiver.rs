@@ -108,6 +108,7 @@ mod tests {
             codec: Codec::Vp8,
             keyframe: false,
             audio_level: None,
+            voice_activity: None,
             arrival: at,
             payload: Arc::from(vec![0u8; size]),
         }

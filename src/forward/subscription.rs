@@ -116,6 +116,7 @@ mod tests {
             codec: Codec::Vp8,
             keyframe: key,
             audio_level: None,
+            voice_activity: None,
             arrival: Instant::now(),
             payload: Arc::from(vec![seq as u8; 10]),
         }

@@ -458,7 +458,13 @@ impl Worker {
             marker: rtp.header.marker,
             codec,
             keyframe: is_keyframe(codec, &rtp.payload),
-            audio_level: rtp.header.ext_vals.audio_level,
+            // str0m gives the level as a negative dBov; the core works in RFC 6464's 0..=127.
+            audio_level: rtp
+                .header
+                .ext_vals
+                .audio_level
+                .map(|l| l.unsigned_abs().min(127) as i8),
+            voice_activity: rtp.header.ext_vals.voice_activity,
             arrival: rtp.timestamp,
             payload: rtp.payload,
         };
@@ -506,8 +512,12 @@ impl Worker {
                     let Some(sub_peer) = self.peers.get_mut(&out.peer) else {
                         continue;
                     };
+                    // Subscribers see the publisher's audio level (their own speaker UI uses it).
                     let ext = ExtensionValues {
-                        audio_level: packet.audio_level,
+                        audio_level: packet.audio_level.map(|l| -l),
+                        voice_activity: packet
+                            .audio_level
+                            .map(|_| packet.voice_activity.unwrap_or(true)),
                         ..Default::default()
                     };
                     let write = RtpWrite::new(

@@ -29,11 +29,15 @@ use webrtc::ice::network_type::NetworkType;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
 use super::WAIT;
+
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// One RTP packet as a subscriber's stack handed it over (after SRTP), with the stream's codec.
 #[derive(Debug, Clone)]
@@ -130,6 +134,16 @@ impl Interceptor for TapInterceptor {
 async fn peer_connection(tap: Tap) -> Arc<RTCPeerConnection> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().expect("codecs");
+    // RFC 6464 audio levels, which the server's active-speaker detection reads.
+    media
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: AUDIO_LEVEL_URI.to_owned(),
+            },
+            RTPCodecType::Audio,
+            None,
+        )
+        .expect("audio level extension");
     let mut registry = Registry::new();
     registry = register_default_interceptors(registry, &mut media).expect("interceptors");
     registry.add(Box::new(TapBuilder { tap }));
@@ -356,6 +370,16 @@ impl MediaClient {
             .expect("remote answer");
     }
 
+    /// The header extension id negotiated for audio levels on the publisher connection.
+    pub async fn audio_level_id(&self) -> Option<u8> {
+        let sdp = self.publisher.local_description().await?.sdp;
+        sdp.lines().find_map(|l| {
+            let rest = l.strip_prefix("a=extmap:")?;
+            let (id, uri) = rest.split_once(' ')?;
+            (uri.trim() == AUDIO_LEVEL_URI).then(|| id.split('/').next()?.parse().ok())?
+        })
+    }
+
     /// Waits until `track_published` names our track `cid`; returns its sid.
     pub async fn published_sid(&mut self, cid: &str) -> String {
         loop {
@@ -478,11 +502,17 @@ pub async fn send_vp8(
 }
 
 /// Sends `packets` Opus packets every 20 ms.
-pub async fn send_opus(
+pub async fn send_opus(track: &PublishedTrack, packets: u32, seq: u16, counter: u32) -> (u16, u32) {
+    send_opus_with_level(track, packets, seq, counter, None).await
+}
+
+/// Sends Opus packets carrying an RFC 6464 audio level (`(extension id, level)`, 0 = loudest).
+pub async fn send_opus_with_level(
     track: &PublishedTrack,
     packets: u32,
     mut seq: u16,
     mut counter: u32,
+    level: Option<(u8, u8)>,
 ) -> (u16, u32) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut timestamp = 0u32;
@@ -490,15 +520,17 @@ pub async fn send_opus(
         tick.tick().await;
         let payload = opus_payload(counter);
         track.sent.lock().unwrap().insert(counter, payload.clone());
-        let packet = rtp::packet::Packet {
-            header: rtp::header::Header {
-                version: 2,
-                sequence_number: seq,
-                timestamp,
-                ..Default::default()
-            },
-            payload,
+        let mut header = rtp::header::Header {
+            version: 2,
+            sequence_number: seq,
+            timestamp,
+            ..Default::default()
         };
+        if let Some((id, level)) = level {
+            // Voice activity bit set, then the level in -dBov.
+            let _ = header.set_extension(id, Bytes::from(vec![0x80 | (level & 0x7f)]));
+        }
+        let packet = rtp::packet::Packet { header, payload };
         let _ = track.track.write_rtp(&packet).await;
         seq = seq.wrapping_add(1);
         counter += 1;
