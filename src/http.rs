@@ -276,11 +276,19 @@ async fn dev_token(
 }
 
 /// The browser client (web/), built into the binary so one file is the whole server.
-const WEB_FILES: &[(&str, &str, &str)] = &[(
-    "index.html",
-    "text/html; charset=utf-8",
-    include_str!("../web/index.html"),
-)];
+const WEB_FILES: &[(&str, &str, &str)] = &[
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/index.html"),
+    ),
+    (
+        // Browsers refuse to run a module script served with a non-JavaScript type.
+        "sfu-client.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/sfu-client.js"),
+    ),
+];
 
 async fn web_file(path: Option<Path<String>>) -> Response {
     let path = path.map(|Path(p)| p).unwrap_or_default();

@@ -1,0 +1,173 @@
+//! The forwarding core's hot path, without a network: what one packet costs per subscriber.
+//!
+//! Run with `cargo bench --bench forward`. Besides criterion's times it prints allocations per
+//! packet, counted by a wrapping global allocator, so a change that adds a per-subscriber
+//! allocation shows up as a number, not a hunch.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sfu::forward::keyframe::is_keyframe;
+use sfu::forward::munger::Munger;
+use sfu::forward::receiver::Receiver;
+use sfu::forward::subscription::{Forward, Subscription};
+use sfu::forward::{Codec, Packet};
+
+/// Counts every allocation the process makes.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// A 1100-byte VP8 packet, the size a 720p stream mostly sends.
+fn vp8_packet(seq: u64, keyframe: bool, arrival: Instant) -> Packet {
+    let mut payload = vec![0u8; 1100];
+    payload[0] = 0x10;
+    payload[1] = if keyframe { 0x00 } else { 0x01 };
+    Packet {
+        ssrc: 0x1234_5678,
+        seq,
+        timestamp: (seq as u32) * 3000,
+        marker: seq % 4 == 3,
+        codec: Codec::Vp8,
+        keyframe,
+        audio_level: None,
+        voice_activity: None,
+        arrival,
+        payload: Arc::from(payload),
+    }
+}
+
+/// Allocations per call of `f`, over `n` calls.
+fn allocations_per_call(n: u64, mut f: impl FnMut(u64)) -> f64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for i in 0..n {
+        f(i);
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64
+}
+
+fn subscription_forward(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let key = vp8_packet(0, true, t0);
+    let delta = vp8_packet(1, false, t0);
+    let mut group = c.benchmark_group("subscription");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("forward_one_packet", |b| {
+        let mut s = Subscription::new(Codec::Vp8);
+        let _ = s.on_packet(&key, t0);
+        let mut seq = 1;
+        let mut p = delta.clone();
+        b.iter(|| {
+            seq += 1;
+            p.seq = seq;
+            black_box(s.on_packet(black_box(&p), t0))
+        })
+    });
+    group.finish();
+
+    let mut s = Subscription::new(Codec::Vp8);
+    let _ = s.on_packet(&key, t0);
+    let mut p = delta.clone();
+    let allocs = allocations_per_call(100_000, |i| {
+        p.seq = 2 + i;
+        if let Forward::Send(o) = s.on_packet(&p, t0) {
+            black_box(o);
+        }
+    });
+    println!("allocations per packet per subscription: {allocs:.3}");
+}
+
+fn fan_out(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let mut group = c.benchmark_group("fan_out");
+    for n in [10usize, 100, 1000] {
+        let mut subs: Vec<Subscription> = (0..n).map(|_| Subscription::new(Codec::Vp8)).collect();
+        let key = vp8_packet(0, true, t0);
+        for s in &mut subs {
+            let _ = s.on_packet(&key, t0);
+        }
+        let mut receiver = Receiver::new(Codec::Vp8);
+        group.throughput(Throughput::Elements(n as u64));
+        let mut seq = 1u64;
+        let mut p = vp8_packet(1, false, t0);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                seq += 1;
+                p.seq = seq;
+                p.keyframe = is_keyframe(Codec::Vp8, &p.payload);
+                receiver.on_packet(&p, t0);
+                for s in subs.iter_mut() {
+                    black_box(s.on_packet(&p, t0));
+                }
+            })
+        });
+        let allocs = allocations_per_call(1000, |i| {
+            p.seq = seq + 1 + i;
+            for s in subs.iter_mut() {
+                black_box(s.on_packet(&p, t0));
+            }
+        });
+        println!(
+            "fan-out to {n}: allocations per packet per subscriber: {:.4}",
+            allocs / n as f64
+        );
+    }
+    group.finish();
+}
+
+fn munger(c: &mut Criterion) {
+    let t0 = Instant::now();
+    c.bench_function("munger_rewrite", |b| {
+        let mut m = Munger::new();
+        let mut seq = 0u64;
+        b.iter(|| {
+            seq += 1;
+            black_box(m.rewrite(1, seq, seq as u32 * 3000, 90_000, t0))
+        })
+    });
+    c.bench_function("munger_source_switch", |b| {
+        let mut m = Munger::new();
+        let mut seq = 0u64;
+        let mut ssrc = 0u32;
+        b.iter(|| {
+            seq += 1;
+            ssrc = ssrc.wrapping_add(1);
+            black_box(m.rewrite(ssrc, seq, 0, 90_000, t0 + Duration::from_millis(seq)))
+        })
+    });
+}
+
+fn receiver(c: &mut Criterion) {
+    let t0 = Instant::now();
+    c.bench_function("receiver_on_packet_with_keyframe_check", |b| {
+        let mut r = Receiver::new(Codec::Vp8);
+        let mut p = vp8_packet(0, false, t0);
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            p.seq = i;
+            p.keyframe = is_keyframe(Codec::Vp8, &p.payload);
+            r.on_packet(black_box(&p), t0 + Duration::from_micros(i * 300));
+        })
+    });
+}
+
+criterion_group!(benches, subscription_forward, fan_out, munger, receiver);
+criterion_main!(benches);

@@ -1,0 +1,1045 @@
+/**
+ * sfu-client.js: the browser side of the `sfu` signaling protocol v1 (docs/protocol.md).
+ * One dependency-free ES module. It imports nothing and touches no DOM.
+ *
+ * What the SfuClient owns:
+ *  - The signaling WebSocket. It matches each request to its answer (`id` / `request_id`) with a
+ *    promise and a timeout, sends keepalive pings, and turns a server `leave{reason}` or a closed
+ *    socket into a readable message. It reconnects on its own if enabled: it rejoins with the
+ *    same token and publishes the local tracks again.
+ *  - The publisher RTCPeerConnection. The client makes the offers. This covers the local tracks,
+ *    3-layer simulcast for the camera, and renegotiation, one offer at a time. The server's
+ *    `track_published` is matched to our own tracks by `cid`.
+ *  - The subscriber RTCPeerConnection. The server makes the offers. The client answers them,
+ *    maps each m-line (mid) to a track sid and its participant, and hands out one MediaStream
+ *    per remote track.
+ *  - The room model the server reports: participants, tracks, muted flags.
+ * The page owns the DOM. It calls the methods below and listens to the events.
+ *
+ * Usage:
+ *   const sfu = new SfuClient();
+ *   sfu.addEventListener('track', (e) => attach(e.detail.stream, e.detail.track, e.detail.participant));
+ *   await sfu.connect('wss://host/ws', token);
+ *   await sfu.join();
+ *   await sfu.publishCamera({ simulcast: true });
+ *   await sfu.publishMicrophone();
+ *
+ * Methods (all async ones reject with SfuError {code, message}; `code` is the server's stable
+ * error code, or one of: connect_failed, not_connected, not_joined, timeout, disconnected,
+ * media_unavailable):
+ *   connect(url, token)              open the WebSocket (the token is sent in `join`)
+ *   join({room}?)                    join the token's room, resolves with the `joined` message
+ *   publishCamera({simulcast, constraints, name}?)    -> LocalTrack
+ *   publishMicrophone({constraints, name}?)           -> LocalTrack
+ *   publishScreen({audio, name}?)                     -> {video: LocalTrack, audio: LocalTrack|null}
+ *   publishTrack(mediaStreamTrack, {source, name, simulcast}?) -> LocalTrack
+ *   unpublish(localTrack | sid | MediaStreamTrack)
+ *   mute(localTrack | sid | MediaStreamTrack, muted)
+ *   setQuality(trackSid, 'auto'|'low'|'medium'|'high')   (the server answers not_supported today)
+ *   subscribe(trackSid) / unsubscribe(trackSid)
+ *   sendChat(text) -> chat message;  setTyping(bool);  ping()
+ *   getTrackStats(trackSid) -> {width, height, fps, bitrate, rtt} | null   (local or remote)
+ *   leave()
+ *
+ * Events (CustomEvent, the payload is in `event.detail`; protocol objects keep their snake_case):
+ *   state               {state}  idle|connecting|connected|joined|reconnecting|closed
+ *   joined              the `joined` message {room, participant, participants, chat_history,
+ *                       tracks, server, ice_servers} plus {rejoined}
+ *   participant_joined  {participant}
+ *   participant_left    {sid, identity, reason, participant}
+ *   track               {track: TrackInfo, participant, stream, mediaTrack, receiver}   (remote)
+ *   track_removed       {track: TrackInfo, participant, stream, mediaTrack}              (remote)
+ *   track_published / track_unpublished   {track, participant}   (any track, ours included)
+ *   track_muted         {track, participant, muted}
+ *   local_track / local_track_published / local_track_removed / local_track_muted   {local}
+ *   chat                {message, own}
+ *   typing              {sid, identity, typing, participant}
+ *   active_speakers     {speakers: [{participant, level}]}   level 0 = loudest, 127 = silence
+ *   connection_state    {target: 'publisher'|'subscriber', state}
+ *   error               {error: SfuError}   (errors no request is waiting for)
+ *   reconnecting        {attempt, maxAttempts, delay, reason, message}
+ *   disconnected        {reason, message, code, error}   the session is over
+ */
+
+const PROTOCOL_VERSION = 1;
+
+/** Camera simulcast: quarter, half and full resolution. The server forwards the best live one. */
+const CAMERA_SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', maxBitrate: 1_200_000 },
+];
+
+export const QUALITIES = ['auto', 'low', 'medium', 'high'];
+
+/** What each leave reason means to the person in front of the screen. */
+export const LEAVE_MESSAGES = {
+  client_left: 'You left the room.',
+  disconnected: 'The connection to the server was lost.',
+  replaced: 'You joined this room again from another tab or device, so this session was closed.',
+  kicked: 'You were removed from the room.',
+  server_shutdown: 'The server is shutting down.',
+  slow_consumer: 'The connection was too slow to keep up with the room.',
+  join_timeout: 'Joining the room took too long.',
+  media_failed:
+    'The media connection failed (ICE/DTLS). The server could not be reached over UDP; check firewalls and the server\'s public address.',
+};
+
+/** Reasons worth a reconnect: a retry can fix them. Others end the session for good. */
+const RETRYABLE = new Set(['disconnected', 'server_shutdown', 'slow_consumer', 'media_failed']);
+/** Request failures that mean "try again later" rather than "this will never work". */
+const TRANSIENT = new Set(['connect_failed', 'not_connected', 'timeout', 'disconnected', 'rate_limited', 'internal']);
+
+export class SfuError extends Error {
+  constructor(code, message, extra = {}) {
+    super(message);
+    this.name = 'SfuError';
+    this.code = code;
+    Object.assign(this, extra);
+  }
+}
+
+export class SfuClient extends EventTarget {
+  /**
+   * @param {object} [options]
+   * @param {number} [options.requestTimeout=10000] ms to wait for an answer to a request
+   * @param {boolean} [options.reconnect=true] rejoin on its own after an unexpected disconnect
+   * @param {number} [options.maxReconnectAttempts=5]
+   * @param {number} [options.pingInterval=15000] ms between keepalive pings (0 disables them)
+   */
+  constructor(options = {}) {
+    super();
+    this.options = {
+      requestTimeout: 10_000,
+      reconnect: true,
+      maxReconnectAttempts: 5,
+      pingInterval: 15_000,
+      ...options,
+    };
+    this.url = null;
+    this.token = null;
+    this.ws = null;
+    this.state = 'idle';
+    /** The room name, this participant, and the server's {version, protocol}, once joined. */
+    this.room = null;
+    this.me = null;
+    this.server = null;
+    /** Everyone else in the room, by sid. */
+    this.participants = new Map();
+    /** Every track published in the room (ours included), by sid. */
+    this.tracks = new Map();
+    /** Our own tracks, by MediaStreamTrack id. */
+    this.localTracks = new Map();
+
+    this._seq = 0;
+    this._pending = new Map();
+    this._leaveReason = null;
+    this._leaving = false;
+    this._reconnecting = false;
+    this._pingTimer = null;
+    this._iceServers = [];
+    this._resetMedia();
+  }
+
+  // ------------------------------------------------------------------ connection
+
+  /** Opens the signaling socket. The token goes in `join`, see there. */
+  async connect(url, token) {
+    if (this.ws) {
+      throw new SfuError('already_connected', 'connect() was called on a connected client; call leave() first');
+    }
+    this.url = url;
+    this.token = token;
+    this._leaving = false;
+    await this._openSocket();
+  }
+
+  /**
+   * Joins the room named by the token; resolves with the `joined` message. The token travels in
+   * `join`, not as `/ws?token=`: a bad token given at the upgrade fails with an HTTP 401 that a
+   * browser cannot read, while a `join` answer says `token_expired` or `unauthorized` plainly.
+   */
+  async join({ room } = {}) {
+    const joined = await this.request('join', { token: this.token, room, protocol: PROTOCOL_VERSION }, 15_000);
+    this._applyJoined(joined, false);
+    return joined;
+  }
+
+  /** Leaves the room and closes everything. The camera and microphone are released. */
+  async leave() {
+    this._leaving = true;
+    const ws = this.ws;
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      // The server answers `leave{reason:"client_left"}` and closes the socket itself.
+      await this.request('leave', {}, 3_000).catch(() => {});
+      ws.close(1000, 'client left');
+      const closed = new Promise((resolve) => ws.addEventListener('close', resolve, { once: true }));
+      await Promise.race([closed, sleep(2_000)]);
+    } else if (ws) {
+      ws.close(); // still opening (a reconnect attempt)
+    }
+    this._reconnecting = false;
+    if (ws && this.ws === ws) {
+      // No close event came in time: finish as if it had.
+      this._onSocketClosed(ws, { code: 1000, reason: '' });
+    } else if (this.state !== 'closed') {
+      // Leaving while reconnecting, or before connecting: no socket to wait for.
+      this._finish('client_left', {});
+    }
+  }
+
+  ping() {
+    return this.request('ping');
+  }
+
+  /**
+   * Sends one request. Resolves with the answer message, or rejects with an SfuError carrying
+   * the server's error `code` (or `timeout` / `not_connected` / `disconnected`).
+   */
+  request(type, fields = {}, timeout = this.options.requestTimeout) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new SfuError('not_connected', `cannot send \`${type}\`: not connected to the server`, { request: type }));
+    }
+    const id = String(++this._seq);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new SfuError('timeout', `the server did not answer \`${type}\` within ${timeout / 1000} s`, { request: type }));
+      }, timeout);
+      this._pending.set(id, { type, resolve, reject, timer });
+      ws.send(JSON.stringify({ ...fields, type, id }));
+    });
+  }
+
+  _openSocket() {
+    this._setState('connecting');
+    return new Promise((resolve, reject) => {
+      let ws;
+      try {
+        ws = new WebSocket(this.url);
+      } catch (e) {
+        reject(new SfuError('connect_failed', `bad signaling URL ${this.url}: ${e.message}`));
+        return;
+      }
+      this.ws = ws;
+      this._leaveReason = null;
+      let opened = false;
+      ws.onopen = () => {
+        if (ws !== this.ws) {
+          // Superseded while opening (leave() during a reconnect attempt).
+          ws.close();
+          reject(new SfuError('disconnected', 'the connection was closed while opening'));
+          return;
+        }
+        opened = true;
+        this._setState('connected');
+        this._startPing(ws);
+        resolve();
+      };
+      ws.onmessage = (e) => {
+        if (ws === this.ws) this._onMessage(e.data);
+      };
+      // An error event carries no detail; the close event that always follows has the code.
+      ws.onerror = () => {};
+      ws.onclose = (e) => {
+        if (!opened) {
+          if (ws === this.ws) {
+            this.ws = null;
+            this._setState(this._reconnecting ? 'reconnecting' : 'closed');
+          }
+          reject(new SfuError('connect_failed', `could not open the signaling WebSocket at ${this.url} (close code ${e.code}); is the server running and reachable?`));
+          return;
+        }
+        this._onSocketClosed(ws, e);
+      };
+    });
+  }
+
+  _startPing(ws) {
+    clearInterval(this._pingTimer);
+    if (!this.options.pingInterval) return;
+    // The server pings too, and the browser answers those, but a browser can take minutes to
+    // notice a dead network on its own. A missed answer here closes the socket and reconnects.
+    this._pingTimer = setInterval(() => {
+      if (ws !== this.ws) return;
+      this.request('ping', {}, 10_000).catch((err) => {
+        if (err.code === 'timeout' && ws === this.ws) {
+          ws.close();
+          this._onSocketClosed(ws, { code: 4000, reason: 'keepalive timeout' });
+        }
+      });
+    }, this.options.pingInterval);
+  }
+
+  _onSocketClosed(ws, event) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    clearInterval(this._pingTimer);
+    const wasJoined = this.state === 'joined';
+    const reason = this._leaveReason ?? (this._leaving ? 'client_left' : 'disconnected');
+    this._rejectPending(new SfuError('disconnected', closeMessage(reason, event)));
+    this._teardownMedia();
+    this.participants.clear();
+    this.tracks.clear();
+    if (this._reconnecting) return; // the reconnect loop goes on
+    if (this.options.reconnect && !this._leaving && wasJoined && RETRYABLE.has(reason)) {
+      this._reconnect(reason, closeMessage(reason, event));
+      return;
+    }
+    this._finish(reason, event);
+  }
+
+  /** The session is over for good: release the devices and say why. */
+  _finish(reason, event, error = null) {
+    this._stopLocalTracks();
+    this._setState('closed');
+    const message = error?.message ?? closeMessage(reason, event);
+    this._emit('disconnected', {
+      reason,
+      message,
+      code: event?.code,
+      error: reason === 'client_left' ? null : error ?? new SfuError(reason, message),
+    });
+  }
+
+  async _reconnect(reason, message) {
+    this._reconnecting = true;
+    this._setState('reconnecting');
+    const max = this.options.maxReconnectAttempts;
+    let lastError = null;
+    for (let attempt = 1; attempt <= max; attempt++) {
+      const delay = Math.min(1000 * 2 ** (attempt - 1), 10_000);
+      this._emit('reconnecting', { attempt, maxAttempts: max, delay, reason, message });
+      await sleep(delay);
+      if (this._leaving) break;
+      try {
+        await this._openSocket();
+        const joined = await this.request('join', { token: this.token, protocol: PROTOCOL_VERSION }, 15_000);
+        this._reconnecting = false;
+        this._applyJoined(joined, true);
+        return;
+      } catch (err) {
+        lastError = err;
+        const ws = this.ws;
+        if (ws) {
+          ws.close();
+          this._onSocketClosed(ws, { code: 1000, reason: '' });
+        }
+        // An expired token or a full room will not get better by retrying.
+        if (!TRANSIENT.has(err.code)) break;
+      }
+    }
+    this._reconnecting = false;
+    if (this.state === 'closed' || this.state === 'joined') return; // leave() finished it already
+    if (this._leaving) {
+      this._finish('client_left', {});
+    } else {
+      const why = lastError && !TRANSIENT.has(lastError.code)
+        ? `Could not rejoin: ${lastError.message}`
+        : `${message} Reconnecting failed after ${max} attempts.`;
+      this._finish(reason, {}, new SfuError(lastError?.code ?? reason, why));
+    }
+  }
+
+  _rejectPending(error) {
+    for (const p of this._pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new SfuError(error.code, error.message, { request: p.type }));
+    }
+    this._pending.clear();
+  }
+
+  // ------------------------------------------------------------------ messages
+
+  _onMessage(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      console.warn('sfu: ignoring a frame that is not JSON', text);
+      return;
+    }
+    if (msg.request_id != null) {
+      const pending = this._pending.get(msg.request_id);
+      if (pending) {
+        this._pending.delete(msg.request_id);
+        clearTimeout(pending.timer);
+        if (msg.type === 'error') pending.reject(new SfuError(msg.code, msg.message, { request: pending.type }));
+        else pending.resolve(msg);
+      }
+      // Two answers are news as well: our own chat message, and the end of the session.
+      if (msg.type === 'chat') this._emit('chat', { message: msg.message, own: true });
+      if (msg.type === 'leave') this._leaveReason = msg.reason;
+      return;
+    }
+    switch (msg.type) {
+      case 'participant_joined':
+        this.participants.set(msg.participant.sid, msg.participant);
+        this._emit('participant_joined', { participant: msg.participant });
+        break;
+      case 'participant_left': {
+        const participant = this.participants.get(msg.sid);
+        this.participants.delete(msg.sid);
+        // Its track_unpublished events came first; this only catches stragglers.
+        for (const [sid, t] of this.tracks) if (t.participant === msg.sid) this._onTrackUnpublished(sid);
+        this._emit('participant_left', { sid: msg.sid, identity: msg.identity, reason: msg.reason, participant });
+        break;
+      }
+      case 'chat':
+        this._emit('chat', { message: msg.message, own: msg.message.sender.sid === this.me?.sid });
+        break;
+      case 'typing':
+        this._emit('typing', { sid: msg.sid, identity: msg.identity, typing: msg.typing, participant: this.participants.get(msg.sid) });
+        break;
+      case 'track_published':
+        this._onTrackPublished(msg.track);
+        break;
+      case 'track_unpublished':
+        this._onTrackUnpublished(msg.track);
+        break;
+      case 'track_muted': {
+        const track = this.tracks.get(msg.track);
+        if (track) track.muted = msg.muted;
+        this._emit('track_muted', {
+          track: track ?? { sid: msg.track, participant: msg.participant, muted: msg.muted },
+          participant: this._participant(msg.participant),
+          muted: msg.muted,
+        });
+        break;
+      }
+      case 'active_speakers':
+        this._emit('active_speakers', { speakers: msg.speakers });
+        break;
+      case 'offer':
+        // One subscriber offer at a time, in order (the server sends the next only after our answer).
+        this._subChain = this._subChain
+          .then(() => this._onSubscriberOffer(msg))
+          .catch((err) => this._emitError(err, 'answering the server\'s subscriber offer failed'));
+        break;
+      case 'leave':
+        // The server closes the socket right after; the close handler reports it.
+        this._leaveReason = msg.reason;
+        break;
+      case 'error':
+        this._emitError(new SfuError(msg.code, msg.message));
+        break;
+      default:
+        break; // ack/pong without request_id, or a message type from a newer server
+    }
+  }
+
+  _applyJoined(msg, rejoined) {
+    this.room = msg.room;
+    this.me = msg.participant;
+    this.server = msg.server;
+    this.participants = new Map(msg.participants.map((p) => [p.sid, p]));
+    this.tracks = new Map(msg.tracks.map((t) => [t.sid, t]));
+    this._iceServers = (msg.ice_servers ?? []).map((s) => ({
+      urls: s.urls,
+      ...(s.username != null ? { username: s.username } : {}),
+      ...(s.credential != null ? { credential: s.credential } : {}),
+    }));
+    this._setState('joined');
+    this._emit('joined', { ...msg, rejoined });
+    if (rejoined && this.localTracks.size) {
+      this._republish().catch((err) => this._emitError(err, 'publishing again after the reconnect failed'));
+    }
+  }
+
+  _participant(sid) {
+    if (this.me && sid === this.me.sid) return this.me;
+    return this.participants.get(sid);
+  }
+
+  _requireJoined(what) {
+    if (this.state !== 'joined') throw new SfuError('not_joined', `cannot ${what}: join a room first`);
+  }
+
+  // ------------------------------------------------------------------ chat
+
+  /** Sends a chat message; resolves with the server's stamped copy (also emitted as `chat`). */
+  async sendChat(text) {
+    const answer = await this.request('chat', { text });
+    return answer.message;
+  }
+
+  /** Tells the room we are (or stopped) typing. The server keeps no timeout: send false. */
+  async setTyping(typing) {
+    await this.request('typing', { typing: !!typing });
+  }
+
+  // ------------------------------------------------------------------ publishing
+
+  async publishCamera({ simulcast = true, constraints, name = 'camera' } = {}) {
+    this._requireJoined('publish the camera');
+    const stream = await getMedia('camera', () =>
+      navigator.mediaDevices.getUserMedia({
+        video: constraints ?? { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
+      }));
+    const track = stream.getVideoTracks()[0];
+    // Tells the encoder to keep the frame rate when bandwidth is short (faces move; text does not).
+    track.contentHint = 'motion';
+    return releaseOnError(stream, () => this.publishTrack(track, { source: 'camera', name, simulcast, stream }));
+  }
+
+  async publishMicrophone({ constraints, name = 'microphone' } = {}) {
+    this._requireJoined('publish the microphone');
+    const stream = await getMedia('microphone', () =>
+      navigator.mediaDevices.getUserMedia({
+        audio: constraints ?? { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      }));
+    return releaseOnError(stream, () =>
+      this.publishTrack(stream.getAudioTracks()[0], { source: 'microphone', name, stream }));
+  }
+
+  /** Shares a screen or window, with its audio if asked and the browser offers it. */
+  async publishScreen({ audio = false, name = 'screen' } = {}) {
+    this._requireJoined('share the screen');
+    const stream = await getMedia('screen', () =>
+      navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15, max: 30 } }, audio }));
+    const [videoTrack] = stream.getVideoTracks();
+    const [audioTrack] = stream.getAudioTracks();
+    // Keep text sharp and drop frames instead when bandwidth is short. No simulcast: a screen at
+    // a quarter of its resolution is unreadable anyway.
+    videoTrack.contentHint = 'detail';
+    const video = await releaseOnError(stream, () =>
+      this.publishTrack(videoTrack, { source: 'screen', name, stream: new MediaStream([videoTrack]) }));
+    let screenAudio = null;
+    if (audioTrack) {
+      try {
+        screenAudio = await this.publishTrack(audioTrack, { source: 'screen_audio', name: `${name} audio`, stream: new MediaStream([audioTrack]) });
+      } catch (err) {
+        // The picture is shared already; go on without its sound.
+        audioTrack.stop();
+        this._emitError(err, 'sharing the screen\'s audio failed');
+      }
+    }
+    return { video, audio: screenAudio };
+  }
+
+  /**
+   * Publishes any MediaStreamTrack. Resolves with a LocalTrack
+   * {id, track, stream, kind, source, name, simulcast, sid, cid, info, muted} once the server
+   * has announced it (`track_published`), so `sid` is set. On failure the track is left as it
+   * was (the caller owns it); publishCamera and friends stop the tracks they opened.
+   */
+  async publishTrack(track, { source, name = '', simulcast = false, stream } = {}) {
+    this._requireJoined('publish');
+    if (!this.me.permissions.publish) {
+      throw new SfuError('permission_denied', 'your token does not allow publishing');
+    }
+    const local = {
+      id: track.id,
+      track,
+      stream: stream ?? new MediaStream([track]),
+      kind: track.kind,
+      source: source ?? (track.kind === 'audio' ? 'microphone' : 'camera'),
+      name,
+      simulcast: simulcast && track.kind === 'video',
+      muted: false,
+      sid: null,
+      cid: null,
+      info: null,
+      transceiver: null,
+      declared: false,
+      _waiter: null,
+    };
+    this.localTracks.set(local.id, local);
+    // The track can end without us: the browser's "Stop sharing" bar, an unplugged camera.
+    track.addEventListener('ended', () => {
+      if (this.localTracks.get(local.id) === local) this.unpublish(local).catch(() => {});
+    }, { once: true });
+    this._emit('local_track', { local });
+    try {
+      const published = this._addToPublisher(local);
+      published.catch(() => {}); // awaited below; the negotiation may fail first
+      await this._negotiatePublisher();
+      await published;
+    } catch (err) {
+      local._waiter?.reject(err);
+      // Never leave a sendonly m-line without a declared track behind: the next offer would
+      // publish it as an anonymous track.
+      const tr = local.transceiver;
+      if (tr && this._pub && this._pub.signalingState !== 'closed') {
+        tr.sender.replaceTrack(null).catch(() => {});
+        tr.direction = 'inactive';
+      }
+      if (this.localTracks.get(local.id) === local) {
+        this.localTracks.delete(local.id);
+        this._emit('local_track_removed', { local });
+      }
+      throw err;
+    }
+    return local;
+  }
+
+  /** Stops publishing one of our tracks and releases its device. */
+  async unpublish(which) {
+    const local = this._findLocal(which);
+    if (!local) throw new SfuError('track_not_found', 'no such local track');
+    this.localTracks.delete(local.id);
+    local.track.stop();
+    local._waiter?.reject(new SfuError('track_not_found', 'the track was unpublished before the server announced it'));
+    try {
+      if (local.sid && this.ws) {
+        await this.request('unpublish', { track: local.sid }).catch((err) => {
+          if (err.code !== 'track_not_found') throw err; // gone already is fine
+        });
+      }
+      const tr = local.transceiver;
+      if (tr && this._pub && this._pub.signalingState !== 'closed' && tr.currentDirection !== 'stopped') {
+        // Stop sending, and mark the m-line inactive rather than stopping the transceiver: a
+        // stopped m-line may be recycled for a later track, and the server knows tracks by mid.
+        await tr.sender.replaceTrack(null);
+        tr.direction = 'inactive';
+        await this._negotiatePublisher();
+      }
+    } finally {
+      this._emit('local_track_removed', { local });
+    }
+  }
+
+  /**
+   * Mutes or unmutes one of our tracks. `enabled = false` makes the browser send black frames or
+   * silence on the same RTP stream: the server keeps forwarding (it only flags the track), the
+   * stream stays alive, and unmuting needs no renegotiation or wait for a keyframe.
+   */
+  async mute(which, muted = true) {
+    const local = this._findLocal(which);
+    if (!local) throw new SfuError('track_not_found', 'no such local track');
+    local.muted = !!muted;
+    local.track.enabled = !muted;
+    this._emit('local_track_muted', { local, muted: local.muted });
+    // Without a sid yet, the flag is sent once the server announces the track.
+    if (local.sid) await this.request('mute', { track: local.sid, muted: local.muted });
+  }
+
+  /**
+   * Asks for a simulcast layer of a remote video track. `set_quality` is reserved in protocol v1:
+   * today's server answers `not_supported` and forwards the best live layer. The promise rejects
+   * with that code so the page can say so.
+   */
+  async setQuality(trackSid, quality) {
+    if (!QUALITIES.includes(quality)) {
+      throw new SfuError('bad_request', `quality must be one of ${QUALITIES.join(', ')}`);
+    }
+    return this.request('set_quality', { track: trackSid, quality });
+  }
+
+  subscribe(trackSid) {
+    return this.request('subscribe', { track: trackSid });
+  }
+
+  unsubscribe(trackSid) {
+    return this.request('unsubscribe', { track: trackSid });
+  }
+
+  _findLocal(which) {
+    if (!which) return null;
+    if (typeof which === 'string') {
+      return this.localTracks.get(which) ?? [...this.localTracks.values()].find((l) => l.sid === which) ?? null;
+    }
+    if (which.track && this.localTracks.get(which.id) === which) return which;
+    return this.localTracks.get(which.id) ?? null;
+  }
+
+  _ensurePublisher() {
+    if (this._pub) return this._pub;
+    const pc = new RTCPeerConnection({ iceServers: this._iceServers, bundlePolicy: 'max-bundle' });
+    pc.onicecandidate = (e) => this._sendCandidate('publisher', e.candidate);
+    pc.onconnectionstatechange = () => this._onConnectionState('publisher', pc);
+    this._pub = pc;
+    return pc;
+  }
+
+  /** Adds a sendonly transceiver for a local track; returns a promise for its `track_published`. */
+  _addToPublisher(local) {
+    const pc = this._ensurePublisher();
+    const init = { direction: 'sendonly', streams: [local.stream] };
+    if (local.simulcast) init.sendEncodings = CAMERA_SIMULCAST.map((e) => ({ ...e }));
+    local.transceiver = pc.addTransceiver(local.track, init);
+    if (local.kind === 'video') preferCodec(local.transceiver, 'video/VP8');
+    local.declared = false;
+    local.sid = null;
+    local.cid = null;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        local._waiter = null;
+        reject(new SfuError('timeout', `the server did not announce the ${local.source} track within 15 s`));
+      }, 15_000);
+      local._waiter = {
+        resolve: (info) => { clearTimeout(timer); local._waiter = null; resolve(info); },
+        reject: (err) => { clearTimeout(timer); local._waiter = null; reject(err); },
+      };
+    });
+  }
+
+  /**
+   * Queues a publisher offer/answer round. Rounds run one at a time; a round finds every change
+   * made before it starts, so calls made while one runs share the next round.
+   */
+  _negotiatePublisher() {
+    this._pubDirty = true;
+    const gen = this._gen;
+    const run = this._pubChain.then(() => this._runPublisherNegotiation(gen));
+    this._pubChain = run.catch(() => {});
+    return run;
+  }
+
+  async _runPublisherNegotiation(gen) {
+    if (!this._pubDirty || gen !== this._gen) return;
+    this._pubDirty = false;
+    const pc = this._pub;
+    if (!pc || pc.signalingState === 'closed') throw new SfuError('disconnected', 'the publisher connection is closed');
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    const sdp = pc.localDescription.sdp;
+    try {
+      // Declare each new track before the offer that carries it, by the track id its m-line's
+      // `a=msid` names (that id is what the server matches; read it rather than assume it).
+      for (const local of this.localTracks.values()) {
+        const tr = local.transceiver;
+        if (local.declared || !tr || tr.mid == null || !pc.getTransceivers().includes(tr)) continue;
+        local.cid = msidTrackId(sdp, tr.mid) ?? local.track.id;
+        await this.request('publish', { cid: local.cid, kind: local.kind, source: local.source, name: local.name });
+        local.declared = true;
+      }
+      const answer = this.request('offer', { sdp }, 15_000);
+      // The server creates the publisher connection when this offer arrives and ignores
+      // candidates for a connection it does not have: send the ones gathered so far only now.
+      this._pubOfferSent = true;
+      for (const c of this._pubCandidates.splice(0)) this._sendCandidate('publisher', c);
+      const { sdp: answerSdp } = await answer;
+      if (gen !== this._gen) return;
+      await pc.setRemoteDescription({ type: 'answer', sdp: answerSdp });
+    } catch (err) {
+      // Back to `stable`, so that the next round can start.
+      if (pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+      throw err;
+    }
+  }
+
+  async _republish() {
+    const locals = [...this.localTracks.values()].filter((l) => l.track.readyState === 'live');
+    const announced = locals.map((l) => this._addToPublisher(l));
+    announced.forEach((p) => p.catch(() => {}));
+    await this._negotiatePublisher();
+    await Promise.all(announced);
+  }
+
+  _onTrackPublished(track) {
+    this.tracks.set(track.sid, track);
+    const mine = this.me && track.participant === this.me.sid;
+    if (mine) {
+      const local = [...this.localTracks.values()].find((l) => l.cid === track.cid && !l.sid);
+      if (local) {
+        local.sid = track.sid;
+        local.info = track;
+        if (local.muted) {
+          this.request('mute', { track: track.sid, muted: true }).catch((err) => this._emitError(err, 'muting failed'));
+        }
+        local._waiter?.resolve(track);
+        this._emit('local_track_published', { local });
+      }
+    } else {
+      const remote = this._remote.get(track.sid);
+      if (remote) this._maybeEmitTrack(remote);
+    }
+    this._emit('track_published', { track, participant: this._participant(track.participant) });
+  }
+
+  _onTrackUnpublished(sid) {
+    const track = this.tracks.get(sid);
+    this.tracks.delete(sid);
+    this._removeRemote(sid, track);
+    for (const local of this.localTracks.values()) {
+      if (local.sid === sid) local.sid = null; // removed by the server (e.g. its m-line went away)
+    }
+    if (track) this._emit('track_unpublished', { track, participant: this._participant(track.participant) });
+  }
+
+  // ------------------------------------------------------------------ subscribing
+
+  _ensureSubscriber() {
+    if (this._sub) return this._sub;
+    const pc = new RTCPeerConnection({ iceServers: this._iceServers, bundlePolicy: 'max-bundle' });
+    pc.onicecandidate = (e) => this._sendCandidate('subscriber', e.candidate);
+    pc.onconnectionstatechange = () => this._onConnectionState('subscriber', pc);
+    pc.ontrack = (e) => this._onRemoteTrack(e);
+    this._sub = pc;
+    return pc;
+  }
+
+  async _onSubscriberOffer(msg) {
+    const gen = this._gen;
+    const pc = this._ensureSubscriber();
+    const offered = new Map(msg.tracks.map((t) => [t.mid, t]));
+    // An m-line the previous offer listed and this one does not is being removed.
+    for (const [sid, remote] of this._remote) {
+      if (!offered.has(remote.mid) || offered.get(remote.mid).track !== sid) this._removeRemote(sid);
+    }
+    // `ontrack` fires inside setRemoteDescription, so the mid map must be ready before it.
+    this._midMap = offered;
+    for (const t of msg.tracks) {
+      if (!this._remote.has(t.track)) {
+        this._remote.set(t.track, { sid: t.track, mid: t.mid, participant: t.participant, emitted: false });
+      }
+    }
+    await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    if (gen !== this._gen) return;
+    await this.request('answer', { sdp: pc.localDescription.sdp });
+  }
+
+  _onRemoteTrack(e) {
+    const mid = e.transceiver?.mid;
+    // The server's offer names the track for each mid; its `a=msid` carries the sid as well.
+    const sid = this._midMap.get(mid)?.track ?? e.track.id;
+    const remote = this._remote.get(sid);
+    if (!remote) return; // unpublished while the offer was being applied
+    remote.mediaTrack = e.track;
+    remote.receiver = e.receiver;
+    // One stream per track, not the server's per-participant stream: a tile shows one video,
+    // audio plays from its own element, and removing a track touches nothing else.
+    remote.stream = new MediaStream([e.track]);
+    this._maybeEmitTrack(remote);
+  }
+
+  /** Emits `track` once both the media (ontrack) and its description (track_published) are in. */
+  _maybeEmitTrack(remote) {
+    const info = this.tracks.get(remote.sid);
+    if (remote.emitted || !remote.mediaTrack || !info) return;
+    remote.emitted = true;
+    this._emit('track', {
+      track: info,
+      participant: this._participant(info.participant),
+      stream: remote.stream,
+      mediaTrack: remote.mediaTrack,
+      receiver: remote.receiver,
+    });
+  }
+
+  _removeRemote(sid, info = this.tracks.get(sid)) {
+    const remote = this._remote.get(sid);
+    if (!remote) return;
+    this._remote.delete(sid);
+    this._statsPrev.delete(sid);
+    if (remote.emitted) {
+      this._emit('track_removed', {
+        track: info ?? { sid, participant: remote.participant },
+        participant: this._participant(remote.participant),
+        stream: remote.stream,
+        mediaTrack: remote.mediaTrack,
+      });
+    }
+  }
+
+  // ------------------------------------------------------------------ ICE and media state
+
+  _sendCandidate(target, candidate) {
+    if (target === 'publisher' && !this._pubOfferSent) {
+      this._pubCandidates.push(candidate);
+      return;
+    }
+    // A null candidate (gathering done) is sent as "" (end of candidates). The server is
+    // ICE-lite and learns our address from our connectivity checks anyway, so a lost one is harmless.
+    this.request('candidate', { target, candidate: candidate?.candidate ?? '' }).catch(() => {});
+  }
+
+  _onConnectionState(target, pc) {
+    if (pc !== this._pub && pc !== this._sub) return;
+    this._emit('connection_state', { target, state: pc.connectionState });
+    if (pc.connectionState === 'failed') {
+      this._emitError(new SfuError('media_failed', `the ${target} media connection failed: the server could not be reached over UDP (firewall or wrong public address?)`));
+    }
+  }
+
+  /**
+   * Stats for one track, local or remote: {width, height, fps, bitrate (bit/s), rtt (s)}.
+   * Any field may be undefined (no frames yet, audio, or a browser that does not report it).
+   * The bitrate is measured since the previous call for the same track.
+   */
+  async getTrackStats(trackSid) {
+    const remote = this._remote.get(trackSid);
+    const local = [...this.localTracks.values()].find((l) => l.sid === trackSid);
+    let report, rtpType, kind;
+    if (remote?.receiver) {
+      report = await remote.receiver.getStats();
+      rtpType = 'inbound-rtp';
+      kind = remote.mediaTrack.kind;
+    } else if (local?.transceiver) {
+      report = await local.transceiver.sender.getStats();
+      rtpType = 'outbound-rtp';
+      kind = local.kind;
+    } else {
+      return null;
+    }
+    const out = { width: undefined, height: undefined, fps: undefined, bitrate: undefined, rtt: undefined };
+    let bytes = 0;
+    let time = 0;
+    let pairId;
+    report.forEach((s) => {
+      if (s.type === rtpType && (s.kind ?? s.mediaType) === kind) {
+        bytes += (rtpType === 'inbound-rtp' ? s.bytesReceived : s.bytesSent) ?? 0;
+        time = Math.max(time, s.timestamp);
+        // With simulcast there is one outbound-rtp per layer: report the largest.
+        if (s.frameWidth && !(out.width >= s.frameWidth)) {
+          out.width = s.frameWidth;
+          out.height = s.frameHeight;
+          out.fps = s.framesPerSecond;
+        }
+      } else if (s.type === 'remote-inbound-rtp' && s.roundTripTime != null) {
+        out.rtt = s.roundTripTime; // from RTCP receiver reports (publisher side)
+      } else if (s.type === 'transport' && s.selectedCandidatePairId) {
+        pairId = s.selectedCandidatePairId;
+      }
+    });
+    if (out.rtt == null) {
+      // Our ICE connectivity checks to the server (it is ICE-lite; we send the checks) time it.
+      let pair = pairId ? report.get(pairId) : undefined;
+      if (!pair) report.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+      out.rtt = pair?.currentRoundTripTime;
+    }
+    const prev = this._statsPrev.get(trackSid);
+    if (prev && time > prev.time && bytes >= prev.bytes) {
+      out.bitrate = ((bytes - prev.bytes) * 8) / ((time - prev.time) / 1000);
+    }
+    this._statsPrev.set(trackSid, { bytes, time });
+    return out;
+  }
+
+  _resetMedia() {
+    /** Bumped on every teardown so that rounds still running for old connections stop. */
+    this._gen = (this._gen ?? 0) + 1;
+    this._pub = null;
+    this._sub = null;
+    this._pubChain = Promise.resolve();
+    this._subChain = Promise.resolve();
+    this._pubDirty = false;
+    this._pubOfferSent = false;
+    this._pubCandidates = [];
+    /** Remote tracks by sid: {sid, mid, participant, mediaTrack, receiver, stream, emitted}. */
+    this._remote = new Map();
+    this._midMap = new Map();
+    this._statsPrev = new Map();
+  }
+
+  /** Closes both peer connections. Local tracks stay, ready to be published again on rejoin. */
+  _teardownMedia() {
+    for (const sid of [...this._remote.keys()]) this._removeRemote(sid);
+    this._pub?.close();
+    this._sub?.close();
+    for (const local of this.localTracks.values()) {
+      local._waiter?.reject(new SfuError('disconnected', 'disconnected before the server announced the track'));
+      local.transceiver = null;
+      local.declared = false;
+      local.sid = null;
+      local.cid = null;
+      local.info = null;
+    }
+    this._resetMedia();
+  }
+
+  _stopLocalTracks() {
+    for (const local of [...this.localTracks.values()]) {
+      this.localTracks.delete(local.id);
+      local.track.stop();
+      this._emit('local_track_removed', { local });
+    }
+  }
+
+  // ------------------------------------------------------------------ helpers
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit('state', { state });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _emitError(err, context) {
+    const error = err instanceof SfuError ? err : new SfuError('internal', err?.message ?? String(err));
+    if (context && !error.message.startsWith(context)) error.message = `${context}: ${error.message}`;
+    this._emit('error', { error });
+  }
+}
+
+// ---------------------------------------------------------------------- module helpers
+
+/** Runs `publish`; if it fails, stops the tracks of `stream` (opened for it, owned by us). */
+async function releaseOnError(stream, publish) {
+  try {
+    return await publish();
+  } catch (err) {
+    stream.getTracks().forEach((t) => t.stop());
+    throw err;
+  }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function closeMessage(reason, event) {
+  let message = LEAVE_MESSAGES[reason] ?? `The session ended (${reason}).`;
+  if (reason === 'disconnected' && event?.code === 1009) {
+    message = 'The server closed the connection: a message was too big.';
+  } else if (reason === 'disconnected' && event?.code === 4000) {
+    message = 'The server stopped answering (keepalive timed out).';
+  }
+  return message;
+}
+
+/** getUserMedia/getDisplayMedia with errors a person can act on. */
+async function getMedia(what, open) {
+  if (!navigator.mediaDevices) {
+    throw new SfuError('media_unavailable', `${what} access needs a secure page (https:// or http://localhost)`);
+  }
+  try {
+    return await open();
+  } catch (e) {
+    const why = {
+      NotAllowedError: `permission to use the ${what} was denied`,
+      NotFoundError: `no ${what} was found`,
+      NotReadableError: `the ${what} is in use by another application or could not be started`,
+      OverconstrainedError: `the ${what} does not support the requested settings`,
+      AbortError: `opening the ${what} was aborted`,
+    }[e.name] ?? `could not open the ${what}: ${e.message}`;
+    throw new SfuError('media_unavailable', why, { cause: e });
+  }
+}
+
+/**
+ * Puts `mimeType` first in a transceiver's codec list. The server forwards the publisher's
+ * codec unchanged, so every subscriber must be able to decode it: VP8 is the one every browser
+ * decodes (Chromium builds may lack H.264), and its simulcast works everywhere.
+ */
+function preferCodec(transceiver, mimeType) {
+  if (typeof transceiver.setCodecPreferences !== 'function' || !RTCRtpSender.getCapabilities) return;
+  const codecs = RTCRtpSender.getCapabilities(transceiver.sender.track?.kind ?? 'video')?.codecs;
+  if (!codecs) return;
+  const wanted = mimeType.toLowerCase();
+  const first = codecs.filter((c) => c.mimeType.toLowerCase() === wanted);
+  if (!first.length) return;
+  try {
+    transceiver.setCodecPreferences([...first, ...codecs.filter((c) => c.mimeType.toLowerCase() !== wanted)]);
+  } catch {
+    // Some browsers refuse certain lists; their default order is then fine.
+  }
+}
+
+/** The track id in the `a=msid:<stream> <track>` line of the m-section with `a=mid:<mid>`. */
+function msidTrackId(sdp, mid) {
+  for (const section of sdp.split(/\r?\n(?=m=)/).slice(1)) {
+    const lines = section.split(/\r?\n/);
+    if (!lines.some((l) => l.trim() === `a=mid:${mid}`)) continue;
+    const msid = lines.find((l) => l.startsWith('a=msid:'));
+    return msid ? msid.trim().split(/\s+/)[1] ?? null : null;
+  }
+  return null;
+}
