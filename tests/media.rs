@@ -201,7 +201,6 @@ async fn subscriber_keyframe_requests_are_throttled_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the RTX resend does not reach the webrtc-rs tap yet; see the media issue's note"]
 async fn a_subscriber_nack_is_answered_with_the_original_payload() {
     let server = common::start(|_| {}).await;
     let (_alice, video, _sid, subs) = publishing_room(&server, &["bob"]).await;
@@ -411,5 +410,103 @@ async fn the_loudest_speaker_is_announced_first() {
         seen.is_ok(),
         "active_speakers never listed alice then carol; last: {last}"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_one_in_a_room_still_receives_whoever_publishes_next() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, video, _sid, mut subs) = publishing_room(&server, &["bob"]).await;
+    send_vp8(&video, 5, 2, 100, 1, 0, 0).await;
+    let answer = alice.request(json!({"type":"leave"})).await;
+    assert_eq!(answer["reason"], "client_left");
+    alice.close().await;
+    let bob = &mut subs[0];
+    bob.recv_type("participant_left").await;
+    // Bob is alone: his subscriber connection lost its only track. It must stay up: an offer
+    // whose BUNDLE group is empty makes browsers close the transport (webrtc-rs tolerates it,
+    // so the offer itself is checked).
+    let removed = common::eventually(|| async {
+        bob.subscriber
+            .remote_description()
+            .await
+            .is_some_and(|d| d.sdp.contains("m=video 0 "))
+    })
+    .await;
+    assert!(removed, "the track's m-line is stopped");
+    let offer = bob
+        .subscriber
+        .remote_description()
+        .await
+        .expect("offer")
+        .sdp;
+    let bundle = offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=group:BUNDLE"))
+        .unwrap_or_default();
+    assert!(
+        !bundle.trim().is_empty(),
+        "the subscriber offer keeps an m-line in its BUNDLE group:\n{offer}"
+    );
+    assert_eq!(
+        bob.subscriber.connection_state(),
+        RTCPeerConnectionState::Connected,
+        "the subscriber connection survives having no tracks"
+    );
+    let before = bob.received_of("video/vp8").len();
+
+    let mut carol = MediaClient::join(&server, "r", "carol").await;
+    let cam = carol.add_track("video", "cam2").await;
+    carol.negotiate_publisher().await;
+    carol.published_sid("cam2").await;
+    connected(&carol.publisher).await;
+    let bob = &subs[0];
+    let negotiated = common::eventually(|| async {
+        bob.subscriber
+            .get_transceivers()
+            .await
+            .iter()
+            .filter(|t| t.mid().is_some())
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(negotiated, "carol's track is offered to bob");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_vp8(&cam, 20, 2, 10, 1, 5000, 0).await;
+    let got = common::eventually(|| async {
+        bob.received_of("video/vp8")[before..]
+            .iter()
+            .any(|p| counter_of(&p.payload).is_some_and(|c| c >= 5000))
+    })
+    .await;
+    assert!(got, "bob receives carol's video after being alone");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auto_subscribe_only_asked_for_tracks_arrive() {
+    let server = common::start(|c| c.rtc.auto_subscribe = false).await;
+    let mut alice = MediaClient::join(&server, "r", "alice").await;
+    let mut bob = MediaClient::join(&server, "r", "bob").await;
+    let video = alice.add_track("video", "cam").await;
+    alice.negotiate_publisher().await;
+    let sid = alice.published_sid("cam").await;
+    connected(&alice.publisher).await;
+    let published = bob.recv_type("track_published").await;
+    assert_eq!(published["track"]["sid"], json!(sid));
+    send_vp8(&video, 5, 2, 100, 1, 0, 0).await;
+    assert!(
+        bob.subscriber.remote_description().await.is_none(),
+        "no subscriber offer before bob asks"
+    );
+    let answer = bob.request(json!({"type":"subscribe","track":sid})).await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    connected(&bob.subscriber).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_vp8(&video, 20, 2, 10, 11, 100, 0).await;
+    let bob = &bob;
+    let got = common::eventually(|| async { !bob.received_of("video/vp8").is_empty() }).await;
+    assert!(got, "bob receives the track he subscribed to");
     server.shutdown().await;
 }

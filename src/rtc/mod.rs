@@ -201,9 +201,13 @@ impl MediaEngine {
                 .collect();
             let (tx, rx) = mpsc::unbounded_channel();
             let metrics = metrics.clone();
+            let settings = worker::Settings {
+                candidates,
+                auto_subscribe: config.rtc.auto_subscribe,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-media-{index}"))
-                .spawn(move || worker::run(socket, candidates, rx, metrics))?;
+                .spawn(move || worker::run(socket, settings, rx, metrics))?;
             tracing::info!(%addr, ?advertised, "media worker {index} listening");
             workers.push(WorkerThread {
                 handle: MediaHandle { tx },

@@ -41,6 +41,9 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 /// The order in which simulcast layers are preferred until subscribers can choose (best first).
 const LAYER_PREFERENCE: [&str; 3] = ["f", "h", "q"];
 
+/// Label of the data channel every subscriber connection carries (see `negotiate`).
+const SUBSCRIBER_CHANNEL: &str = "sfu";
+
 type PeerId = u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +77,8 @@ struct Member {
     pending: Option<SdpPendingOffer>,
     /// The subscriber connection needs another offer once the pending one is answered.
     dirty: bool,
+    /// The subscriber connection's data channel m-line is negotiated (or offered).
+    has_channel: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +148,7 @@ struct Worker {
     /// The address clients send to: what `Input::Receive` names as the destination.
     local: SocketAddr,
     candidates: Vec<SocketAddr>,
+    auto_subscribe: bool,
     peers: HashMap<PeerId, Peer>,
     next_peer: PeerId,
     demux: Demux<PeerId>,
@@ -157,9 +163,17 @@ struct Worker {
     counters: Counters,
 }
 
+/// What a worker is told at start-up.
+pub struct Settings {
+    /// The addresses (with this worker's port) given to clients as ICE host candidates.
+    pub candidates: Vec<SocketAddr>,
+    /// Subscribe every member to every publication in its room without being asked.
+    pub auto_subscribe: bool,
+}
+
 pub fn run(
     socket: std::net::UdpSocket,
-    candidates: Vec<SocketAddr>,
+    settings: Settings,
     inbox: mpsc::UnboundedReceiver<Command>,
     metrics: Arc<Metrics>,
 ) {
@@ -181,6 +195,10 @@ pub fn run(
                 return;
             }
         };
+        let Settings {
+            candidates,
+            auto_subscribe,
+        } = settings;
         let local = candidates.first().copied().unwrap_or_else(|| {
             socket
                 .local_addr()
@@ -206,6 +224,7 @@ pub fn run(
             socket,
             local,
             candidates,
+            auto_subscribe,
             peers: HashMap::new(),
             next_peer: 1,
             demux: Demux::default(),
@@ -418,6 +437,9 @@ impl Worker {
             },
         );
         self.metrics.publications.inc();
+        if !self.auto_subscribe {
+            return;
+        }
         // Everyone else in the room receives it.
         let others: Vec<String> = self
             .rooms
@@ -711,6 +733,14 @@ impl Worker {
             return;
         };
         let mut changes = peer.rtc.sdp_api();
+        if !member.has_channel {
+            // An m-line that is never stopped. When the last track goes, its m-line is
+            // stopped (port 0, out of BUNDLE); with nothing left in the BUNDLE group, browsers
+            // close the transport and a later track could not be received. LiveKit keeps a
+            // data channel in the subscriber connection for the same reason.
+            changes.add_channel(SUBSCRIBER_CHANNEL.to_string());
+            member.has_channel = true;
+        }
         for (track, out) in member.out.iter_mut() {
             match out.state {
                 OutState::ToAdd => {
@@ -835,6 +865,7 @@ impl Worker {
                         out: HashMap::new(),
                         pending: None,
                         dirty: false,
+                        has_channel: false,
                     },
                 );
                 let room_media = self.rooms.entry(room.clone()).or_insert_with(|| RoomMedia {
@@ -842,6 +873,9 @@ impl Worker {
                     speakers: ActiveSpeakers::default(),
                 });
                 room_media.members.push(participant.clone());
+                if !self.auto_subscribe {
+                    return;
+                }
                 let existing: Vec<String> = self
                     .publications
                     .values()

@@ -30,8 +30,9 @@ use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_codec::{
-    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
+use webrtc::rtp_transceiver::RTCPFeedback;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
@@ -129,11 +130,67 @@ impl Interceptor for TapInterceptor {
     }
 }
 
+/// The codecs the test client speaks: Opus, and VP8 with RTX. webrtc-rs's default set has no
+/// RTX, and the server resends lost packets only over RTX, as browsers expect.
+fn register_codecs(media: &mut MediaEngine) {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.into(),
+        parameter: parameter.into(),
+    };
+    let codecs = [
+        (
+            MIME_TYPE_OPUS,
+            48_000,
+            2,
+            "minptime=10;useinbandfec=1",
+            111,
+            vec![],
+            RTPCodecType::Audio,
+        ),
+        (
+            MIME_TYPE_VP8,
+            90_000,
+            0,
+            "",
+            96,
+            vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")],
+            RTPCodecType::Video,
+        ),
+        (
+            "video/rtx",
+            90_000,
+            0,
+            "apt=96",
+            97,
+            vec![],
+            RTPCodecType::Video,
+        ),
+    ];
+    for (mime, clock_rate, channels, fmtp, payload_type, rtcp_feedback, kind) in codecs {
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    capability: RTCRtpCodecCapability {
+                        mime_type: mime.into(),
+                        clock_rate,
+                        channels,
+                        sdp_fmtp_line: fmtp.into(),
+                        rtcp_feedback,
+                    },
+                    payload_type,
+                    ..Default::default()
+                },
+                kind,
+            )
+            .expect("codec");
+    }
+}
+
 /// A peer connection set up for loopback-only tests: host candidates on 127.0.0.1, UDP4, no
-/// mDNS, default codecs (VP8 with RTX, Opus) and default interceptors plus the tap.
+/// mDNS, Opus and VP8 with RTX, default interceptors plus the tap.
 async fn peer_connection(tap: Tap) -> Arc<RTCPeerConnection> {
     let mut media = MediaEngine::default();
-    media.register_default_codecs().expect("codecs");
+    register_codecs(&mut media);
     // RFC 6464 audio levels, which the server's active-speaker detection reads.
     media
         .register_header_extension(
