@@ -15,6 +15,7 @@ use sfu::forward::keyframe::is_keyframe;
 use sfu::forward::munger::Munger;
 use sfu::forward::receiver::Receiver;
 use sfu::forward::subscription::{Forward, Subscription};
+use sfu::forward::vp8::Vp8Info;
 use sfu::forward::{Codec, Packet};
 
 /// Counts every allocation the process makes.
@@ -38,8 +39,14 @@ static GLOBAL: Counting = Counting;
 /// A 1100-byte VP8 packet, the size a 720p stream mostly sends.
 fn vp8_packet(seq: u64, keyframe: bool, arrival: Instant) -> Packet {
     let mut payload = vec![0u8; 1100];
-    payload[0] = 0x10;
-    payload[1] = if keyframe { 0x00 } else { 0x01 };
+    // Descriptor with a 15-bit picture ID, as browsers send, then the VP8 frame tag.
+    let pid = (seq / 4) as u16 & 0x7fff;
+    payload[0] = 0x90;
+    payload[1] = 0x80;
+    payload[2] = 0x80 | (pid >> 8) as u8;
+    payload[3] = pid as u8;
+    payload[4] = if keyframe { 0x00 } else { 0x01 };
+    let vp8 = Vp8Info::parse(&payload);
     Packet {
         ssrc: 0x1234_5678,
         seq,
@@ -51,6 +58,8 @@ fn vp8_packet(seq: u64, keyframe: bool, arrival: Instant) -> Packet {
         voice_activity: None,
         arrival,
         payload: Arc::from(payload),
+        layer: 0,
+        vp8,
     }
 }
 

@@ -300,7 +300,19 @@ async fn malformed_messages_get_errors_and_the_connection_goes_on() {
             r#"{"type":"join","id":"x","token":"abc"}"#,
             "already_joined",
         ),
-        (r#"{"type":"set_quality","id":"x"}"#, "not_supported"),
+        (r#"{"type":"set_quality","id":"x"}"#, "bad_request"),
+        (
+            r#"{"type":"set_quality","id":"x","track":"TR_x","quality":"ultra"}"#,
+            "bad_request",
+        ),
+        (
+            r#"{"type":"set_quality","id":"x","track":"TR_x","width":640}"#,
+            "bad_request",
+        ),
+        (
+            r#"{"type":"set_quality","id":"x","track":"TR_nope","quality":"low"}"#,
+            "track_not_found",
+        ),
         (r#"{"type":"ping","id":7}"#, "bad_request"),
     ];
     for (frame, code) in cases {

@@ -10,12 +10,18 @@
 //! - [`munger`]: sequence number and timestamp rewrite arithmetic.
 //! - [`keyframe`]: keyframe detection per codec, the keyframe request throttle.
 //! - [`audio_level`]: active speakers.
+//! - [`selector`]: which simulcast layer a subscription forwards (preferred, target, current).
+//! - [`allocator`]: splits a subscriber's bandwidth estimate across its subscriptions.
+//! - [`vp8`]: VP8 payload descriptor reading and picture ID / TL0PICIDX continuity.
 
+pub mod allocator;
 pub mod audio_level;
 pub mod keyframe;
 pub mod munger;
 pub mod packet;
 pub mod receiver;
+pub mod selector;
 pub mod subscription;
+pub mod vp8;
 
 pub use packet::{Codec, Packet};

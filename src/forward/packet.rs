@@ -6,6 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::forward::selector::LayerIndex;
+use crate::forward::vp8::Vp8Info;
+
 /// The codecs the forwarding core knows how to inspect (keyframes, picture ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
@@ -48,4 +51,8 @@ pub struct Packet {
     pub voice_activity: Option<bool>,
     pub arrival: Instant,
     pub payload: Arc<[u8]>,
+    /// Simulcast layer the packet belongs to (0 without simulcast).
+    pub layer: LayerIndex,
+    /// The VP8 payload descriptor, for VP8.
+    pub vp8: Option<Vp8Info>,
 }

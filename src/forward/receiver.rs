@@ -83,6 +83,10 @@ impl Receiver {
             .is_some_and(|t| now.saturating_duration_since(t) < LIVENESS_TIMEOUT)
     }
 
+    pub fn last_packet(&self) -> Option<Instant> {
+        self.last_packet
+    }
+
     pub fn last_keyframe(&self) -> Option<Instant> {
         self.last_keyframe
     }
@@ -111,6 +115,8 @@ mod tests {
             voice_activity: None,
             arrival: at,
             payload: Arc::from(vec![0u8; size]),
+            layer: 0,
+            vp8: None,
         }
     }
 

@@ -1,14 +1,17 @@
 //! A Subscription: one publication forwarded to one subscriber.
 //!
-//! It decides per packet whether to forward it and with which sequence number and timestamp
-//! (the decision is a value; the worker sends it). Video starts only at a keyframe: anything
-//! before it would only show the subscriber garbage or nothing, and cost bandwidth.
+//! It decides per packet whether to forward it and with which sequence number, timestamp and
+//! (VP8) picture ID (the decision is a value; the worker sends it). Video gets every packet of
+//! every simulcast layer offered and forwards one layer, chosen by its [`Selector`]; it starts
+//! and switches only at a keyframe: anything else would show the subscriber garbage.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::forward::munger::{Munger, Rewrite};
 use crate::forward::packet::{Codec, Packet};
+use crate::forward::selector::{LayerIndex, Selector, SwitchReason, Verdict};
+use crate::forward::vp8::{PictureIdMunger, Vp8Rewrite};
 
 /// What to do with one packet for this subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,15 +27,23 @@ pub struct Outgoing {
     pub timestamp: u32,
     pub marker: bool,
     pub payload: Arc<[u8]>,
+    /// VP8 descriptor fields to patch; `None` when they go out as they came in.
+    pub vp8: Option<Vp8Rewrite>,
+    /// Set on the first packet of a newly selected layer.
+    pub switched: Option<(LayerIndex, SwitchReason)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// Video before its first keyframe; the caller should ask for one.
+    /// Video of the layer to forward, before its keyframe; the caller should ask the
+    /// publisher for a keyframe of this packet's layer.
     WaitingForKeyframe,
+    /// A simulcast layer this subscriber does not receive now.
+    NotSelected,
     /// Older than the current source, or a duplicate.
     Late,
-    /// The subscriber paused this subscription (muted or not visible).
+    /// The subscriber paused this subscription (muted or not visible), asked for quality
+    /// off, or has no bandwidth left for it.
     Paused,
 }
 
@@ -40,6 +51,8 @@ pub enum DropReason {
 pub struct Subscription {
     codec: Codec,
     munger: Munger,
+    selector: Selector,
+    picture_ids: PictureIdMunger,
     waiting_for_keyframe: bool,
     paused: bool,
     pub forwarded: u64,
@@ -50,10 +63,32 @@ impl Subscription {
         Self {
             codec,
             munger: Munger::new(),
+            selector: Selector::default(),
+            picture_ids: PictureIdMunger::default(),
             waiting_for_keyframe: codec.is_video(),
             paused: false,
             forwarded: 0,
         }
+    }
+
+    /// The layer choice, for the Allocator and for reporting.
+    pub fn selector(&self) -> &Selector {
+        &self.selector
+    }
+
+    /// The subscriber asks for at most `layer` (`None`: quality off).
+    pub fn set_preferred(&mut self, layer: Option<LayerIndex>) {
+        self.selector.set_preferred(layer);
+    }
+
+    /// Tells the layer choice that `layer` of the publication was live at `at`.
+    pub fn layer_seen(&mut self, layer: LayerIndex, at: Instant) {
+        self.selector.layer_seen(layer, at);
+    }
+
+    /// The Allocator caps this subscription at `layer` (`None`: no bandwidth for it).
+    pub fn set_cap(&mut self, layer: Option<LayerIndex>) {
+        self.selector.set_cap(layer);
     }
 
     /// True until video has seen its first keyframe: the caller asks the publisher for one.
@@ -73,13 +108,30 @@ impl Subscription {
         if self.paused {
             return Forward::Drop(DropReason::Paused);
         }
-        if self.waiting_for_keyframe {
-            if !packet.keyframe {
-                return Forward::Drop(DropReason::WaitingForKeyframe);
-            }
-            self.waiting_for_keyframe = false;
-            if self.forwarded > 0 {
-                self.munger.restart_next();
+        let mut switched = None;
+        if self.codec.is_video() {
+            match self.selector.on_packet(packet.layer, packet.keyframe, now) {
+                Verdict::Forward { switched: None } if !self.waiting_for_keyframe => {}
+                Verdict::Forward { switched: reason } => {
+                    if !packet.keyframe {
+                        return Forward::Drop(DropReason::WaitingForKeyframe);
+                    }
+                    // A new layer, or the same one after a pause: a new source for the
+                    // subscriber, which must see neither a gap nor time going back.
+                    self.waiting_for_keyframe = false;
+                    if self.forwarded > 0 {
+                        self.munger.restart_next();
+                        self.picture_ids.switch_source();
+                    }
+                    switched = reason.map(|r| (packet.layer, r));
+                }
+                Verdict::NeedKeyframe => return Forward::Drop(DropReason::WaitingForKeyframe),
+                Verdict::Skip => return Forward::Drop(DropReason::NotSelected),
+                Verdict::Off => {
+                    // Whatever comes back after this must start at a keyframe.
+                    self.waiting_for_keyframe = true;
+                    return Forward::Drop(DropReason::Paused);
+                }
             }
         }
         match self.munger.rewrite(
@@ -91,11 +143,17 @@ impl Subscription {
         ) {
             Rewrite::Send { seq, timestamp } => {
                 self.forwarded += 1;
+                let vp8 = packet.vp8.as_ref().and_then(|info| {
+                    let rewrite = self.picture_ids.rewrite(info);
+                    (!self.picture_ids.is_identity()).then_some(rewrite)
+                });
                 Forward::Send(Outgoing {
                     seq,
                     timestamp,
                     marker: packet.marker,
                     payload: packet.payload.clone(),
+                    vp8,
+                    switched,
                 })
             }
             Rewrite::Drop => Forward::Drop(DropReason::Late),
@@ -119,6 +177,8 @@ mod tests {
             voice_activity: None,
             arrival: Instant::now(),
             payload: Arc::from(vec![seq as u8; 10]),
+            layer: 0,
+            vp8: None,
         }
     }
 
@@ -165,5 +225,327 @@ mod tests {
         );
         // The subscriber sees no gap where packets were held back.
         assert!(matches!(s.on_packet(&vp8(4, true), t), Forward::Send(o) if o.seq == 2));
+    }
+
+    /// A synthetic 3-layer VP8 simulcast publisher: each layer its own SSRC, sequence numbers,
+    /// timestamps and picture IDs, as three independent encoders have.
+    struct Simulcast {
+        seq: [u64; 3],
+        pid: [u16; 3],
+        ts: [u32; 3],
+        t0: Instant,
+    }
+
+    impl Simulcast {
+        fn new(t0: Instant) -> Self {
+            Self {
+                seq: [100, 20_000, 60_000],
+                pid: [5, 3000, 32_000],
+                ts: [1_000, 500_000, 4_000_000_000],
+                t0,
+            }
+        }
+
+        /// Frame `n` (30 fps) of `layer`: two packets, the first a keyframe start if `key`.
+        fn frame(&mut self, layer: usize, n: u32, key: bool) -> Vec<Packet> {
+            let at = self.t0 + std::time::Duration::from_millis(u64::from(n) * 33);
+            let pid = self.pid[layer];
+            self.pid[layer] = (pid + 1) % 0x8000;
+            let ts = self.ts[layer];
+            self.ts[layer] = ts.wrapping_add(3000);
+            (0..2)
+                .map(|i| {
+                    let seq = self.seq[layer];
+                    self.seq[layer] += 1;
+                    let mut payload = vec![0x80, 0x80, 0x80 | (pid >> 8) as u8, pid as u8];
+                    if i == 0 {
+                        payload[0] |= 0x10;
+                        payload.extend_from_slice(&[if key { 0x00 } else { 0x01 }, 0, 0]);
+                        if key {
+                            let w = 320u16 << layer;
+                            payload.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+                            payload.extend_from_slice(&w.to_le_bytes());
+                            payload.extend_from_slice(&(w * 9 / 16).to_le_bytes());
+                        }
+                    }
+                    payload.extend_from_slice(&[layer as u8; 40]);
+                    Packet {
+                        ssrc: 1000 + layer as u32,
+                        seq,
+                        timestamp: ts,
+                        marker: i == 1,
+                        codec: Codec::Vp8,
+                        keyframe: i == 0 && key,
+                        audio_level: None,
+                        voice_activity: None,
+                        arrival: at,
+                        vp8: crate::forward::vp8::Vp8Info::parse(&payload),
+                        payload: Arc::from(payload),
+                        layer: layer as u8,
+                    }
+                })
+                .collect()
+        }
+    }
+
+    /// What the subscriber's stream looked like: per packet the layer it came from, the
+    /// outgoing seq/ts/picture ID, and whether it was a keyframe.
+    #[derive(Debug, Clone, Copy)]
+    struct Sent {
+        layer: u8,
+        seq: u64,
+        ts: u32,
+        pid: u16,
+        keyframe: bool,
+        frame_start: bool,
+    }
+
+    /// Runs frames `range` of all three layers through `s` (layers in `alive`, keyframes on
+    /// frames where `key(layer, n)`), collecting what is sent and the keyframe requests.
+    fn run(
+        s: &mut Subscription,
+        src: &mut Simulcast,
+        range: std::ops::Range<u32>,
+        alive: [bool; 3],
+        key: impl Fn(usize, u32) -> bool,
+        out: &mut Vec<Sent>,
+        requests: &mut Vec<(u32, u8)>,
+    ) {
+        for n in range {
+            for (layer, _) in alive.iter().enumerate().filter(|(_, on)| **on) {
+                for p in src.frame(layer, n, key(layer, n)) {
+                    match s.on_packet(&p, p.arrival) {
+                        Forward::Send(o) => {
+                            let info = p.vp8.unwrap();
+                            let pid = o
+                                .vp8
+                                .and_then(|r| r.picture_id)
+                                .unwrap_or(info.picture_id.unwrap().0);
+                            out.push(Sent {
+                                layer: p.layer,
+                                seq: o.seq,
+                                ts: o.timestamp,
+                                pid,
+                                keyframe: p.keyframe,
+                                frame_start: info.frame_start,
+                            })
+                        }
+                        Forward::Drop(DropReason::WaitingForKeyframe) => {
+                            requests.push((n, p.layer))
+                        }
+                        Forward::Drop(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sequence numbers +1 each packet, timestamps never backwards and +0 within a frame,
+    /// picture IDs +1 each frame, and every change of layer starts at a keyframe.
+    fn assert_continuous(sent: &[Sent]) {
+        for w in sent.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            assert_eq!(b.seq, a.seq + 1, "seq continuity: {a:?} -> {b:?}");
+            let dt = b.ts.wrapping_sub(a.ts);
+            assert!(dt < u32::MAX / 2, "timestamp went back: {a:?} -> {b:?}");
+            if b.frame_start {
+                assert!(dt > 0, "a new frame has a new timestamp: {a:?} -> {b:?}");
+                assert_eq!(b.pid, (a.pid + 1) % 0x8000, "picture ID: {a:?} -> {b:?}");
+            } else {
+                assert_eq!((dt, b.pid), (0, a.pid), "same frame: {a:?} -> {b:?}");
+            }
+            if b.layer != a.layer {
+                assert!(b.keyframe, "switch {a:?} -> {b:?} not at a keyframe");
+            }
+        }
+    }
+
+    #[test]
+    fn requesting_low_or_high_forwards_only_that_layer() {
+        for want in [0u8, 2] {
+            let t = Instant::now();
+            let mut src = Simulcast::new(t);
+            let mut s = Subscription::new(Codec::Vp8);
+            // The publication is running: all three layers are live when the subscriber comes.
+            for layer in 0..3 {
+                s.layer_seen(layer, t);
+            }
+            s.set_preferred(Some(want));
+            let (mut out, mut req) = (Vec::new(), Vec::new());
+            run(
+                &mut s,
+                &mut src,
+                0..60,
+                [true; 3],
+                |_, n| n % 30 == 0,
+                &mut out,
+                &mut req,
+            );
+            assert!(out[0].keyframe);
+            assert!(out.iter().all(|p| p.layer == want), "only layer {want}");
+            assert_eq!(out.len(), 120, "every packet of it");
+            assert_continuous(&out);
+        }
+    }
+
+    #[test]
+    fn switches_happen_exactly_at_keyframes_with_continuous_output() {
+        let t = Instant::now();
+        let mut src = Simulcast::new(t);
+        let mut s = Subscription::new(Codec::Vp8);
+        s.set_preferred(Some(0));
+        // Keyframes at different frames per layer, as independent encoders produce them.
+        let key = |layer: usize, n: u32| n == 0 || n % 25 == 7 * layer as u32 + 3;
+        let (mut out, mut req) = (Vec::new(), Vec::new());
+        run(&mut s, &mut src, 0..20, [true; 3], key, &mut out, &mut req);
+        s.set_preferred(Some(2));
+        run(&mut s, &mut src, 20..60, [true; 3], key, &mut out, &mut req);
+        s.set_preferred(Some(1));
+        run(
+            &mut s,
+            &mut src,
+            60..100,
+            [true; 3],
+            key,
+            &mut out,
+            &mut req,
+        );
+        let layers: Vec<u8> = out.iter().map(|p| p.layer).collect();
+        let mut order = layers.clone();
+        order.dedup();
+        assert_eq!(order, vec![0, 2, 1], "low, then high, then medium");
+        // The up-switch came at layer 2's first keyframe after the request (frame 42), and
+        // layer 0 kept flowing until then: no freeze.
+        let first_high = out.iter().position(|p| p.layer == 2).unwrap();
+        assert!(out[first_high].keyframe);
+        assert_eq!(out[first_high - 1].layer, 0);
+        assert!(
+            req.iter().any(|(n, l)| *n >= 20 && *l == 2),
+            "a keyframe was asked for"
+        );
+        assert_continuous(&out);
+    }
+
+    #[test]
+    fn a_lost_layer_falls_back_within_a_second() {
+        let t = Instant::now();
+        let mut src = Simulcast::new(t);
+        let mut s = Subscription::new(Codec::Vp8);
+        let (mut out, mut req) = (Vec::new(), Vec::new());
+        // Keyframes arrive on request: every frame after a request is a keyframe candidate.
+        run(
+            &mut s,
+            &mut src,
+            0..30,
+            [true; 3],
+            |_, n| n == 0,
+            &mut out,
+            &mut req,
+        );
+        assert_eq!(out.last().unwrap().layer, 2);
+        // The high layer stops at frame 30; the medium layer answers keyframe requests.
+        let asked = std::cell::Cell::new(None::<u32>);
+        let mut frames = Vec::new();
+        for n in 30..90 {
+            let before = out.len();
+            let key = |layer: usize, m: u32| layer == 1 && asked.get().is_some_and(|a| m > a);
+            let mut new_req = Vec::new();
+            run(
+                &mut s,
+                &mut src,
+                n..n + 1,
+                [true, true, false],
+                key,
+                &mut out,
+                &mut new_req,
+            );
+            if asked.get().is_none() && new_req.iter().any(|(_, l)| *l == 1) {
+                asked.set(Some(n));
+            }
+            if out.len() > before {
+                frames.push(n);
+            }
+        }
+        let first_medium = out
+            .iter()
+            .find(|p| p.layer == 1)
+            .expect("fell back to medium");
+        assert!(first_medium.keyframe);
+        let resumed = frames[0];
+        // Layer 2 last sent at frame 29 (t = 957 ms); the fallback frame is within 1 s of the
+        // layer being declared down (1 s after its last packet), plus one frame for the keyframe.
+        let resumed_at_ms = u64::from(resumed) * 33;
+        assert!(
+            resumed_at_ms <= 957 + 1000 + 2 * 33,
+            "resumed at frame {resumed} ({resumed_at_ms} ms)"
+        );
+        assert_continuous(&out);
+    }
+
+    #[test]
+    fn the_allocator_moves_a_subscriber_down_and_back_up_at_a_keyframe() {
+        use crate::forward::allocator::{Allocator, Demand, Priority, UPGRADE_HOLD};
+        let t = Instant::now();
+        let mut src = Simulcast::new(t);
+        let mut s = Subscription::new(Codec::Vp8);
+        let mut a = Allocator::default();
+        let demand = |preferred| Demand {
+            key: 1u32,
+            priority: Priority::Camera,
+            preferred,
+            area: 640 * 360,
+            layer_bps: [150_000, 500_000, 1_200_000],
+        };
+        let key = |layer: usize, n: u32| n % 40 == 10 * layer as u32;
+        let (mut out, mut req) = (Vec::new(), Vec::new());
+        let cap = |a: &mut Allocator<u32>, bps, at| a.allocate(bps, &[demand(Some(2))], at)[0].1;
+        s.set_cap(cap(&mut a, 3_000_000, t));
+        run(&mut s, &mut src, 0..30, [true; 3], key, &mut out, &mut req);
+        assert_eq!(out.last().unwrap().layer, 2);
+        s.set_cap(cap(&mut a, 300_000, t + std::time::Duration::from_secs(1)));
+        run(&mut s, &mut src, 30..70, [true; 3], key, &mut out, &mut req);
+        assert_eq!(
+            out.last().unwrap().layer,
+            0,
+            "300 kbps ends on the low layer"
+        );
+        let up_at = t + std::time::Duration::from_secs(1) + UPGRADE_HOLD;
+        s.set_cap(cap(&mut a, 3_000_000, up_at));
+        let before = out.len();
+        run(
+            &mut s,
+            &mut src,
+            70..130,
+            [true; 3],
+            key,
+            &mut out,
+            &mut req,
+        );
+        let back = &out[before..];
+        let first_high = back
+            .iter()
+            .position(|p| p.layer == 2)
+            .expect("back up to high");
+        assert!(
+            back[first_high].keyframe,
+            "at the next keyframe of the high layer"
+        );
+        assert!(back[..first_high].iter().all(|p| p.layer == 0));
+        assert_continuous(&out);
+        // Never above the preference, whatever the estimate.
+        s.set_preferred(Some(1));
+        s.set_cap(a.allocate(50_000_000, &[demand(Some(1))], up_at)[0].1);
+        let before = out.len();
+        run(
+            &mut s,
+            &mut src,
+            130..200,
+            [true; 3],
+            key,
+            &mut out,
+            &mut req,
+        );
+        assert_eq!(out.last().unwrap().layer, 1);
+        assert!(out[before..].iter().all(|p| p.layer != 2));
     }
 }

@@ -4,16 +4,28 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
+use str0m::bwe::Bitrate;
 use str0m::format::{Codec as StrCodec, PayloadParams};
 use str0m::media::Pt;
 use str0m::{Rtc, RtcConfig};
 
 use crate::forward::Codec;
 
-/// A new peer connection. Both directions use the same setup: the codecs are what a publisher
-/// may send us and so what we can forward.
-pub fn new_rtc(now: Instant) -> Rtc {
-    RtcConfig::new()
+/// Where a subscriber connection's bandwidth estimate starts, before feedback arrives: enough
+/// for a medium layer and audio, so a new subscriber sees a picture at once and probing lifts it.
+const INITIAL_SUBSCRIBER_ESTIMATE_KBPS: u64 = 800;
+
+/// A new peer connection. Both directions use the same codecs: what a publisher may send us and
+/// so what we can forward. A subscriber connection also estimates its downstream bandwidth from
+/// the client's TWCC feedback (REMB-only clients are read as estimates too).
+pub fn new_rtc(now: Instant, subscriber: bool) -> Rtc {
+    let config = RtcConfig::new();
+    let config = if subscriber {
+        config.enable_bwe(Some(Bitrate::kbps(INITIAL_SUBSCRIBER_ESTIMATE_KBPS)))
+    } else {
+        config
+    };
+    config
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .clear_codecs()

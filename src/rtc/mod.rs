@@ -19,8 +19,16 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::signal::protocol::{
-    OfferedTrack, PeerTarget, Speaker, TrackInfo, TrackKind, TrackSource,
+    OfferedTrack, PeerTarget, Quality, Speaker, TrackInfo, TrackKind, TrackSource,
 };
+
+/// What a subscriber asked for with `set_quality`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QualityPreference {
+    Quality(Quality),
+    /// The size of the element showing the video, in CSS pixels times device pixel ratio.
+    Size(u32, u32),
+}
 
 /// What went wrong with a media request, mapped to a signaling error code by the session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +104,13 @@ pub enum Command {
         subscribed: bool,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
+    /// A subscriber's choice of layer for one video track it receives.
+    SetQuality {
+        participant: String,
+        track: String,
+        preference: QualityPreference,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
     /// Counts for tests and the admin API.
     Stats {
         reply: oneshot::Sender<WorkerStats>,
@@ -116,6 +131,18 @@ pub enum MediaEvent {
     /// A track of this participant ended (its m-line went away).
     TrackUnpublished(String),
     ActiveSpeakers(Vec<Speaker>),
+    /// The layer of a track this participant receives changed (`layer`: 0 = q; `None`: off).
+    QualityChanged {
+        track: String,
+        layer: Option<u8>,
+        rid: String,
+        reason: &'static str,
+    },
+    /// Which layers of this participant's track anyone receives (dynacast).
+    PublisherLayers {
+        track: String,
+        active: Vec<String>,
+    },
     /// The participant's media died (ICE/DTLS timeout, a fault in the stack).
     Failed(String),
 }

@@ -13,23 +13,27 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use rand::distr::{Alphanumeric, SampleString};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 
+use crate::forward::allocator::{Allocator, Demand, Priority};
 use crate::forward::audio_level::ActiveSpeakers;
 use crate::forward::keyframe::is_keyframe;
 use crate::forward::receiver::Receiver;
+use crate::forward::selector::{LayerIndex, MAX_LAYERS};
 use crate::forward::subscription::{DropReason, Forward, Subscription};
+use crate::forward::vp8::Vp8Info;
 use crate::forward::{Codec, Packet};
 use crate::metrics::Metrics;
 use crate::rtc::demux::Demux;
 use crate::rtc::engine::{codec_of, guard, matching_pt, new_rtc, params_of};
-use crate::rtc::{Command, MediaError, MediaEvent, WorkerStats};
+use crate::rtc::{Command, MediaError, MediaEvent, QualityPreference, WorkerStats};
 use crate::signal::protocol::{
     OfferedTrack, PeerTarget, Speaker, TrackInfo, TrackKind, TrackSource,
 };
@@ -38,8 +42,16 @@ use crate::signal::protocol::{
 const RECV_BUFFER: usize = 2048;
 /// How often room-wide state (active speakers) is looked at.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
-/// The order in which simulcast layers are preferred until subscribers can choose (best first).
-const LAYER_PREFERENCE: [&str; 3] = ["f", "h", "q"];
+/// How often each subscriber's bandwidth is re-split and dynacast re-decided, besides every new
+/// estimate: layer bitrates drift as publishers' encoders adapt.
+const ALLOCATION_INTERVAL: Duration = Duration::from_millis(500);
+/// Simulcast rids our clients send, lowest first (LiveKit's names: quarter, half, full).
+const LAYER_RIDS: [&str; MAX_LAYERS] = ["q", "h", "f"];
+/// What a layer is assumed to cost before it was ever measured: the bitrates browsers give
+/// 180p/360p/720p simulcast (a single-layer track counts as the lowest).
+const ASSUMED_LAYER_BPS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_500_000];
+/// Size of a subscriber's video element when it has not told us: a grid tile.
+const DEFAULT_VIEW_AREA: u32 = 640 * 360;
 
 /// Label of the data channel every subscriber connection carries (see `negotiate`).
 const SUBSCRIBER_CHANNEL: &str = "sfu";
@@ -79,6 +91,9 @@ struct Member {
     dirty: bool,
     /// The subscriber connection's data channel m-line is negotiated (or offered).
     has_channel: bool,
+    /// The subscriber connection's latest downstream bandwidth estimate.
+    estimate_bps: Option<u64>,
+    allocator: Allocator<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +127,18 @@ struct Publication {
     layers: HashMap<Option<Rid>, Layer>,
     /// Subscribers by participant sid.
     subscribers: HashMap<String, OutSub>,
+    /// The simulcast layers the publisher was last told to send (dynacast).
+    active_layers: Option<Vec<String>>,
 }
 
 struct Layer {
     ssrc: Ssrc,
+    index: LayerIndex,
     receiver: Receiver,
+    /// Resolution from the layer's last keyframe.
+    size: Option<(u16, u16)>,
+    /// Bitrate when last measured live.
+    last_bps: u64,
 }
 
 struct OutSub {
@@ -125,6 +147,8 @@ struct OutSub {
     /// The subscriber's m-line and payload type, once negotiated.
     route: Option<(Mid, Pt)>,
     paused: bool,
+    /// The element size the subscriber reported, if it chose by size.
+    view: Option<(u32, u32)>,
 }
 
 struct RoomMedia {
@@ -161,6 +185,7 @@ struct Worker {
     dirty: HashSet<PeerId>,
     metrics: Arc<Metrics>,
     counters: Counters,
+    last_allocation: Instant,
 }
 
 /// What a worker is told at start-up.
@@ -235,6 +260,7 @@ pub fn run(
             dirty: HashSet::new(),
             metrics,
             counters,
+            last_allocation: Instant::now(),
         };
         worker.run(inbox).await;
         worker.close_all();
@@ -371,6 +397,26 @@ impl Worker {
                 self.fail_peer(id, "ICE disconnected (consent timed out)");
             }
             Event::Connected => tracing::debug!(peer = id, "peer connected"),
+            Event::EgressBitrateEstimate(estimate) => {
+                let bps = match estimate {
+                    BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. } => {
+                        estimate.as_u64()
+                    }
+                    _ => return,
+                };
+                let owner = match self.peers.get(&id) {
+                    Some(p) if p.role == Role::Subscriber => p.owner.clone(),
+                    _ => return,
+                };
+                let changed = self.members.get_mut(&owner).is_some_and(|m| {
+                    let changed = m.estimate_bps != Some(bps);
+                    m.estimate_bps = Some(bps);
+                    changed
+                });
+                if changed {
+                    self.allocate(&owner, Instant::now());
+                }
+            }
             _ => {}
         }
     }
@@ -434,6 +480,7 @@ impl Worker {
                 codec: Codec::Other,
                 layers: HashMap::new(),
                 subscribers: HashMap::new(),
+                active_layers: None,
             },
         );
         self.metrics.publications.inc();
@@ -473,6 +520,21 @@ impl Worker {
             publication.codec = codec_of(&peer.rtc, rtp.header.payload_type);
         }
         let codec = publication.codec;
+        let vp8 = match codec {
+            Codec::Vp8 => Vp8Info::parse(&rtp.payload),
+            _ => None,
+        };
+        let layer_names = &publication.info.layers;
+        let layer = publication.layers.entry(rid).or_insert_with(|| {
+            self.metrics.receivers.inc();
+            Layer {
+                ssrc,
+                index: rid.map_or(0, |r| layer_index(&r, layer_names)),
+                receiver: Receiver::new(codec),
+                size: None,
+                last_bps: 0,
+            }
+        });
         let packet = Packet {
             ssrc: *ssrc,
             seq: *rtp.seq_no,
@@ -489,15 +551,13 @@ impl Worker {
             voice_activity: rtp.header.ext_vals.voice_activity,
             arrival: rtp.timestamp,
             payload: rtp.payload,
+            layer: layer.index,
+            vp8,
         };
-        let layer = publication.layers.entry(rid).or_insert_with(|| {
-            self.metrics.receivers.inc();
-            Layer {
-                ssrc,
-                receiver: Receiver::new(codec),
-            }
-        });
         layer.ssrc = ssrc;
+        if let Some(size) = vp8.and_then(|v| v.keyframe_size) {
+            layer.size = Some(size);
+        }
         layer.receiver.on_packet(&packet, now);
         if let (Some(level), Some(room)) =
             (packet.audio_level, self.rooms.get_mut(&publication.room))
@@ -505,12 +565,11 @@ impl Worker {
             room.speakers
                 .observe(publication.info.participant.clone(), level, now);
         }
-        // Until subscribers choose layers, every subscriber gets the best live one.
-        if rid.is_some() && best_live_layer(&publication.layers, now) != rid {
-            return;
-        }
+        // Parsed by str0m once per packet, only if some subscriber's picture IDs are shifted.
+        let mut descriptor: Option<Option<Vp8Descriptor>> = None;
         let mut want_keyframe = false;
         let params = publication.params;
+        let rids = publication.info.layers.clone();
         for (member_sid, out) in publication.subscribers.iter_mut() {
             if out.route.is_none() {
                 // Negotiated before the publisher's format was known: resolve it now.
@@ -531,6 +590,16 @@ impl Worker {
             }
             match out.subscription.on_packet(&packet, now) {
                 Forward::Send(o) => {
+                    if let (Some((index, reason)), Some(member)) =
+                        (o.switched, self.members.get(member_sid))
+                    {
+                        let _ = member.events.send(MediaEvent::QualityChanged {
+                            track: sid.clone(),
+                            layer: Some(index),
+                            rid: rid_name(index, &rids),
+                            reason: reason.as_str(),
+                        });
+                    }
                     let Some(sub_peer) = self.peers.get_mut(&out.peer) else {
                         continue;
                     };
@@ -542,7 +611,7 @@ impl Worker {
                             .map(|_| packet.voice_activity.unwrap_or(true)),
                         ..Default::default()
                     };
-                    let write = RtpWrite::new(
+                    let mut write = RtpWrite::new(
                         pt,
                         SeqNo::from(o.seq),
                         o.timestamp,
@@ -551,6 +620,22 @@ impl Worker {
                     )
                     .marker(o.marker)
                     .ext_vals(ext);
+                    if let Some(rewrite) = o.vp8 {
+                        let parsed = *descriptor
+                            .get_or_insert_with(|| Vp8Descriptor::parse(&packet.payload).ok());
+                        if let Some(d) = parsed {
+                            let mut patch = d.patch();
+                            if let Some(pid) = rewrite.picture_id {
+                                patch = patch.picture_id(pid);
+                            }
+                            if let Some(tl0) = rewrite.tl0_pic_idx {
+                                patch = patch.tl0_pic_idx(tl0);
+                            }
+                            if let Ok(patch) = patch.build() {
+                                write = write.vp8_patch(patch);
+                            }
+                        }
+                    }
                     let written = guard(|| {
                         match sub_peer.rtc.direct_api().stream_tx_by_mid(out_mid, None) {
                             Some(tx) => {
@@ -577,38 +662,57 @@ impl Worker {
             }
         }
         if want_keyframe {
-            self.request_keyframe(sid.clone(), rid, now);
+            self.request_keyframe(sid.clone(), Some(rid), now);
         }
     }
 
-    /// Asks the publisher of `track` (layer `rid`) for a keyframe, throttled per layer.
-    fn request_keyframe(&mut self, track: String, rid: Option<Rid>, now: Instant) {
+    /// Asks the publisher of `track` for a keyframe of layer `rid` (`None`: the layers its
+    /// subscribers receive), throttled per layer.
+    fn request_keyframe(&mut self, track: String, rid: Option<Option<Rid>>, now: Instant) {
         let Some(publication) = self.publications.get_mut(&track) else {
             return;
         };
-        let rid = rid.or_else(|| best_live_layer(&publication.layers, now));
-        let Some(layer) = publication.layers.get_mut(&rid) else {
-            return;
+        let rids: Vec<Option<Rid>> = match rid {
+            Some(rid) => vec![rid],
+            None => {
+                let wanted: HashSet<LayerIndex> = publication
+                    .subscribers
+                    .values()
+                    .filter_map(|o| o.subscription.selector().target())
+                    .collect();
+                publication
+                    .layers
+                    .iter()
+                    .filter(|(_, l)| wanted.is_empty() || wanted.contains(&l.index))
+                    .map(|(r, _)| *r)
+                    .collect()
+            }
         };
-        if !layer.receiver.want_keyframe(now) {
-            return;
-        }
-        let ssrc = layer.ssrc;
         let peer_id = publication.publisher_peer;
+        let mut ssrcs = Vec::new();
+        for rid in rids {
+            if let Some(layer) = publication.layers.get_mut(&rid) {
+                if layer.receiver.want_keyframe(now) {
+                    ssrcs.push(layer.ssrc);
+                }
+            }
+        }
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
-        let sent = guard(|| {
-            if let Some(stream) = peer.rtc.direct_api().stream_rx(&ssrc) {
-                stream.request_keyframe(KeyframeRequestKind::Pli);
-                true
-            } else {
-                false
+        for ssrc in ssrcs {
+            let sent = guard(|| {
+                if let Some(stream) = peer.rtc.direct_api().stream_rx(&ssrc) {
+                    stream.request_keyframe(KeyframeRequestKind::Pli);
+                    true
+                } else {
+                    false
+                }
+            });
+            if matches!(sent, Ok(true)) {
+                self.counters.keyframe_requests_out.inc();
+                self.dirty.insert(peer_id);
             }
-        });
-        if matches!(sent, Ok(true)) {
-            self.counters.keyframe_requests_out.inc();
-            self.dirty.insert(peer_id);
         }
     }
 
@@ -628,9 +732,24 @@ impl Worker {
             .iter()
             .find(|(_, o)| o.state == OutState::Open(mid))
             .map(|(t, _)| t.clone());
-        if let Some(track) = track {
-            self.request_keyframe(track, None, Instant::now());
-        }
+        let Some(track) = track else {
+            return;
+        };
+        // The keyframe must come from the layer this subscriber is being sent.
+        let owner = peer.owner.clone();
+        let rid = self.publications.get(&track).and_then(|p| {
+            let current = p
+                .subscribers
+                .get(&owner)?
+                .subscription
+                .selector()
+                .current()?;
+            p.layers
+                .iter()
+                .find(|(_, l)| l.index == current)
+                .map(|(rid, _)| *rid)
+        });
+        self.request_keyframe(track, rid, Instant::now());
     }
 
     // ---- subscriptions and negotiation ----
@@ -651,7 +770,7 @@ impl Worker {
             None => {
                 let id = self.next_peer;
                 self.next_peer += 1;
-                let mut rtc = new_rtc(Instant::now());
+                let mut rtc = new_rtc(Instant::now(), true);
                 for c in &self.candidates {
                     if let Ok(candidate) = Candidate::host(*c, "udp") {
                         rtc.add_local_candidate(candidate);
@@ -679,13 +798,20 @@ impl Worker {
                 state: OutState::ToAdd,
             },
         );
+        let mut subscription = Subscription::new(publication.codec);
+        for layer in publication.layers.values() {
+            if let Some(at) = layer.receiver.last_packet() {
+                subscription.layer_seen(layer.index, at);
+            }
+        }
         publication.subscribers.insert(
             member_sid.to_string(),
             OutSub {
-                subscription: Subscription::new(publication.codec),
+                subscription,
                 peer,
                 route: None,
                 paused: false,
+                view: None,
             },
         );
         self.metrics.subscriptions.inc();
@@ -866,6 +992,8 @@ impl Worker {
                         pending: None,
                         dirty: false,
                         has_channel: false,
+                        estimate_bps: None,
+                        allocator: Allocator::default(),
                     },
                 );
                 let room_media = self.rooms.entry(room.clone()).or_insert_with(|| RoomMedia {
@@ -976,6 +1104,15 @@ impl Worker {
                 }
                 let _ = reply.send(result);
             }
+            Command::SetQuality {
+                participant,
+                track,
+                preference,
+                reply,
+            } => {
+                let result = self.set_quality(&participant, &track, preference);
+                let _ = reply.send(result);
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(WorkerStats {
                     participants: self.members.len(),
@@ -1009,7 +1146,7 @@ impl Worker {
             None => {
                 let id = self.next_peer;
                 self.next_peer += 1;
-                let mut rtc = new_rtc(Instant::now());
+                let mut rtc = new_rtc(Instant::now(), false);
                 for c in &self.candidates {
                     if let Ok(candidate) = Candidate::host(*c, "udp") {
                         rtc.add_local_candidate(candidate);
@@ -1147,6 +1284,17 @@ impl Worker {
 
     fn housekeeping(&mut self) {
         let now = Instant::now();
+        if now.saturating_duration_since(self.last_allocation) >= ALLOCATION_INTERVAL {
+            self.last_allocation = now;
+            let members: Vec<String> = self.members.keys().cloned().collect();
+            for m in members {
+                self.allocate(&m, now);
+            }
+            let tracks: Vec<String> = self.publications.keys().cloned().collect();
+            for t in tracks {
+                self.dynacast(&t);
+            }
+        }
         for room in self.rooms.values_mut() {
             let Some(list) = room.speakers.poll(now) else {
                 continue;
@@ -1162,6 +1310,183 @@ impl Worker {
                         .send(MediaEvent::ActiveSpeakers(speakers.clone()));
                 }
             }
+        }
+    }
+
+    // ---- layers and bandwidth ----
+
+    fn set_quality(
+        &mut self,
+        member_sid: &str,
+        track: &str,
+        preference: QualityPreference,
+    ) -> Result<(), MediaError> {
+        let publication = self
+            .publications
+            .get_mut(track)
+            .ok_or(MediaError::TrackNotFound)?;
+        let layer_sizes: Vec<(LayerIndex, (u16, u16))> = publication
+            .layers
+            .values()
+            .filter_map(|l| Some((l.index, l.size?)))
+            .collect();
+        let out = publication
+            .subscribers
+            .get_mut(member_sid)
+            .ok_or(MediaError::TrackNotFound)?;
+        let layer = match preference {
+            QualityPreference::Quality(q) => {
+                out.view = None;
+                q.max_layer()
+            }
+            QualityPreference::Size(w, h) => {
+                out.view = Some((w, h));
+                Some(layer_for_size(w, h, &layer_sizes))
+            }
+        };
+        let before = out.subscription.selector().current();
+        out.subscription.set_preferred(layer);
+        if layer.is_none() && before.is_some() {
+            if let Some(member) = self.members.get(member_sid) {
+                let _ = member.events.send(MediaEvent::QualityChanged {
+                    track: track.to_string(),
+                    layer: None,
+                    rid: "off".into(),
+                    reason: "request",
+                });
+            }
+        }
+        let now = Instant::now();
+        self.allocate(member_sid, now);
+        self.dynacast(track);
+        Ok(())
+    }
+
+    /// Splits `member_sid`'s downstream estimate across what it receives and tells the
+    /// estimator how far to probe.
+    fn allocate(&mut self, member_sid: &str, now: Instant) {
+        let Some(member) = self.members.get(member_sid) else {
+            return;
+        };
+        let Some(estimate) = member.estimate_bps else {
+            return;
+        };
+        let Some(peer_id) = member.subscriber else {
+            return;
+        };
+        let mut demands = Vec::with_capacity(member.out.len());
+        for track in member.out.keys() {
+            let Some(p) = self.publications.get_mut(track) else {
+                continue;
+            };
+            let Some(out) = p.subscribers.get(member_sid) else {
+                continue;
+            };
+            if out.paused {
+                continue;
+            }
+            // Every layer the publisher offered has a cost, measured while it flows, else
+            // remembered or assumed: a layer dynacast paused must still be allocatable, or
+            // nobody would ever ask for it again.
+            let offered = p.info.layers.len().clamp(1, MAX_LAYERS);
+            let mut layer_bps = [0u64; MAX_LAYERS];
+            layer_bps[..offered].copy_from_slice(&ASSUMED_LAYER_BPS[..offered]);
+            if p.info.kind == TrackKind::Audio {
+                layer_bps[0] = 0;
+            }
+            for layer in p.layers.values_mut() {
+                let i = usize::from(layer.index).min(MAX_LAYERS - 1);
+                if layer.receiver.is_live(now) {
+                    layer.last_bps = layer.receiver.bitrate_bps(now).max(1);
+                }
+                if layer.last_bps > 0 {
+                    layer_bps[i] = layer.last_bps;
+                }
+            }
+            let priority = match (p.info.kind, p.info.source) {
+                (TrackKind::Audio, _) => Priority::Audio,
+                (_, TrackSource::Screen) => Priority::Screen,
+                _ => Priority::Camera,
+            };
+            demands.push(Demand {
+                key: track.clone(),
+                priority,
+                preferred: out.subscription.selector().preferred(),
+                area: out
+                    .view
+                    .map_or(DEFAULT_VIEW_AREA, |(w, h)| w.saturating_mul(h)),
+                layer_bps,
+            });
+        }
+        let desired = Allocator::desired_bps(&demands);
+        let Some(member) = self.members.get_mut(member_sid) else {
+            return;
+        };
+        let caps = member.allocator.allocate(estimate, &demands, now);
+        let mut allocated = 0u64;
+        for (track, mut cap) in caps {
+            if let Some(p) = self.publications.get_mut(&track) {
+                if p.info.layers.len() < 2 {
+                    // Without simulcast there is no smaller layer to fall back to; pausing
+                    // would only trade a congested picture for none. The publisher's own
+                    // congestion control is what adapts such a track.
+                    cap = Some(0);
+                }
+                if let Some(out) = p.subscribers.get_mut(member_sid) {
+                    out.subscription.set_cap(cap);
+                }
+            }
+            if let (Some(cap), Some(d)) = (cap, demands.iter().find(|d| d.key == track)) {
+                allocated += d.layer_bps[usize::from(cap)];
+            }
+        }
+        if let Some(peer) = self.peers.get_mut(&peer_id) {
+            // Probe toward what the subscriber wants; keep at least what it gets now.
+            let _ = guard(|| {
+                peer.rtc.bwe().set_bitrate(
+                    Bitrate::bps(allocated),
+                    Bitrate::bps(desired.max(allocated)),
+                )
+            });
+            self.dirty.insert(peer_id);
+        }
+    }
+
+    /// Tells the publisher of `track` which simulcast layers anyone receives, when that
+    /// changes. The lowest layer always stays on: a new subscriber starts on it at once.
+    fn dynacast(&mut self, track: &str) {
+        let Some(p) = self.publications.get_mut(track) else {
+            return;
+        };
+        if p.info.layers.len() < 2 {
+            return;
+        }
+        let highest = p
+            .subscribers
+            .values()
+            .filter(|o| !o.paused)
+            .filter_map(|o| o.subscription.selector().desired())
+            .max()
+            .unwrap_or(0);
+        let active: Vec<String> = p
+            .info
+            .layers
+            .iter()
+            .filter(|name| {
+                let rid = Rid::from(name.as_str());
+                layer_index(&rid, &p.info.layers) <= highest
+            })
+            .cloned()
+            .collect();
+        if p.active_layers.as_ref() == Some(&active) {
+            return;
+        }
+        p.active_layers = Some(active.clone());
+        if let Some(member) = self.members.get(&p.info.participant) {
+            let _ = member.events.send(MediaEvent::PublisherLayers {
+                track: track.to_string(),
+                active,
+            });
         }
     }
 
@@ -1190,21 +1515,46 @@ fn resolve_route(
     Some((mid, pt))
 }
 
-/// The best simulcast layer that is receiving packets, by [`LAYER_PREFERENCE`].
-fn best_live_layer(layers: &HashMap<Option<Rid>, Layer>, now: Instant) -> Option<Rid> {
-    let mut best: Option<(usize, Rid)> = None;
-    for (rid, layer) in layers {
-        let Some(rid) = rid else { continue };
-        if !layer.receiver.is_live(now) {
-            continue;
-        }
-        let rank = LAYER_PREFERENCE
-            .iter()
-            .position(|r| **r == **rid)
-            .unwrap_or(LAYER_PREFERENCE.len());
-        if best.is_none_or(|(b, _)| rank < b) {
-            best = Some((rank, *rid));
-        }
+/// A layer's index (0 = lowest) from its rid: our clients' `q`/`h`/`f`, or else its place in
+/// the publisher's offer, which lists layers lowest first by convention.
+fn layer_index(rid: &Rid, names: &[String]) -> LayerIndex {
+    let name: &str = rid;
+    if let Some(i) = LAYER_RIDS.iter().position(|r| *r == name) {
+        return i as LayerIndex;
     }
-    best.map(|(_, rid)| rid)
+    names
+        .iter()
+        .position(|n| n == name)
+        .map_or(0, |i| i.min(MAX_LAYERS - 1) as LayerIndex)
+}
+
+/// The smallest layer whose resolution fills a `width` × `height` element; the highest known
+/// layer if none does; by convention (q ≈ 320 wide, h ≈ 640, f above) while sizes are unknown.
+fn layer_for_size(width: u32, height: u32, sizes: &[(LayerIndex, (u16, u16))]) -> LayerIndex {
+    let mut known: Vec<&(LayerIndex, (u16, u16))> = sizes.iter().collect();
+    known.sort_by_key(|(i, _)| *i);
+    if known.is_empty() {
+        return match width.max(height * 16 / 9) {
+            0..=400 => 0,
+            401..=800 => 1,
+            _ => 2,
+        };
+    }
+    known
+        .iter()
+        .find(|(_, (w, h))| u32::from(*w) >= width || u32::from(*h) >= height)
+        .or(known.last())
+        .map_or(0, |(i, _)| *i)
+}
+
+/// The rid of layer `index` among `names` (empty without simulcast).
+fn rid_name(index: LayerIndex, names: &[String]) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
+    let by_convention = LAYER_RIDS[usize::from(index).min(MAX_LAYERS - 1)];
+    if names.iter().any(|n| n == by_convention) {
+        return by_convention.to_string();
+    }
+    names.get(usize::from(index)).cloned().unwrap_or_default()
 }

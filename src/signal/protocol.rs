@@ -14,7 +14,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
 /// Message types reserved for later versions; answered with `not_supported`.
-pub const RESERVED_TYPES: &[&str] = &["set_quality"];
+pub const RESERVED_TYPES: &[&str] = &[];
 
 /// A request from a client, after its envelope (`type`, `id`) is read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -111,6 +111,50 @@ pub enum Request {
         id: Option<String>,
         track: String,
     },
+    /// Chooses the simulcast layer of a video track this participant receives: a quality, or
+    /// the size of the element showing it (the server picks the smallest layer that fills it).
+    SetQuality {
+        #[serde(default)]
+        id: Option<String>,
+        track: String,
+        #[serde(default)]
+        quality: Option<Quality>,
+        #[serde(default)]
+        width: Option<u32>,
+        #[serde(default)]
+        height: Option<u32>,
+    },
+}
+
+/// A subscriber's choice of video quality; each names a simulcast layer (`q`, `h`, `f`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    Off,
+    Low,
+    Medium,
+    High,
+}
+
+impl Quality {
+    /// The highest layer index (0 = `q`) this quality allows; `None` for off.
+    pub fn max_layer(self) -> Option<u8> {
+        match self {
+            Quality::Off => None,
+            Quality::Low => Some(0),
+            Quality::Medium => Some(1),
+            Quality::High => Some(2),
+        }
+    }
+
+    pub fn of_layer(layer: Option<u8>) -> Self {
+        match layer {
+            None => Quality::Off,
+            Some(0) => Quality::Low,
+            Some(1) => Quality::Medium,
+            Some(_) => Quality::High,
+        }
+    }
 }
 
 /// Which of a participant's two peer connections a message is about.
@@ -198,7 +242,8 @@ impl Request {
             | Request::Unpublish { id, .. }
             | Request::Mute { id, .. }
             | Request::Subscribe { id, .. }
-            | Request::Unsubscribe { id, .. } => id.as_deref(),
+            | Request::Unsubscribe { id, .. }
+            | Request::SetQuality { id, .. } => id.as_deref(),
         }
     }
 
@@ -217,6 +262,7 @@ impl Request {
             Request::Mute { .. } => "mute",
             Request::Subscribe { .. } => "subscribe",
             Request::Unsubscribe { .. } => "unsubscribe",
+            Request::SetQuality { .. } => "set_quality",
         }
     }
 }
@@ -236,6 +282,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "mute",
     "subscribe",
     "unsubscribe",
+    "set_quality",
 ];
 
 /// A message that could not be read as a request, with what to answer.
@@ -546,6 +593,22 @@ pub enum ServerMessage {
     ActiveSpeakers {
         speakers: Vec<Speaker>,
     },
+    /// The layer of a video track this subscriber receives changed.
+    QualityChanged {
+        track: String,
+        quality: Quality,
+        /// The simulcast rid now forwarded (`q`, `h`, `f`; `""` without simulcast), or
+        /// `"off"` when nothing is.
+        layer: String,
+        /// `start`, `request`, `bandwidth` or `layer_change`.
+        reason: String,
+    },
+    /// To a publisher: which simulcast layers of its track anyone receives. The client should
+    /// stop encoding the others (dynacast) until they are listed again.
+    PublisherLayers {
+        track: String,
+        active: Vec<String>,
+    },
     Pong {
         /// Server time, milliseconds since the Unix epoch.
         time: u64,
@@ -575,6 +638,8 @@ impl ServerMessage {
             ServerMessage::TrackUnpublished { .. } => "track_unpublished",
             ServerMessage::TrackMuted { .. } => "track_muted",
             ServerMessage::ActiveSpeakers { .. } => "active_speakers",
+            ServerMessage::QualityChanged { .. } => "quality_changed",
+            ServerMessage::PublisherLayers { .. } => "publisher_layers",
             ServerMessage::Pong { .. } => "pong",
             ServerMessage::Leave { .. } => "leave",
             ServerMessage::Error { .. } => "error",
@@ -644,7 +709,7 @@ mod tests {
         assert!(e.message.contains("text"), "{}", e.message);
         assert_eq!(e.id.as_deref(), Some("y"));
         let e = parse_request(r#"{"type":"set_quality"}"#).unwrap_err();
-        assert_eq!(e.code, ErrorCode::NotSupported);
+        assert_eq!(e.code, ErrorCode::BadRequest);
         let e = parse_request(r#"{"id":"z"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
     }

@@ -18,10 +18,10 @@ use crate::auth::{AuthError, Claims};
 use crate::http::AppState;
 use crate::room::participant::{Encoded, OUTBOUND_QUEUE};
 use crate::room::{Participant, RoomError, RoomRef, SessionEnd};
-use crate::rtc::{Command, MediaError, MediaEvent, MediaHandle};
+use crate::rtc::{Command, MediaError, MediaEvent, MediaHandle, QualityPreference};
 use crate::signal::protocol::{
     encode, parse_request, ChatSender, ErrorCode, LeaveReason, ParticipantInfo, Permissions,
-    Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
+    Quality, Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
 };
 use crate::signal::rate_limit::TokenBucket;
 
@@ -390,7 +390,9 @@ impl Session {
                 }
                 r.map(|()| None)
             }
-            Request::Subscribe { track, .. } | Request::Unsubscribe { track, .. }
+            Request::Subscribe { track, .. }
+            | Request::Unsubscribe { track, .. }
+            | Request::SetQuality { track, .. }
                 if !permissions.subscribe =>
             {
                 let _ = track;
@@ -420,6 +422,37 @@ impl Session {
                 })
                 .await
                 .map(|()| None),
+            Request::SetQuality {
+                track,
+                quality,
+                width,
+                height,
+                ..
+            } => {
+                let preference = match (quality, width, height) {
+                    (Some(q), None, None) => QualityPreference::Quality(q),
+                    (None, Some(w), Some(h)) if w > 0 && h > 0 => QualityPreference::Size(w, h),
+                    _ => {
+                        return self
+                            .error(
+                                ErrorCode::BadRequest,
+                                "set_quality needs either `quality` (low, medium, high, off) \
+                                 or `width` and `height` (both above 0), not both",
+                                id,
+                            )
+                            .await
+                    }
+                };
+                media
+                    .ask(|reply| Command::SetQuality {
+                        participant,
+                        track,
+                        preference,
+                        reply,
+                    })
+                    .await
+                    .map(|()| None)
+            }
             // Join, leave, chat, typing and ping never get here.
             _ => Ok(None),
         };
@@ -457,6 +490,24 @@ impl Session {
             }
             MediaEvent::ActiveSpeakers(speakers) => {
                 self.send(&ServerMessage::ActiveSpeakers { speakers }, None)
+                    .await?;
+            }
+            MediaEvent::QualityChanged {
+                track,
+                layer,
+                rid,
+                reason,
+            } => {
+                let message = ServerMessage::QualityChanged {
+                    track,
+                    quality: Quality::of_layer(layer),
+                    layer: rid,
+                    reason: reason.to_string(),
+                };
+                self.send(&message, None).await?;
+            }
+            MediaEvent::PublisherLayers { track, active } => {
+                self.send(&ServerMessage::PublisherLayers { track, active }, None)
                     .await?;
             }
             MediaEvent::Failed(reason) => {

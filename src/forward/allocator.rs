@@ -1,0 +1,299 @@
+//! The Allocator: splits one subscriber connection's bandwidth estimate across its
+//! subscriptions.
+//!
+//! Priority decides who gets bandwidth first: audio (a meeting survives without video, not
+//! without voices), then screen share (unreadable text is worse than a small face), then
+//! cameras, larger video elements before smaller. Each video first gets its lowest layer, in
+//! priority order; what is left lifts them, in the same order, as high as their preference.
+//!
+//! Estimates wobble. A layer whose bitrate sits near the estimate would be switched up and down
+//! every few hundred milliseconds, each switch costing a keyframe and a visible jump. So an
+//! upgrade needs [`UPGRADE_HEADROOM`] above the layer's cost, and never comes sooner than
+//! [`UPGRADE_HOLD`] after a downgrade of the same subscription.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use crate::forward::selector::{LayerIndex, MAX_LAYERS};
+
+/// After a downgrade, no upgrade of that subscription for this long: the estimate that just
+/// fell must prove itself before we spend a keyframe going back up.
+pub const UPGRADE_HOLD: Duration = Duration::from_secs(2);
+
+/// An upgrade must fit with this much to spare, so an estimate hovering at a layer's bitrate
+/// does not move the subscription up and down with every wobble.
+pub const UPGRADE_HEADROOM: f64 = 1.15;
+
+/// Assumed bitrate of an audio track whose bitrate is not measured yet (Opus at voice rates).
+pub const DEFAULT_AUDIO_BPS: u64 = 64_000;
+
+/// What a subscription is, for ordering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Audio = 0,
+    Screen = 1,
+    Camera = 2,
+}
+
+/// One subscription as the Allocator sees it.
+#[derive(Debug, Clone)]
+pub struct Demand<K> {
+    pub key: K,
+    pub priority: Priority,
+    /// The highest layer the subscriber wants (`None`: none; quality off).
+    pub preferred: Option<LayerIndex>,
+    /// Pixels of the subscriber's video element; larger elements get bandwidth first.
+    pub area: u32,
+    /// Measured bitrate of each layer, bits per second; 0 for a layer that is not being sent.
+    pub layer_bps: [u64; MAX_LAYERS],
+}
+
+impl<K> Demand<K> {
+    /// The best layer that is being sent within the preference.
+    fn best_layer(&self) -> Option<LayerIndex> {
+        let preferred = self.preferred?;
+        (0..=preferred.min(MAX_LAYERS as LayerIndex - 1))
+            .rev()
+            .find(|&l| self.layer_bps[l as usize] > 0)
+    }
+
+    fn lowest_layer(&self) -> Option<LayerIndex> {
+        let preferred = self.preferred?;
+        (0..=preferred.min(MAX_LAYERS as LayerIndex - 1)).find(|&l| self.layer_bps[l as usize] > 0)
+    }
+
+    fn cost(&self, layer: Option<LayerIndex>) -> u64 {
+        layer.map_or(0, |l| self.layer_bps[l as usize])
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    cap: Option<LayerIndex>,
+    last_downgrade: Option<Instant>,
+}
+
+/// The Allocator of one subscriber connection. It remembers its last decision per
+/// subscription, for the hold after a downgrade.
+#[derive(Debug)]
+pub struct Allocator<K> {
+    held: HashMap<K, Held>,
+}
+
+impl<K> Default for Allocator<K> {
+    fn default() -> Self {
+        Self {
+            held: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash> Allocator<K> {
+    /// Bits per second the subscriber would take if bandwidth were no limit: what the
+    /// estimator should probe toward.
+    pub fn desired_bps(demands: &[Demand<K>]) -> u64 {
+        demands
+            .iter()
+            .map(|d| match d.priority {
+                Priority::Audio => d.layer_bps[0].max(DEFAULT_AUDIO_BPS),
+                _ => d.cost(d.best_layer()),
+            })
+            .sum()
+    }
+
+    /// Splits `estimate_bps` across `demands`: the cap for each video subscription (`None`:
+    /// not enough for even its lowest layer). Audio is always allowed and not listed.
+    pub fn allocate(
+        &mut self,
+        estimate_bps: u64,
+        demands: &[Demand<K>],
+        now: Instant,
+    ) -> Vec<(K, Option<LayerIndex>)> {
+        let mut budget = estimate_bps as i64;
+        let mut video: Vec<&Demand<K>> = Vec::new();
+        for d in demands {
+            match d.priority {
+                Priority::Audio => budget -= d.layer_bps[0].max(DEFAULT_AUDIO_BPS) as i64,
+                _ => video.push(d),
+            }
+        }
+        video.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.area.cmp(&a.area)));
+        let mut caps: Vec<Option<LayerIndex>> = vec![None; video.len()];
+        // Everyone's lowest layer first, in priority order.
+        for (i, d) in video.iter().enumerate() {
+            let low = d.lowest_layer();
+            let cost = d.cost(low) as i64;
+            if low.is_some() && cost <= budget {
+                caps[i] = low;
+                budget -= cost;
+            }
+        }
+        // Then lift each as far as the rest allows.
+        for (i, d) in video.iter().enumerate() {
+            let Some(from) = caps[i] else { continue };
+            let held = self.held.get(&d.key).copied();
+            let previous = held.and_then(|h| h.cap);
+            let hold_over = held
+                .and_then(|h| h.last_downgrade)
+                .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
+            let Some(best) = d.best_layer() else { continue };
+            for layer in (from + 1..=best).rev() {
+                if d.layer_bps[layer as usize] == 0 {
+                    continue;
+                }
+                let extra = d.cost(Some(layer)) as i64 - d.cost(Some(from)) as i64;
+                let upgrade = previous.is_none_or(|p| layer > p);
+                let fits = if upgrade {
+                    hold_over && (extra as f64) * UPGRADE_HEADROOM <= budget as f64
+                } else {
+                    extra <= budget
+                };
+                if fits {
+                    caps[i] = Some(layer);
+                    budget -= extra;
+                    break;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(video.len());
+        for (d, cap) in video.iter().zip(caps) {
+            let entry = self.held.entry(d.key.clone()).or_insert(Held {
+                cap,
+                last_downgrade: None,
+            });
+            let lower = match (cap, entry.cap) {
+                (None, Some(_)) => true,
+                (Some(new), Some(old)) => new < old,
+                _ => false,
+            };
+            if lower {
+                entry.last_downgrade = Some(now);
+            }
+            entry.cap = cap;
+            out.push((d.key.clone(), cap));
+        }
+        self.held.retain(|k, _| demands.iter().any(|d| d.key == *k));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYERS: [u64; 3] = [150_000, 500_000, 1_200_000];
+
+    fn camera(key: u32, preferred: LayerIndex) -> Demand<u32> {
+        Demand {
+            key,
+            priority: Priority::Camera,
+            preferred: Some(preferred),
+            area: 640 * 360,
+            layer_bps: LAYERS,
+        }
+    }
+
+    fn cap_of(out: &[(u32, Option<LayerIndex>)], key: u32) -> Option<LayerIndex> {
+        out.iter().find(|(k, _)| *k == key).and_then(|(_, c)| *c)
+    }
+
+    #[test]
+    fn a_low_estimate_ends_on_the_low_layer_and_a_high_one_goes_back_up() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        let demands = [camera(1, 2)];
+        assert_eq!(cap_of(&a.allocate(3_000_000, &demands, t), 1), Some(2));
+        assert_eq!(cap_of(&a.allocate(300_000, &demands, t), 1), Some(0));
+        // Back up only once the hold is over.
+        let soon = t + Duration::from_millis(500);
+        assert_eq!(cap_of(&a.allocate(3_000_000, &demands, soon), 1), Some(0));
+        let later = t + UPGRADE_HOLD;
+        assert_eq!(cap_of(&a.allocate(3_000_000, &demands, later), 1), Some(2));
+    }
+
+    #[test]
+    fn never_above_the_preference() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        assert_eq!(
+            cap_of(&a.allocate(10_000_000, &[camera(1, 1)], t), 1),
+            Some(1)
+        );
+        let mut off = camera(2, 0);
+        off.preferred = None;
+        assert_eq!(cap_of(&a.allocate(10_000_000, &[off], t), 2), None);
+    }
+
+    #[test]
+    fn an_estimate_oscillating_around_a_layer_does_not_flap() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        let demands = [camera(1, 2)];
+        // The high layer needs 1.2 Mbit/s more than nothing; the estimate wobbles ±8% around
+        // what the high layer costs.
+        let mut caps = Vec::new();
+        for i in 0..40u64 {
+            let wobble = if i % 2 == 0 { 0.92 } else { 1.08 };
+            let estimate = (LAYERS[2] as f64 * wobble) as u64;
+            let now = t + Duration::from_millis(250 * i);
+            caps.push(cap_of(&a.allocate(estimate, &demands, now), 1));
+        }
+        let switches = caps.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(switches <= 1, "switched {switches} times: {caps:?}");
+    }
+
+    #[test]
+    fn audio_then_screen_then_larger_cameras_first() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        let audio = Demand {
+            key: 0,
+            priority: Priority::Audio,
+            preferred: Some(0),
+            area: 0,
+            layer_bps: [50_000, 0, 0],
+        };
+        let mut screen = camera(1, 2);
+        screen.priority = Priority::Screen;
+        screen.area = 100;
+        let mut big = camera(2, 2);
+        big.area = 1280 * 720;
+        let small = camera(3, 2);
+        // Audio 50k; lowest layers 3 × 150k = 450k; 1.5M left lifts the screen to high
+        // (1.05M extra with headroom), then the big camera to medium (350k extra).
+        let out = a.allocate(2_000_000, &[small.clone(), audio, big, screen], t);
+        assert_eq!(cap_of(&out, 1), Some(2), "screen first");
+        assert_eq!(cap_of(&out, 2), Some(1), "then the larger camera");
+        assert_eq!(
+            cap_of(&out, 3),
+            Some(0),
+            "the small one keeps its low layer"
+        );
+        // Too little for everyone's low layer: the lowest priority goes without.
+        let out = a.allocate(
+            300_000,
+            &[
+                small,
+                camera(4, 2),
+                Demand {
+                    key: 0,
+                    priority: Priority::Audio,
+                    preferred: Some(0),
+                    area: 0,
+                    layer_bps: [50_000, 0, 0],
+                },
+            ],
+            t,
+        );
+        assert_eq!(out.iter().filter(|(_, c)| c.is_some()).count(), 1);
+    }
+
+    #[test]
+    fn desired_bitrate_is_what_the_preferences_would_take() {
+        assert_eq!(
+            Allocator::desired_bps(&[camera(1, 2), camera(2, 0)]),
+            1_200_000 + 150_000
+        );
+    }
+}

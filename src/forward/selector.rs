@@ -1,0 +1,280 @@
+//! Simulcast layer choice for one subscription: preferred, target and current layer.
+//!
+//! Like mediasoup's SimulcastConsumer, the three are separate and each has one reason to change:
+//! - **preferred**: what the subscriber asked for (`set_quality`, or its video element's size);
+//! - **target**: the preferred layer capped by the Allocator's share of the bandwidth estimate,
+//!   then moved to a layer the publisher is actually sending;
+//! - **current**: the layer being forwarded now.
+//!
+//! Current follows target only at a keyframe of the target layer: simulcast layers are
+//! independent encodings, and a decoder fed a delta frame from another encoder shows garbage.
+//! Until that keyframe arrives the old layer keeps flowing, so switching never freezes the
+//! picture, unless the old layer itself died.
+
+use std::time::{Duration, Instant};
+
+/// Spatial layer index: 0 is the lowest resolution (rid `q`), 2 the highest (`f`).
+pub type LayerIndex = u8;
+
+/// Most simulcast layers a publication has (q, h, f).
+pub const MAX_LAYERS: usize = 3;
+
+/// A layer that sent nothing for this long is down: the publisher stopped encoding it (its
+/// uplink shrank, or dynacast turned it off). At 30 fps even the smallest layer sends several
+/// packets in this time.
+pub const LAYER_DOWN_AFTER: Duration = Duration::from_secs(1);
+
+/// Why the layer a subscriber receives changed; reported to the client and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchReason {
+    /// The first layer this subscription sent.
+    Start,
+    /// The subscriber asked for another quality.
+    Request,
+    /// The Allocator moved it to fit the subscriber's bandwidth estimate.
+    Bandwidth,
+    /// The layer being sent stopped (or a better one came back within the preference).
+    LayerChange,
+}
+
+impl SwitchReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchReason::Start => "start",
+            SwitchReason::Request => "request",
+            SwitchReason::Bandwidth => "bandwidth",
+            SwitchReason::LayerChange => "layer_change",
+        }
+    }
+}
+
+/// The selector's verdict on one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward it. `switched` is set on the first packet of a new current layer.
+    Forward { switched: Option<SwitchReason> },
+    /// The packet is from the target layer, which needs a keyframe first: ask for one.
+    NeedKeyframe,
+    /// Not a layer this subscriber receives now.
+    Skip,
+    /// Nothing is to be sent (quality off, or no bandwidth for even the lowest layer).
+    Off,
+}
+
+#[derive(Debug)]
+pub struct Selector {
+    preferred: Option<LayerIndex>,
+    /// The Allocator's cap; `None` pauses the video for lack of bandwidth.
+    cap: Option<LayerIndex>,
+    target: Option<LayerIndex>,
+    current: Option<LayerIndex>,
+    last_seen: [Option<Instant>; MAX_LAYERS],
+    /// Why the target last changed by request or allocation: what the next switch is reported
+    /// as. Without one, a switch follows a layer going down or coming back.
+    pending_reason: Option<SwitchReason>,
+    /// Some layer was ever forwarded.
+    started: bool,
+}
+
+impl Default for Selector {
+    fn default() -> Self {
+        Self {
+            preferred: Some(MAX_LAYERS as LayerIndex - 1),
+            cap: Some(MAX_LAYERS as LayerIndex - 1),
+            target: None,
+            current: None,
+            last_seen: [None; MAX_LAYERS],
+            pending_reason: None,
+            started: false,
+        }
+    }
+}
+
+impl Selector {
+    pub fn preferred(&self) -> Option<LayerIndex> {
+        self.preferred
+    }
+
+    pub fn current(&self) -> Option<LayerIndex> {
+        self.current
+    }
+
+    pub fn target(&self) -> Option<LayerIndex> {
+        self.target
+    }
+
+    /// The layer the subscriber would receive if the publisher sent every layer: what dynacast
+    /// must keep the publisher encoding.
+    pub fn desired(&self) -> Option<LayerIndex> {
+        Some(self.preferred?.min(self.cap?))
+    }
+
+    /// The subscriber asks for at most `layer` (`None`: nothing).
+    pub fn set_preferred(&mut self, layer: Option<LayerIndex>) {
+        if self.preferred != layer {
+            self.preferred = layer;
+            self.pending_reason = Some(SwitchReason::Request);
+        }
+    }
+
+    /// The Allocator's cap (`None`: no bandwidth for this video).
+    pub fn set_cap(&mut self, cap: Option<LayerIndex>) {
+        if self.cap != cap {
+            self.cap = cap;
+            self.pending_reason = Some(SwitchReason::Bandwidth);
+        }
+    }
+
+    /// `layer` was receiving packets at `at`: what a new subscription learns from the
+    /// publication, so its first packets go straight to the right layer instead of starting
+    /// on whichever layer's packet happened to come first.
+    pub fn layer_seen(&mut self, layer: LayerIndex, at: Instant) {
+        if let Some(seen) = self.last_seen.get_mut(usize::from(layer)) {
+            *seen = Some(seen.map_or(at, |t| t.max(at)));
+        }
+    }
+
+    fn is_live(&self, layer: LayerIndex, now: Instant) -> bool {
+        self.last_seen[layer as usize]
+            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_DOWN_AFTER)
+    }
+
+    /// The layer to aim for now: the best live layer within the desired one, or failing that
+    /// the lowest live layer above it (something beats nothing), or the desired one itself
+    /// while nothing is live.
+    fn effective_target(&self, now: Instant) -> Option<LayerIndex> {
+        let desired = self.desired()?;
+        let live_within = (0..=desired).rev().find(|&l| self.is_live(l, now));
+        let live_above = (desired + 1..MAX_LAYERS as LayerIndex).find(|&l| self.is_live(l, now));
+        Some(live_within.or(live_above).unwrap_or(desired))
+    }
+
+    /// Judges one packet of `layer`.
+    pub fn on_packet(&mut self, layer: LayerIndex, keyframe: bool, now: Instant) -> Verdict {
+        let layer = layer.min(MAX_LAYERS as LayerIndex - 1);
+        self.last_seen[layer as usize] = Some(now);
+        let target = self.effective_target(now);
+        self.target = target;
+        let Some(target) = target else {
+            self.current = None;
+            return Verdict::Off;
+        };
+        if Some(layer) == self.current {
+            // Still the current layer: keep it flowing until the target's keyframe arrives.
+            return Verdict::Forward { switched: None };
+        }
+        if layer != target {
+            return Verdict::Skip;
+        }
+        if !keyframe {
+            return Verdict::NeedKeyframe;
+        }
+        let reason = if self.started {
+            self.pending_reason
+                .take()
+                .unwrap_or(SwitchReason::LayerChange)
+        } else {
+            self.pending_reason = None;
+            SwitchReason::Start
+        };
+        self.started = true;
+        self.current = Some(layer);
+        Verdict::Forward {
+            switched: Some(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn starts_on_the_best_live_layer_at_its_keyframe() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        assert_eq!(s.on_packet(0, false, t), Verdict::NeedKeyframe);
+        assert_eq!(
+            s.on_packet(0, true, t),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Start)
+            }
+        );
+        // The high layer appears: it becomes the target, the low one flows until its keyframe.
+        assert_eq!(s.on_packet(2, false, t + MS), Verdict::NeedKeyframe);
+        assert_eq!(
+            s.on_packet(0, false, t + MS),
+            Verdict::Forward { switched: None }
+        );
+        assert_eq!(
+            s.on_packet(2, true, t + 2 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::LayerChange)
+            }
+        );
+    }
+
+    #[test]
+    fn an_up_switch_waits_for_the_target_keyframe_and_keeps_the_old_layer_meanwhile() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.set_preferred(Some(0));
+        s.on_packet(0, true, t);
+        s.on_packet(2, false, t);
+        assert_eq!(s.current(), Some(0));
+        s.set_preferred(Some(2));
+        assert_eq!(s.on_packet(2, false, t + MS), Verdict::NeedKeyframe);
+        assert_eq!(
+            s.on_packet(0, false, t + 2 * MS),
+            Verdict::Forward { switched: None },
+            "the low layer keeps flowing until the switch"
+        );
+        assert_eq!(
+            s.on_packet(2, true, t + 3 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Request)
+            }
+        );
+        assert_eq!(s.on_packet(0, false, t + 4 * MS), Verdict::Skip);
+    }
+
+    #[test]
+    fn a_dead_layer_falls_back_to_the_best_live_one() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.on_packet(2, true, t);
+        s.on_packet(1, false, t);
+        assert_eq!(s.current(), Some(2));
+        // Layer 2 stops; layer 1 keeps coming.
+        let later = t + LAYER_DOWN_AFTER;
+        assert_eq!(s.on_packet(1, false, later), Verdict::NeedKeyframe);
+        assert_eq!(
+            s.on_packet(1, true, later + MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::LayerChange)
+            }
+        );
+    }
+
+    #[test]
+    fn off_and_no_bandwidth_send_nothing() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.on_packet(1, true, t);
+        s.set_preferred(None);
+        assert_eq!(s.on_packet(1, true, t), Verdict::Off);
+        assert_eq!(s.current(), None);
+        s.set_preferred(Some(2));
+        s.set_cap(None);
+        assert_eq!(s.on_packet(1, true, t), Verdict::Off);
+        s.set_cap(Some(1));
+        assert_eq!(
+            s.on_packet(1, true, t),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Bandwidth)
+            }
+        );
+    }
+}
