@@ -5,8 +5,23 @@
 //! count does not grow with its users. Dashboards in grafana/ query only names defined here.
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Track kinds, the `kind` label.
+pub const KINDS: [&str; 2] = ["audio", "video"];
+/// Simulcast layers (and `off`), the `layer` label of `sfu_video_subscriptions`.
+pub const LAYERS: [&str; 4] = ["q", "h", "f", "off"];
+/// Why a packet was not forwarded to a subscriber: its queue to the network was full, the
+/// layer it needs has no keyframe yet, or it came too late (older than the current source).
+pub const DROP_REASONS: [&str; 3] = ["queue_full", "no_layer", "late"];
+pub const KEYFRAME_REQUEST_TYPES: [&str; 2] = ["pli", "fir"];
+/// `sfu_layer_switches_total` reasons, as in `quality_changed`.
+pub const SWITCH_REASONS: [&str; 4] = ["start", "request", "bandwidth", "layer_change"];
+/// ICE consent lost, DTLS/SRTP or other stack errors, a panic in the stack.
+pub const PEER_FAILURE_REASONS: [&str; 3] = ["ice", "dtls", "panic"];
+pub const DATAGRAM_DROP_REASONS: [&str; 3] = ["unknown_source", "unparseable", "rejected"];
 
 /// Every metric the server exports.
 pub struct Metrics {
@@ -29,24 +44,48 @@ pub struct Metrics {
     pub signal_slow_consumers: IntCounter,
     /// Peer connections (publisher and subscriber) alive now.
     pub peers: IntGauge,
-    /// Published tracks now.
-    pub publications: IntGauge,
+    /// Published tracks now, by kind (audio, video).
+    pub publications: IntGaugeVec,
     /// Receivers (one per publication layer that has received packets) now.
     pub receivers: IntGauge,
     /// Subscriptions (a publication forwarded to a subscriber) now.
     pub subscriptions: IntGauge,
-    /// RTP packets received from publishers.
-    pub rtp_packets_received: IntCounter,
-    /// RTP packets forwarded to subscribers.
-    pub rtp_packets_sent: IntCounter,
-    /// PLI/FIR keyframe requests received from subscribers.
-    pub keyframe_requests_received: IntCounter,
-    /// Keyframe requests sent to publishers (after throttling).
-    pub keyframe_requests_sent: IntCounter,
+    /// Video subscriptions by the layer being sent now (q, h, f, off).
+    pub video_subscriptions: IntGaugeVec,
+    /// RTP packets received from publishers, by kind.
+    pub rtp_packets_received: IntCounterVec,
+    /// RTP payload bytes received from publishers, by kind.
+    pub rtp_bytes_received: IntCounterVec,
+    /// RTP packets forwarded to subscribers, by kind.
+    pub rtp_packets_sent: IntCounterVec,
+    /// RTP payload bytes forwarded to subscribers, by kind.
+    pub rtp_bytes_sent: IntCounterVec,
+    /// Gaps in publishers' sequence numbers (upstream loss, before NACK repair), by kind.
+    pub rtp_packets_lost: IntCounterVec,
+    /// Packets not forwarded to a subscriber, by reason.
+    pub rtp_packets_dropped: IntCounterVec,
+    /// NACK requests received from subscribers.
+    pub nacks_received: IntCounter,
+    /// NACK requests sent to publishers.
+    pub nacks_sent: IntCounter,
+    /// Packets resent to subscribers from the retransmission cache.
+    pub retransmissions: IntCounter,
+    /// PLI/FIR keyframe requests received from subscribers, by type.
+    pub keyframe_requests_received: IntCounterVec,
+    /// Keyframe requests sent to publishers (after throttling), by type.
+    pub keyframe_requests_sent: IntCounterVec,
+    /// Simulcast layer switches, by reason.
+    pub layer_switches: IntCounterVec,
+    /// Downstream bandwidth estimates of subscriber connections, bits per second.
+    pub bwe_estimate: Histogram,
+    /// Time from a packet's arrival to its hand-off to the last subscriber's stack.
+    pub forward_latency: Histogram,
+    /// Time from a `join` request to its `joined` answer.
+    pub join_duration: Histogram,
     /// UDP datagrams dropped before or by the WebRTC stack, by reason.
     pub udp_datagrams_dropped: IntCounterVec,
-    /// Participants whose media failed (ICE/DTLS timeout, a fault in the stack).
-    pub media_failures: IntCounter,
+    /// Peer connections that failed, by reason (ice, dtls, panic).
+    pub peer_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,8 +132,11 @@ impl Metrics {
             )
             .expect("valid metric"),
             peers: IntGauge::new("sfu_peers", "Peer connections alive now").expect("valid metric"),
-            publications: IntGauge::new("sfu_publications", "Published tracks now")
-                .expect("valid metric"),
+            publications: IntGaugeVec::new(
+                Opts::new("sfu_publications", "Published tracks now, by kind"),
+                &["kind"],
+            )
+            .expect("valid metric"),
             receivers: IntGauge::new(
                 "sfu_receivers",
                 "Receivers (publication layers receiving packets) now",
@@ -105,24 +147,126 @@ impl Metrics {
                 "Publications forwarded to subscribers now",
             )
             .expect("valid metric"),
-            rtp_packets_received: IntCounter::new(
-                "sfu_rtp_packets_received_total",
-                "RTP packets received from publishers",
+            video_subscriptions: IntGaugeVec::new(
+                Opts::new(
+                    "sfu_video_subscriptions",
+                    "Video subscriptions by the simulcast layer sent now",
+                ),
+                &["layer"],
             )
             .expect("valid metric"),
-            rtp_packets_sent: IntCounter::new(
-                "sfu_rtp_packets_sent_total",
-                "RTP packets forwarded to subscribers",
+            rtp_packets_received: IntCounterVec::new(
+                Opts::new(
+                    "sfu_rtp_packets_received_total",
+                    "RTP packets received from publishers, by kind",
+                ),
+                &["kind"],
             )
             .expect("valid metric"),
-            keyframe_requests_received: IntCounter::new(
-                "sfu_keyframe_requests_received_total",
-                "PLI/FIR keyframe requests received from subscribers",
+            rtp_bytes_received: IntCounterVec::new(
+                Opts::new(
+                    "sfu_rtp_bytes_received_total",
+                    "RTP payload bytes received from publishers, by kind",
+                ),
+                &["kind"],
             )
             .expect("valid metric"),
-            keyframe_requests_sent: IntCounter::new(
-                "sfu_keyframe_requests_sent_total",
-                "Keyframe requests sent to publishers after throttling",
+            rtp_packets_sent: IntCounterVec::new(
+                Opts::new(
+                    "sfu_rtp_packets_sent_total",
+                    "RTP packets forwarded to subscribers, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            rtp_bytes_sent: IntCounterVec::new(
+                Opts::new(
+                    "sfu_rtp_bytes_sent_total",
+                    "RTP payload bytes forwarded to subscribers, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            rtp_packets_lost: IntCounterVec::new(
+                Opts::new(
+                    "sfu_rtp_packets_lost_total",
+                    "Sequence number gaps from publishers (upstream loss before repair), by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            rtp_packets_dropped: IntCounterVec::new(
+                Opts::new(
+                    "sfu_rtp_packets_dropped_total",
+                    "Packets not forwarded to a subscriber, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            nacks_received: IntCounter::new(
+                "sfu_nacks_received_total",
+                "NACK requests received from subscribers",
+            )
+            .expect("valid metric"),
+            nacks_sent: IntCounter::new("sfu_nacks_sent_total", "NACK requests sent to publishers")
+                .expect("valid metric"),
+            retransmissions: IntCounter::new(
+                "sfu_retransmissions_total",
+                "Packets resent to subscribers from the retransmission cache",
+            )
+            .expect("valid metric"),
+            keyframe_requests_received: IntCounterVec::new(
+                Opts::new(
+                    "sfu_keyframe_requests_received_total",
+                    "PLI/FIR keyframe requests received from subscribers, by type",
+                ),
+                &["type"],
+            )
+            .expect("valid metric"),
+            keyframe_requests_sent: IntCounterVec::new(
+                Opts::new(
+                    "sfu_keyframe_requests_sent_total",
+                    "Keyframe requests sent to publishers after throttling, by type",
+                ),
+                &["type"],
+            )
+            .expect("valid metric"),
+            layer_switches: IntCounterVec::new(
+                Opts::new(
+                    "sfu_layer_switches_total",
+                    "Simulcast layer switches, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            bwe_estimate: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sfu_bwe_estimate_bps",
+                    "Downstream bandwidth estimates of subscriber connections, bits per second",
+                )
+                .buckets(vec![
+                    100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 8e6, 12e6, 20e6,
+                ]),
+            )
+            .expect("valid metric"),
+            forward_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sfu_forward_latency_seconds",
+                    "Time from a packet's arrival to its hand-off to the last subscriber's stack",
+                )
+                .buckets(vec![
+                    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+                ]),
+            )
+            .expect("valid metric"),
+            join_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sfu_join_duration_seconds",
+                    "Time from a join request to its joined answer",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
             )
             .expect("valid metric"),
             udp_datagrams_dropped: IntCounterVec::new(
@@ -133,9 +277,12 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
-            media_failures: IntCounter::new(
-                "sfu_media_failures_total",
-                "Participants whose media connection failed",
+            peer_failures: IntCounterVec::new(
+                Opts::new(
+                    "sfu_peer_failures_total",
+                    "Peer connections that failed, by reason",
+                ),
+                &["reason"],
             )
             .expect("valid metric"),
             registry,
@@ -164,12 +311,24 @@ impl Metrics {
             Box::new(m.publications.clone()),
             Box::new(m.receivers.clone()),
             Box::new(m.subscriptions.clone()),
+            Box::new(m.video_subscriptions.clone()),
             Box::new(m.rtp_packets_received.clone()),
+            Box::new(m.rtp_bytes_received.clone()),
             Box::new(m.rtp_packets_sent.clone()),
+            Box::new(m.rtp_bytes_sent.clone()),
+            Box::new(m.rtp_packets_lost.clone()),
+            Box::new(m.rtp_packets_dropped.clone()),
+            Box::new(m.nacks_received.clone()),
+            Box::new(m.nacks_sent.clone()),
+            Box::new(m.retransmissions.clone()),
             Box::new(m.keyframe_requests_received.clone()),
             Box::new(m.keyframe_requests_sent.clone()),
+            Box::new(m.layer_switches.clone()),
+            Box::new(m.bwe_estimate.clone()),
+            Box::new(m.forward_latency.clone()),
+            Box::new(m.join_duration.clone()),
             Box::new(m.udp_datagrams_dropped.clone()),
-            Box::new(m.media_failures.clone()),
+            Box::new(m.peer_failures.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::new(
                 std::process::id() as i32,
@@ -178,6 +337,39 @@ impl Metrics {
         ];
         for c in collectors {
             m.registry.register(c).expect("metric registered once");
+        }
+        // Series with labels from a fixed set exist from the start at 0, so dashboards and
+        // alerts see "none yet" rather than "no data".
+        for kind in KINDS {
+            m.publications.with_label_values(&[kind]);
+            for v in [
+                &m.rtp_packets_received,
+                &m.rtp_bytes_received,
+                &m.rtp_packets_sent,
+                &m.rtp_bytes_sent,
+                &m.rtp_packets_lost,
+            ] {
+                v.with_label_values(&[kind]);
+            }
+        }
+        for layer in LAYERS {
+            m.video_subscriptions.with_label_values(&[layer]);
+        }
+        for reason in DROP_REASONS {
+            m.rtp_packets_dropped.with_label_values(&[reason]);
+        }
+        for kind in KEYFRAME_REQUEST_TYPES {
+            m.keyframe_requests_received.with_label_values(&[kind]);
+            m.keyframe_requests_sent.with_label_values(&[kind]);
+        }
+        for reason in SWITCH_REASONS {
+            m.layer_switches.with_label_values(&[reason]);
+        }
+        for reason in PEER_FAILURE_REASONS {
+            m.peer_failures.with_label_values(&[reason]);
+        }
+        for reason in DATAGRAM_DROP_REASONS {
+            m.udp_datagrams_dropped.with_label_values(&[reason]);
         }
         m
     }

@@ -193,9 +193,12 @@ async fn subscriber_keyframe_requests_are_throttled_upstream() {
         (1..=3).contains(&arrived),
         "20 PLIs in 1 s became {arrived} upstream"
     );
-    let received = common::metric(&server, "sfu_keyframe_requests_received_total")
-        .await
-        .unwrap();
+    let received = common::metric(
+        &server,
+        "sfu_keyframe_requests_received_total{type=\"pli\"}",
+    )
+    .await
+    .unwrap();
     assert!(received >= 20.0, "server saw {received} requests");
     server.shutdown().await;
 }
@@ -234,6 +237,14 @@ async fn a_subscriber_nack_is_answered_with_the_original_payload() {
         "an RTX resend of seq {} with the original payload",
         wanted.header.sequence_number
     );
+    // str0m reports NACK counts with its periodic stats; the metrics follow them.
+    let counted = common::eventually(|| async {
+        let nacks = common::metric(&server, "sfu_nacks_received_total").await;
+        let resent = common::metric(&server, "sfu_retransmissions_total").await;
+        nacks.unwrap_or(0.0) >= 1.0 && resent.unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    assert!(counted, "the NACK and the resend are counted");
     server.shutdown().await;
 }
 
@@ -248,7 +259,8 @@ async fn assert_media_state_empty(server: &sfu::http::Server) {
         "sfu_peers",
         "sfu_receivers",
         "sfu_subscriptions",
-        "sfu_publications",
+        "sfu_publications{kind=\"video\"}",
+        "sfu_publications{kind=\"audio\"}",
     ] {
         assert_eq!(common::metric(server, gauge).await, Some(0.0), "{gauge}");
     }

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::forward::keyframe::KeyframeThrottle;
+use crate::forward::munger::MAX_SEQ_JUMP;
 use crate::forward::packet::{Codec, Packet};
 
 /// Bitrate is averaged over this window: long enough to span a keyframe and the small frames
@@ -25,6 +26,7 @@ pub struct Receiver {
     window_bytes: usize,
     last_packet: Option<Instant>,
     last_keyframe: Option<Instant>,
+    highest_seq: Option<u64>,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -38,6 +40,7 @@ impl Receiver {
             window_bytes: 0,
             last_packet: None,
             last_keyframe: None,
+            highest_seq: None,
             packets: 0,
             bytes: 0,
         }
@@ -47,8 +50,16 @@ impl Receiver {
         self.codec
     }
 
-    /// Accounts for one packet.
-    pub fn on_packet(&mut self, packet: &Packet, now: Instant) {
+    /// Accounts for one packet. Returns how many packets its sequence number skipped: upstream
+    /// loss (NACK may repair it later; a restart's jump is not counted as loss).
+    pub fn on_packet(&mut self, packet: &Packet, now: Instant) -> u64 {
+        let lost = match self.highest_seq {
+            Some(h) if packet.seq > h + 1 && packet.seq - h <= MAX_SEQ_JUMP => packet.seq - h - 1,
+            _ => 0,
+        };
+        if self.highest_seq.is_none_or(|h| packet.seq > h) {
+            self.highest_seq = Some(packet.seq);
+        }
         let size = packet.payload.len();
         self.packets += 1;
         self.bytes += size as u64;
@@ -59,6 +70,7 @@ impl Receiver {
         self.window.push_back((now, size));
         self.window_bytes += size;
         self.expire(now);
+        lost
     }
 
     fn expire(&mut self, now: Instant) {
@@ -134,6 +146,12 @@ mod tests {
         assert_eq!(r.bitrate_bps(end), 1_000_000);
         assert!(r.is_live(end));
         assert!(!r.is_live(end + LIVENESS_TIMEOUT));
+        assert_eq!(r.on_packet(&packet(103, 10, end), end), 3, "100..=102 lost");
+        assert_eq!(
+            r.on_packet(&packet(101, 10, end), end),
+            0,
+            "a late one is no loss"
+        );
         assert_eq!(r.bitrate_bps(end + Duration::from_secs(2)), 0);
     }
 

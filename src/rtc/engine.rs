@@ -2,7 +2,7 @@
 //! forward, and the error boundary around str0m calls.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::format::{Codec as StrCodec, PayloadParams};
@@ -15,6 +15,9 @@ use crate::forward::Codec;
 /// for a medium layer and audio, so a new subscriber sees a picture at once and probing lifts it.
 const INITIAL_SUBSCRIBER_ESTIMATE_KBPS: u64 = 800;
 
+/// How often str0m reports per-stream statistics.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A new peer connection. Both directions use the same codecs: what a publisher may send us and
 /// so what we can forward. A subscriber connection also estimates its downstream bandwidth from
 /// the client's TWCC feedback (REMB-only clients are read as estimates too).
@@ -26,6 +29,8 @@ pub fn new_rtc(now: Instant, subscriber: bool) -> Rtc {
         config
     };
     config
+        // Cumulative NACK and packet counts per stream, for the metrics (see the worker).
+        .set_stats_interval(Some(STATS_INTERVAL))
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .clear_codecs()

@@ -30,7 +30,7 @@ use crate::forward::selector::{LayerIndex, MAX_LAYERS};
 use crate::forward::subscription::{DropReason, Forward, Subscription};
 use crate::forward::vp8::Vp8Info;
 use crate::forward::{Codec, Packet};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, KEYFRAME_REQUEST_TYPES, KINDS, LAYERS, SWITCH_REASONS};
 use crate::rtc::demux::Demux;
 use crate::rtc::engine::{codec_of, guard, matching_pt, new_rtc, params_of};
 use crate::rtc::{Command, MediaError, MediaEvent, QualityPreference, WorkerStats};
@@ -156,15 +156,48 @@ struct RoomMedia {
     speakers: ActiveSpeakers<String>,
 }
 
+/// Metric handles resolved once per worker, so the packet path does no label lookups.
+/// Arrays by kind are indexed audio 0, video 1.
 struct Counters {
-    rtp_in: IntCounter,
-    rtp_out: IntCounter,
-    keyframe_requests_in: IntCounter,
+    rtp_in: [IntCounter; 2],
+    bytes_in: [IntCounter; 2],
+    rtp_out: [IntCounter; 2],
+    bytes_out: [IntCounter; 2],
+    lost: [IntCounter; 2],
+    dropped_queue_full: IntCounter,
+    dropped_no_layer: IntCounter,
+    dropped_late: IntCounter,
+    keyframe_requests_in: [IntCounter; 2],
     keyframe_requests_out: IntCounter,
+    switches: [IntCounter; 4],
     dropped_unknown_source: IntCounter,
     dropped_unparseable: IntCounter,
     dropped_rejected: IntCounter,
-    media_failures: IntCounter,
+}
+
+impl Counters {
+    fn new(m: &Metrics) -> Self {
+        let by_kind = |v: &prometheus::IntCounterVec| KINDS.map(|k| v.with_label_values(&[k]));
+        Self {
+            rtp_in: by_kind(&m.rtp_packets_received),
+            bytes_in: by_kind(&m.rtp_bytes_received),
+            rtp_out: by_kind(&m.rtp_packets_sent),
+            bytes_out: by_kind(&m.rtp_bytes_sent),
+            lost: by_kind(&m.rtp_packets_lost),
+            dropped_queue_full: m.rtp_packets_dropped.with_label_values(&["queue_full"]),
+            dropped_no_layer: m.rtp_packets_dropped.with_label_values(&["no_layer"]),
+            dropped_late: m.rtp_packets_dropped.with_label_values(&["late"]),
+            keyframe_requests_in: KEYFRAME_REQUEST_TYPES
+                .map(|t| m.keyframe_requests_received.with_label_values(&[t])),
+            keyframe_requests_out: m.keyframe_requests_sent.with_label_values(&["pli"]),
+            switches: SWITCH_REASONS.map(|r| m.layer_switches.with_label_values(&[r])),
+            dropped_unknown_source: m
+                .udp_datagrams_dropped
+                .with_label_values(&["unknown_source"]),
+            dropped_unparseable: m.udp_datagrams_dropped.with_label_values(&["unparseable"]),
+            dropped_rejected: m.udp_datagrams_dropped.with_label_values(&["rejected"]),
+        }
+    }
 }
 
 struct Worker {
@@ -186,6 +219,10 @@ struct Worker {
     metrics: Arc<Metrics>,
     counters: Counters,
     last_allocation: Instant,
+    /// Last cumulative (nacks, resent) str0m reported per stream, for deltas.
+    stream_totals: HashMap<(PeerId, Mid, Option<Rid>), (u64, u64)>,
+    /// Video subscriptions by layer (q, h, f, off) this worker last added to the gauge.
+    layer_counts: [i64; 4],
 }
 
 /// What a worker is told at start-up.
@@ -229,22 +266,7 @@ pub fn run(
                 .local_addr()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
         });
-        let counters = Counters {
-            rtp_in: metrics.rtp_packets_received.clone(),
-            rtp_out: metrics.rtp_packets_sent.clone(),
-            keyframe_requests_in: metrics.keyframe_requests_received.clone(),
-            keyframe_requests_out: metrics.keyframe_requests_sent.clone(),
-            dropped_unknown_source: metrics
-                .udp_datagrams_dropped
-                .with_label_values(&["unknown_source"]),
-            dropped_unparseable: metrics
-                .udp_datagrams_dropped
-                .with_label_values(&["unparseable"]),
-            dropped_rejected: metrics
-                .udp_datagrams_dropped
-                .with_label_values(&["rejected"]),
-            media_failures: metrics.media_failures.clone(),
-        };
+        let counters = Counters::new(&metrics);
         let mut worker = Worker {
             socket,
             local,
@@ -261,6 +283,8 @@ pub fn run(
             metrics,
             counters,
             last_allocation: Instant::now(),
+            stream_totals: HashMap::new(),
+            layer_counts: [0; 4],
         };
         worker.run(inbox).await;
         worker.close_all();
@@ -323,7 +347,7 @@ impl Worker {
                 tracing::debug!(peer = peer_id, "input rejected: {e}");
                 self.counters.dropped_rejected.inc();
             }
-            Err(panic) => return self.fail_peer(peer_id, &panic),
+            Err(panic) => return self.fail_peer(peer_id, "panic", &panic),
         }
         self.dirty.insert(peer_id);
     }
@@ -344,7 +368,7 @@ impl Worker {
                 Ok(_) => {
                     self.dirty.insert(id);
                 }
-                Err(panic) => self.fail_peer(id, &panic),
+                Err(panic) => self.fail_peer(id, "panic", &panic),
             }
         }
     }
@@ -367,21 +391,25 @@ impl Worker {
                 Ok(Ok(output)) => output,
                 Ok(Err(e)) => {
                     tracing::info!(peer = id, "peer failed: {e}");
-                    return self.fail_peer(id, &e.to_string());
+                    return self.fail_peer(id, "dtls", &e.to_string());
                 }
-                Err(panic) => return self.fail_peer(id, &panic),
+                Err(panic) => return self.fail_peer(id, "panic", &panic),
             };
             match output {
                 Output::Timeout(t) => {
                     peer.timeout = t;
                     if !peer.rtc.is_alive() {
-                        self.fail_peer(id, "connection closed");
+                        self.fail_peer(id, "dtls", "connection closed");
                     }
                     return;
                 }
                 Output::Transmit(t) => {
                     // UDP is lossy anyway: a full send buffer drops like the network would.
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                        if e.kind() == std::io::ErrorKind::WouldBlock {
+                            self.counters.dropped_queue_full.inc();
+                        }
+                    }
                 }
                 Output::Event(event) => self.on_event(id, event),
             }
@@ -392,9 +420,30 @@ impl Worker {
         match event {
             Event::RtpPacket(packet) => self.on_rtp(id, packet),
             Event::MediaAdded(added) => self.on_media_added(id, added.mid, added.kind),
-            Event::KeyframeRequest(request) => self.on_keyframe_request(id, request.mid),
+            Event::KeyframeRequest(request) => {
+                let fir = matches!(request.kind, KeyframeRequestKind::Fir);
+                self.counters.keyframe_requests_in[usize::from(fir)].inc();
+                self.on_keyframe_request(id, request.mid)
+            }
+            Event::MediaEgressStats(stats) => {
+                let nacks = self.stats_delta(id, stats.mid, stats.rid, true, stats.nacks);
+                self.metrics.nacks_received.inc_by(nacks);
+                let forwarded = self.forwarded_on(id, stats.mid);
+                let resent = self.stats_delta(
+                    id,
+                    stats.mid,
+                    stats.rid,
+                    false,
+                    stats.packets.saturating_sub(forwarded),
+                );
+                self.metrics.retransmissions.inc_by(resent);
+            }
+            Event::MediaIngressStats(stats) => {
+                let nacks = self.stats_delta(id, stats.mid, stats.rid, true, stats.nacks);
+                self.metrics.nacks_sent.inc_by(nacks);
+            }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.fail_peer(id, "ICE disconnected (consent timed out)");
+                self.fail_peer(id, "ice", "ICE disconnected (consent timed out)");
             }
             Event::Connected => tracing::debug!(peer = id, "peer connected"),
             Event::EgressBitrateEstimate(estimate) => {
@@ -413,6 +462,7 @@ impl Worker {
                     m.estimate_bps = Some(bps);
                     changed
                 });
+                self.metrics.bwe_estimate.observe(bps as f64);
                 if changed {
                     self.allocate(&owner, Instant::now());
                 }
@@ -483,7 +533,10 @@ impl Worker {
                 active_layers: None,
             },
         );
-        self.metrics.publications.inc();
+        self.metrics
+            .publications
+            .with_label_values(&[kind_label(kind)])
+            .inc();
         if !self.auto_subscribe {
             return;
         }
@@ -499,7 +552,6 @@ impl Worker {
     }
 
     fn on_rtp(&mut self, peer_id: PeerId, rtp: RtpPacket) {
-        self.counters.rtp_in.inc();
         let now = Instant::now();
         let ssrc = rtp.header.ssrc;
         let Some(peer) = self.peers.get_mut(&peer_id) else {
@@ -558,7 +610,13 @@ impl Worker {
         if let Some(size) = vp8.and_then(|v| v.keyframe_size) {
             layer.size = Some(size);
         }
-        layer.receiver.on_packet(&packet, now);
+        let kind = usize::from(codec.is_video());
+        self.counters.rtp_in[kind].inc();
+        self.counters.bytes_in[kind].inc_by(packet.payload.len() as u64);
+        let lost = layer.receiver.on_packet(&packet, now);
+        if lost > 0 {
+            self.counters.lost[kind].inc_by(lost);
+        }
         if let (Some(level), Some(room)) =
             (packet.audio_level, self.rooms.get_mut(&publication.room))
         {
@@ -590,6 +648,9 @@ impl Worker {
             }
             match out.subscription.on_packet(&packet, now) {
                 Forward::Send(o) => {
+                    if let Some((_, reason)) = o.switched {
+                        self.counters.switches[reason as usize].inc();
+                    }
                     if let (Some((index, reason)), Some(member)) =
                         (o.switched, self.members.get(member_sid))
                     {
@@ -650,17 +711,27 @@ impl Worker {
                     });
                     match written {
                         Ok(true) => {
-                            self.counters.rtp_out.inc();
+                            self.counters.rtp_out[kind].inc();
+                            self.counters.bytes_out[kind].inc_by(packet.payload.len() as u64);
                             self.dirty.insert(out.peer);
                         }
                         Ok(false) => {}
                         Err(panic) => tracing::warn!("write to subscriber failed: {panic}"),
                     }
                 }
-                Forward::Drop(DropReason::WaitingForKeyframe) => want_keyframe = true,
+                Forward::Drop(DropReason::WaitingForKeyframe) => {
+                    self.counters.dropped_no_layer.inc();
+                    want_keyframe = true;
+                }
+                Forward::Drop(DropReason::Late) => self.counters.dropped_late.inc(),
                 Forward::Drop(_) => {}
             }
         }
+        self.metrics.forward_latency.observe(
+            Instant::now()
+                .saturating_duration_since(packet.arrival)
+                .as_secs_f64(),
+        );
         if want_keyframe {
             self.request_keyframe(sid.clone(), Some(rid), now);
         }
@@ -717,7 +788,6 @@ impl Worker {
     }
 
     fn on_keyframe_request(&mut self, peer_id: PeerId, mid: Mid) {
-        self.counters.keyframe_requests_in.inc();
         let Some(peer) = self.peers.get(&peer_id) else {
             return;
         };
@@ -938,7 +1008,7 @@ impl Worker {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(MediaError::BadSdp(e.to_string())),
             Err(panic) => {
-                self.fail_peer(peer_id, &panic);
+                self.fail_peer(peer_id, "panic", &panic);
                 return Err(MediaError::BadSdp("the answer broke the connection".into()));
             }
         }
@@ -1173,7 +1243,7 @@ impl Worker {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => return Err(MediaError::BadSdp(e.to_string())),
             Err(panic) => {
-                self.fail_peer(peer_id, &panic);
+                self.fail_peer(peer_id, "panic", &panic);
                 return Err(MediaError::BadSdp("the offer broke the connection".into()));
             }
         };
@@ -1213,7 +1283,10 @@ impl Worker {
         };
         self.by_mid
             .remove(&(publication.publisher_peer, publication.mid));
-        self.metrics.publications.dec();
+        self.metrics
+            .publications
+            .with_label_values(&[kind_label(publication.info.kind)])
+            .dec();
         self.metrics.receivers.sub(publication.layers.len() as i64);
         self.metrics
             .subscriptions
@@ -1269,13 +1342,14 @@ impl Worker {
 
     /// A peer died: its participant's media is over. The session hears of it and leaves,
     /// which removes the member.
-    fn fail_peer(&mut self, id: PeerId, reason: &str) {
+    /// `kind` is the metric's reason: `ice`, `dtls` (and other stack errors) or `panic`.
+    fn fail_peer(&mut self, id: PeerId, kind: &'static str, reason: &str) {
         let Some(peer) = self.peers.get(&id) else {
             return;
         };
         let owner = peer.owner.clone();
         tracing::info!(peer = id, participant = %owner, "media failed: {reason}");
-        self.counters.media_failures.inc();
+        self.metrics.peer_failures.with_label_values(&[kind]).inc();
         if let Some(member) = self.members.get(&owner) {
             let _ = member.events.send(MediaEvent::Failed(reason.to_string()));
         }
@@ -1294,6 +1368,7 @@ impl Worker {
             for t in tracks {
                 self.dynacast(&t);
             }
+            self.count_layers();
         }
         for room in self.rooms.values_mut() {
             let Some(list) = room.speakers.poll(now) else {
@@ -1311,6 +1386,40 @@ impl Worker {
                 }
             }
         }
+    }
+
+    // ---- statistics ----
+
+    /// How much a cumulative per-stream count from str0m's stats grew since its last report.
+    fn stats_delta(
+        &mut self,
+        peer: PeerId,
+        mid: Mid,
+        rid: Option<Rid>,
+        first: bool,
+        total: u64,
+    ) -> u64 {
+        let entry = self.stream_totals.entry((peer, mid, rid)).or_default();
+        let slot = if first { &mut entry.0 } else { &mut entry.1 };
+        let delta = total.saturating_sub(*slot);
+        *slot = total.max(*slot);
+        delta
+    }
+
+    /// Packets this worker wrote to `peer`'s m-line `mid` (a subscriber's track).
+    fn forwarded_on(&self, peer: PeerId, mid: Mid) -> u64 {
+        let Some(owner) = self.peers.get(&peer).map(|p| &p.owner) else {
+            return 0;
+        };
+        let Some(member) = self.members.get(owner) else {
+            return 0;
+        };
+        member
+            .out
+            .iter()
+            .find(|(_, o)| o.state == OutState::Open(mid))
+            .and_then(|(track, _)| self.publications.get(track)?.subscribers.get(owner))
+            .map_or(0, |o| o.subscription.forwarded)
     }
 
     // ---- layers and bandwidth ----
@@ -1452,6 +1561,36 @@ impl Worker {
         }
     }
 
+    /// Updates `sfu_video_subscriptions{layer}` by this worker's share.
+    fn count_layers(&mut self) {
+        let mut counts = [0i64; 4];
+        for p in self.publications.values() {
+            if p.info.kind != TrackKind::Video {
+                continue;
+            }
+            for out in p.subscribers.values() {
+                let i = out.subscription.selector().current().map_or(3, |l| {
+                    if p.info.layers.len() < 2 {
+                        0
+                    } else {
+                        usize::from(l).min(2)
+                    }
+                });
+                counts[i] += 1;
+            }
+        }
+        for (i, layer) in LAYERS.iter().enumerate() {
+            let delta = counts[i] - self.layer_counts[i];
+            if delta != 0 {
+                self.metrics
+                    .video_subscriptions
+                    .with_label_values(&[layer])
+                    .add(delta);
+            }
+        }
+        self.layer_counts = counts;
+    }
+
     /// Tells the publisher of `track` which simulcast layers anyone receives, when that
     /// changes. The lowest layer always stays on: a new subscriber starts on it at once.
     fn dynacast(&mut self, track: &str) {
@@ -1513,6 +1652,13 @@ fn resolve_route(
     };
     let pt = matching_pt(&peers.get(&peer)?.rtc, &params?)?;
     Some((mid, pt))
+}
+
+fn kind_label(kind: TrackKind) -> &'static str {
+    match kind {
+        TrackKind::Audio => "audio",
+        TrackKind::Video => "video",
+    }
 }
 
 /// A layer's index (0 = lowest) from its rid: our clients' `q`/`h`/`f`, or else its place in

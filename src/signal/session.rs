@@ -264,7 +264,18 @@ impl Session {
                 token,
                 room,
                 protocol,
-            } => self.on_join(id.as_deref(), token, room, protocol).await,
+            } => {
+                let started = std::time::Instant::now();
+                let was_joined = self.joined.is_some();
+                let next = self.on_join(id.as_deref(), token, room, protocol).await;
+                if !was_joined && self.joined.is_some() {
+                    self.app
+                        .metrics
+                        .join_duration
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                next
+            }
             Request::Leave { id } => {
                 self.send(
                     &ServerMessage::Leave {
