@@ -570,6 +570,11 @@ impl Worker {
         if publication.params.is_none() {
             publication.params = params_of(&peer.rtc, rtp.header.payload_type);
             publication.codec = codec_of(&peer.rtc, rtp.header.payload_type);
+            // Subscriptions made before the first packet did not know the codec, and the codec
+            // decides their rules (keyframe gating, layers): start them afresh.
+            for out in publication.subscribers.values_mut() {
+                out.subscription = Subscription::new(publication.codec);
+            }
         }
         let codec = publication.codec;
         let vp8 = match codec {

@@ -201,6 +201,21 @@ async fn peer_connection(tap: Tap) -> Arc<RTCPeerConnection> {
             None,
         )
         .expect("audio level extension");
+    // mid and rid header extensions: how a simulcast publisher names each layer's SSRC.
+    for uri in [
+        webrtc::sdp::extmap::SDES_MID_URI,
+        webrtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+    ] {
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                RTPCodecType::Video,
+                None,
+            )
+            .expect("simulcast header extensions");
+    }
     let mut registry = Registry::new();
     registry = register_default_interceptors(registry, &mut media).expect("interceptors");
     registry.add(Box::new(TapBuilder { tap }));
@@ -247,6 +262,17 @@ pub struct PublishedTrack {
 
 impl MediaClient {
     pub async fn join(server: &Server, room: &str, identity: &str) -> Self {
+        Self::join_via(server, room, identity, None).await
+    }
+
+    /// Joins with the subscriber connection's media going through `via`: `(the server's media
+    /// address, the relay address to use instead)`, swapped in the server's candidates.
+    pub async fn join_via(
+        server: &Server,
+        room: &str,
+        identity: &str,
+        via: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    ) -> Self {
         let url = format!("ws://{}/ws", server.local_addr);
         let (ws, _) = tokio_tungstenite::connect_async(&url)
             .await
@@ -280,7 +306,13 @@ impl MediaClient {
                         };
                         let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
                         if value["type"] == "offer" {
-                            let sdp = value["sdp"].as_str().unwrap_or_default().to_string();
+                            let mut sdp = value["sdp"].as_str().unwrap_or_default().to_string();
+                            if let Some((server, relay)) = via {
+                                sdp = sdp.replace(
+                                    &format!("{} {} typ host", server.ip(), server.port()),
+                                    &format!("{} {} typ host", relay.ip(), relay.port()),
+                                );
+                            }
                             let answer = answer_offer(&sub, sdp).await;
                             let _ = answer_tx.send(json!({"type":"answer","id":"sub-answer","sdp":answer}));
                         }
@@ -347,6 +379,75 @@ impl MediaClient {
         };
         self.backlog.extend(skipped);
         answer
+    }
+
+    /// Waits up to `limit` for a message of `kind` that satisfies `matches`, keeping nothing
+    /// it skips. `None` if none came.
+    pub async fn recv_matching(
+        &mut self,
+        kind: &str,
+        limit: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let m = match self.backlog.pop_front() {
+                Some(m) => m,
+                None => tokio::time::timeout_at(deadline, self.incoming.recv())
+                    .await
+                    .ok()??,
+            };
+            if m["type"] == kind && matches(&m) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// Adds a VP8 track sent as three simulcast layers (rids q, h, f) and declares it.
+    pub async fn add_simulcast_video(&mut self, cid: &str) -> [PublishedTrack; 3] {
+        let capability = RTCRtpCodecCapability {
+            mime_type: MIME_TYPE_VP8.to_owned(),
+            clock_rate: 90_000,
+            ..Default::default()
+        };
+        let layer = |rid: &str| {
+            Arc::new(TrackLocalStaticRTP::new_with_rid(
+                capability.clone(),
+                cid.to_owned(),
+                rid.to_owned(),
+                "stream".to_owned(),
+            ))
+        };
+        let (q, h, f) = (layer("q"), layer("h"), layer("f"));
+        let transceiver = self
+            .publisher
+            .add_transceiver_from_track(
+                Arc::clone(&q) as Arc<dyn TrackLocal + Send + Sync>,
+                Some(webrtc::rtp_transceiver::RTCRtpTransceiverInit {
+                    direction:
+                        webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection::Sendonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .expect("simulcast transceiver");
+        let sender = transceiver.sender().await;
+        for t in [&h, &f] {
+            sender
+                .add_encoding(Arc::clone(t) as Arc<dyn TrackLocal + Send + Sync>)
+                .await
+                .expect("simulcast encoding");
+        }
+        tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
+        let answer = self
+            .request(json!({"type":"publish","cid":cid,"kind":"video"}))
+            .await;
+        assert_eq!(answer["type"], "ack", "{answer}");
+        [q, h, f].map(|track| PublishedTrack {
+            cid: cid.to_string(),
+            track,
+            sent: Arc::default(),
+        })
     }
 
     /// Waits for the next message of `kind`, keeping nothing it skips.
@@ -594,4 +695,44 @@ pub async fn send_opus_with_level(
         timestamp = timestamp.wrapping_add(960);
     }
     (seq, counter)
+}
+
+/// Sends three simulcast layers of synthetic VP8 at 30 fps until `stop` is set, each at about
+/// the bitrate browsers give it (q ≈ 150 kbit/s, h ≈ 500 kbit/s, f ≈ 1.2 Mbit/s), with a
+/// keyframe on every layer each half second so layer switches need not wait long.
+pub async fn send_simulcast(
+    layers: [Arc<TrackLocalStaticRTP>; 3],
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let shape = [(1u32, 600usize), (2, 1000), (5, 1000)];
+    let mut seq = [0u16, 10_000, 20_000];
+    let mut counter = 0u32;
+    let mut timestamp = [0u32, 1_000_000, 2_000_000];
+    let mut tick = tokio::time::interval(Duration::from_millis(33));
+    let mut frame = 0u32;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tick.tick().await;
+        let keyframe = frame.is_multiple_of(15);
+        for (l, track) in layers.iter().enumerate() {
+            let (packets, size) = shape[l];
+            for i in 0..packets {
+                let payload = vp8_payload(counter, i == 0, keyframe, size);
+                let packet = rtp::packet::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        marker: i + 1 == packets,
+                        sequence_number: seq[l],
+                        timestamp: timestamp[l],
+                        ..Default::default()
+                    },
+                    payload,
+                };
+                let _ = track.write_rtp(&packet).await;
+                seq[l] = seq[l].wrapping_add(1);
+                counter += 1;
+            }
+            timestamp[l] = timestamp[l].wrapping_add(3000);
+        }
+        frame += 1;
+    }
 }

@@ -1,0 +1,77 @@
+//! Simulcast with real peers over loopback: a webrtc-rs publisher sends three VP8 layers, a
+//! webrtc-rs subscriber receives through a UDP relay that can throttle it. The subscriber's
+//! layer follows its bandwidth: down when the relay chokes, back up when it opens.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::media::{send_simulcast, MediaClient};
+use common::relay::Relay;
+use serde_json::{json, Value};
+
+/// Bandwidth estimates move over seconds, and a machine running other tests is slow: give each
+/// phase time. These are deadlines for something to happen, not measurements.
+const PHASE: Duration = Duration::from_secs(45);
+
+fn layer_is(m: &Value, layer: &str) -> bool {
+    m["layer"] == layer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_subscriber_moves_down_and_back_up() {
+    // One media worker, so the relay knows the one port the room's media uses.
+    let server = common::start(|c| c.rtc.workers = 1).await;
+    let media_addr = server.state.media.addrs()[0];
+    let media_addr = std::net::SocketAddr::new([127, 0, 0, 1].into(), media_addr.port());
+    let relay = Relay::start(media_addr).await;
+
+    let mut alice = MediaClient::join(&server, "r", "alice").await;
+    let mut bob =
+        MediaClient::join_via(&server, "r", "bob", Some((media_addr, relay.client_side))).await;
+    let layers = alice.add_simulcast_video("cam").await;
+    alice.negotiate_publisher().await;
+    let sid = alice.published_sid("cam").await;
+    let published = bob.recv_type("track_published").await;
+    assert_eq!(published["track"]["layers"], json!(["q", "h", "f"]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn(send_simulcast(layers.map(|l| l.track), stop.clone()));
+
+    // Open network: the estimate grows until the high layer fits.
+    let high = bob
+        .recv_matching("quality_changed", PHASE, |m| {
+            m["track"] == json!(sid) && layer_is(m, "f")
+        })
+        .await;
+    assert!(
+        high.is_some(),
+        "bob reaches the high layer on an open network"
+    );
+
+    // A 350 kbit/s bottleneck: only the low layer fits.
+    relay.limit(350_000);
+    let low = bob
+        .recv_matching("quality_changed", PHASE, |m| layer_is(m, "q"))
+        .await
+        .expect("bob moves down to the low layer when throttled");
+    assert_eq!(low["reason"], "bandwidth", "{low}");
+    assert!(relay.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0);
+
+    // Open again: back up.
+    relay.limit(0);
+    let up = bob
+        .recv_matching("quality_changed", PHASE, |m| layer_is(m, "f"))
+        .await
+        .expect("bob moves back up when the relay opens");
+    assert_eq!(up["reason"], "bandwidth", "{up}");
+
+    let switches = common::metric(&server, "sfu_layer_switches_total{reason=\"bandwidth\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(switches >= 2.0, "switches counted: {switches}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    server.shutdown().await;
+}
