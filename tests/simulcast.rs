@@ -75,3 +75,83 @@ async fn a_throttled_subscriber_moves_down_and_back_up() {
     let _ = sender.await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_quality_picks_the_layer_and_dynacast_tells_the_publisher() {
+    let server = common::start(|_| {}).await;
+    let mut alice = MediaClient::join(&server, "r", "alice").await;
+    let mut bob = MediaClient::join(&server, "r", "bob").await;
+    let layers = alice.add_simulcast_video("cam").await;
+    alice.negotiate_publisher().await;
+    let sid = alice.published_sid("cam").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn(send_simulcast(layers.map(|l| l.track), stop.clone()));
+    assert!(
+        bob.recv_matching("quality_changed", PHASE, |m| m["track"] == json!(sid))
+            .await
+            .is_some(),
+        "bob starts receiving"
+    );
+
+    let answer = bob
+        .request(json!({"type":"set_quality","track":sid,"quality":"low"}))
+        .await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    let low = bob
+        .recv_matching("quality_changed", PHASE, |m| layer_is(m, "q"))
+        .await
+        .expect("bob is moved to the low layer");
+    assert_eq!(low["reason"], "request", "{low}");
+    assert_eq!(low["quality"], "low");
+    // Nobody needs more than the low layer now: the publisher hears so.
+    let active = alice
+        .recv_matching("publisher_layers", PHASE, |m| m["active"] == json!(["q"]))
+        .await;
+    assert!(active.is_some(), "alice is told only q is needed");
+
+    // A large element asks for the best layer by size; the publisher may send all again.
+    let answer = bob
+        .request(json!({"type":"set_quality","track":sid,"width":1280,"height":720}))
+        .await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    let active = alice
+        .recv_matching("publisher_layers", PHASE, |m| {
+            m["active"] == json!(["q", "h", "f"])
+        })
+        .await;
+    assert!(
+        active.is_some(),
+        "alice is told every layer is needed again"
+    );
+    assert!(
+        bob.recv_matching("quality_changed", PHASE, |m| layer_is(m, "f"))
+            .await
+            .is_some(),
+        "bob is back on the high layer"
+    );
+
+    let answer = bob
+        .request(json!({"type":"set_quality","track":sid,"quality":"off"}))
+        .await;
+    assert_eq!(answer["type"], "ack");
+    let off = bob
+        .recv_matching("quality_changed", PHASE, |m| m["quality"] == "off")
+        .await
+        .expect("off is confirmed");
+    assert_eq!(off["layer"], "off");
+    let before = bob.received_of("video/vp8").len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Packets already in flight may land; then nothing more.
+    let settled = bob.received_of("video/vp8").len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        bob.received_of("video/vp8").len(),
+        settled,
+        "off sends nothing"
+    );
+    assert!(settled >= before);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    server.shutdown().await;
+}

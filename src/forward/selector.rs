@@ -119,8 +119,11 @@ impl Selector {
 
     /// The Allocator's cap (`None`: no bandwidth for this video).
     pub fn set_cap(&mut self, cap: Option<LayerIndex>) {
-        if self.cap != cap {
-            self.cap = cap;
+        let before = self.desired();
+        self.cap = cap;
+        // A cap that follows the preference down (or stays above it) changes nothing the
+        // subscriber sees; only a cap that moves the desired layer is a bandwidth decision.
+        if self.desired() != before {
             self.pending_reason = Some(SwitchReason::Bandwidth);
         }
     }
