@@ -632,7 +632,6 @@ impl Worker {
         let mut descriptor: Option<Option<Vp8Descriptor>> = None;
         let mut want_keyframe = false;
         let params = publication.params;
-        let rids = publication.info.layers.clone();
         for (member_sid, out) in publication.subscribers.iter_mut() {
             if out.route.is_none() {
                 // Negotiated before the publisher's format was known: resolve it now.
@@ -662,7 +661,7 @@ impl Worker {
                         let _ = member.events.send(MediaEvent::QualityChanged {
                             track: sid.clone(),
                             layer: Some(index),
-                            rid: rid_name(index, &rids),
+                            rid: rid_name(index, &publication.info.layers),
                             reason: reason.as_str(),
                         });
                     }
