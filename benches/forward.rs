@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sfu::forward::allocator::{Allocator, Demand, Priority};
 use sfu::forward::keyframe::is_keyframe;
 use sfu::forward::munger::Munger;
 use sfu::forward::receiver::Receiver;
@@ -178,5 +179,74 @@ fn receiver(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, subscription_forward, fan_out, munger, receiver);
+/// One Allocator pass for a subscriber receiving 50 tracks (a large meeting's grid): what runs
+/// on every bandwidth estimate and every half second per subscriber connection.
+fn allocator(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let demands: Vec<Demand<u32>> = (0..50u32)
+        .map(|i| Demand {
+            key: i,
+            priority: match i % 10 {
+                0 => Priority::Audio,
+                1 => Priority::Screen,
+                _ => Priority::Camera,
+            },
+            preferred: Some((i % 3) as u8),
+            area: 320 * 180 * (1 + i % 4),
+            layer_bps: [150_000, 500_000, 1_200_000],
+        })
+        .collect();
+    let mut a = Allocator::default();
+    let mut i = 0u64;
+    c.bench_function("allocator_pass_50_subscriptions", |b| {
+        b.iter(|| {
+            i += 1;
+            // An estimate that moves, so decisions and holds change.
+            let estimate = 2_000_000 + (i % 7) * 1_000_000;
+            black_box(a.allocate(estimate, black_box(&demands), t0 + Duration::from_millis(i)))
+        })
+    });
+    let allocs = allocations_per_call(1000, |n| {
+        black_box(a.allocate(3_000_000, &demands, t0 + Duration::from_millis(n)));
+    });
+    println!("allocator pass over 50: allocations per pass: {allocs:.1}");
+}
+
+/// A simulcast subscription switching layers: the selector and the VP8 picture ID munger on
+/// every packet of three layers, with a switch every 30 frames.
+fn simulcast_select(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let mut s = Subscription::new(Codec::Vp8);
+    let mut packets: Vec<Packet> = (0..3u8)
+        .map(|layer| {
+            let mut p = vp8_packet(u64::from(layer) * 10_000, false, t0);
+            p.layer = layer;
+            p.ssrc += u32::from(layer);
+            p
+        })
+        .collect();
+    let mut n = 0u64;
+    c.bench_function("simulcast_packet_of_three_layers", |b| {
+        b.iter(|| {
+            n += 1;
+            let p = &mut packets[(n % 3) as usize];
+            p.seq += 1;
+            p.keyframe = n % 90 < 3;
+            if n.is_multiple_of(90) {
+                s.set_preferred(Some(((n / 90) % 3) as u8));
+            }
+            black_box(s.on_packet(p, t0 + Duration::from_micros(n * 100)))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    subscription_forward,
+    fan_out,
+    munger,
+    receiver,
+    allocator,
+    simulcast_select
+);
 criterion_main!(benches);
