@@ -31,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod forward;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod room;
 pub mod rtc;

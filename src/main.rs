@@ -1,4 +1,5 @@
-//! The `sfu` command: `sfu serve` runs the server, `sfu token` mints access tokens.
+//! The `sfu` command: `sfu serve` runs the server, `sfu token` mints access tokens, `sfu load`
+//! puts a server under load with real WebRTC participants.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -69,6 +70,81 @@ enum Command {
         #[arg(long, conflicts_with_all = ["room", "identity", "name"])]
         admin: bool,
     },
+    /// Load-test a server with real WebRTC publishers and subscribers.
+    ///
+    /// Publishers send synthetic VP8 (with --simulcast three layers of about 150k/500k/1.2M
+    /// bit/s, 30 fps, a large keyframe every 2 s) and Opus-sized audio at 50 packets/s.
+    /// Subscribers by default do NOT decrypt: after DTLS they count RTP packets from the clear
+    /// SRTP header (sequence gaps are loss), which costs far less than the server's work, so one
+    /// machine can load a server. They then send no RTCP feedback for media, so the server's
+    /// bandwidth estimate for them stays near its start. With --decrypt they decrypt everything
+    /// and measure forwarding latency from send stamps in the payload.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The server, e.g. ws://127.0.0.1:7880
+    #[arg(long, default_value = "ws://127.0.0.1:7880")]
+    url: String,
+    #[arg(long, default_value = "load")]
+    room: String,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Publishers also subscribe to each other (a meeting where everyone sends).
+    #[arg(long)]
+    publishers_subscribe: bool,
+    /// How long media flows once everyone joined, e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Bitrate of the one video layer without --simulcast, e.g. 1.5M or 800k.
+    #[arg(long, default_value = "1.5M", value_parser = parse_bitrate)]
+    video_bitrate: u64,
+    /// Send three simulcast layers (q, h, f).
+    #[arg(long, conflicts_with = "audio_only")]
+    simulcast: bool,
+    /// Publish audio only.
+    #[arg(long)]
+    audio_only: bool,
+    /// Subscribers decrypt and measure latency (costs the load generator more CPU).
+    #[arg(long)]
+    decrypt: bool,
+    /// Pause between two joins.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    join_interval: Duration,
+    /// Local address for the peers' sockets (their ICE host candidate).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// API key and secret the server checks tokens with (the dev ones by default).
+    #[arg(long, env = "SFU_AUTH_API_KEY", default_value = sfu::config::DEV_API_KEY)]
+    api_key: String,
+    #[arg(long, env = "SFU_AUTH_API_SECRET", default_value = sfu::config::DEV_API_SECRET, hide_env_values = true)]
+    api_secret: String,
+    /// pid of a local server: its CPU and memory are read from /proc (else from its /metrics).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// "1.5M", "800k", "64000" as bits per second.
+fn parse_bitrate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (number, scale) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1e3),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1e6),
+        _ => (s, 1.0),
+    };
+    let v: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a bitrate like 1.5M, 800k or 64000"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("`{s}`: a bitrate must be above 0"));
+    }
+    Ok((v * scale) as u64)
 }
 
 fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
@@ -157,6 +233,56 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Load(args) => load(args),
+    }
+}
+
+fn load(args: LoadArgs) -> ExitCode {
+    let options = sfu::load::LoadOptions {
+        url: args.url,
+        room: args.room,
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        publishers_subscribe: args.publishers_subscribe,
+        duration: args.duration,
+        video_bitrate_bps: args.video_bitrate,
+        simulcast: args.simulcast,
+        audio_only: args.audio_only,
+        decrypt: args.decrypt,
+        join_interval: args.join_interval,
+        bind: args.bind,
+        api_key: args.api_key,
+        api_secret: args.api_secret,
+        server_pid: args.server_pid,
+        progress: !args.json,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sfu: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sfu::load::run(options)) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => eprintln!("sfu: {e}"),
+                }
+            } else {
+                print!("{}", report.table());
+            }
+            if report.joins_failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("sfu: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

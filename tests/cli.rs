@@ -147,3 +147,14 @@ async fn dev_server_serves_and_says_goodbye_on_sigterm() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn load_explains_a_bad_bitrate_and_documents_how_it_counts() {
+    let out = sfu(&["load", "--video-bitrate", "fast"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1.5M"), "{stderr}");
+    let help = sfu(&["load", "--help"], &[]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("clear SRTP header"), "{help}");
+}

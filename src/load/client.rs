@@ -1,0 +1,484 @@
+//! One load-test participant: a WebSocket signaling session and up to two str0m peers, a
+//! publisher sending synthetic VP8 (optionally three simulcast layers) and Opus, and a subscriber
+//! counting what the server forwards.
+//!
+//! The subscriber normally does not decrypt: once its DTLS is up, RTP datagrams are counted from
+//! their clear header (SSRC, sequence number) and never reach str0m, so measuring costs far less
+//! than forwarding. Only STUN, DTLS and RTCP go through str0m. With `decrypt`, everything goes
+//! through str0m and the frames' send stamps give the forwarding latency.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec as StrCodec;
+use str0m::media::SimulcastLayer;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt, Rid, Simulcast};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::load::media::{age_of, opus_frame, vp8_frame, LayerSpec, AUDIO_PPS, FPS};
+use crate::load::stats::{SsrcCounter, Stats};
+
+/// How long a join (WebSocket connect and `joined`) may take before it counts as failed.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Keepalive pings, well inside the server's idle timeout.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What one participant does.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub identity: String,
+    pub token: String,
+    pub publish: bool,
+    pub subscribe: bool,
+    /// Video encodings to send; empty for audio only.
+    pub layers: Vec<LayerSpec>,
+    pub decrypt: bool,
+}
+
+/// One of the participant's peer connections.
+struct Peer {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    timeout: Instant,
+    connected: bool,
+}
+
+impl Peer {
+    async fn new(bind: IpAddr) -> anyhow::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddr::new(bind, 0)).await?;
+        let local = socket.local_addr()?;
+        let mut rtc = RtcConfig::new().build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        Ok(Self {
+            rtc,
+            socket,
+            local,
+            timeout: Instant::now(),
+            connected: false,
+        })
+    }
+
+    fn input(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let Ok(contents) = datagram.try_into() else {
+            return;
+        };
+        let _ = self.rtc.handle_input(Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.local,
+                contents,
+            },
+        ));
+    }
+
+    /// Sends what str0m has to send; returns its events. `rtp_sent` counts RTP datagrams.
+    fn drain(&mut self, rtp_sent: &mut u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    if is_rtp(&t.contents) {
+                        *rtp_sent += 1;
+                    }
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Timeout(t)) => {
+                    self.timeout = t;
+                    return events;
+                }
+                Ok(Output::Event(e)) => {
+                    if matches!(e, Event::Connected) {
+                        self.connected = true;
+                    }
+                    events.push(e);
+                }
+                Err(_) => {
+                    self.timeout = Instant::now() + Duration::from_secs(1);
+                    return events;
+                }
+            }
+        }
+    }
+}
+
+/// An RTP (not RTCP, STUN or DTLS) datagram: version 2, and a second byte that is not an RTCP
+/// packet type (RFC 5761 §4).
+fn is_rtp(d: &[u8]) -> bool {
+    d.len() >= 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
+}
+
+/// What the publisher sends on.
+struct Outgoing {
+    video: Option<(Mid, Pt)>,
+    audio: Option<(Mid, Pt)>,
+    frame: u32,
+    audio_n: u32,
+    next_video: Instant,
+    next_audio: Instant,
+}
+
+/// Runs one participant until `stop`; everything it sees goes into `stats`.
+pub async fn run(
+    role: Role,
+    url: String,
+    bind: IpAddr,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let started = Instant::now();
+    let joined = tokio::time::timeout(JOIN_TIMEOUT, join(&url, &role.token)).await;
+    let ws = match joined {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => return stats.join_failed(format!("{}: {e}", role.identity)),
+        Err(_) => return stats.join_failed(format!("{}: join timed out", role.identity)),
+    };
+    stats.join_ok(started.elapsed());
+    if let Err(e) = session(role.clone(), ws, bind, &stats, stop).await {
+        stats.error(format!("{}: {e}", role.identity));
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn join(url: &str, token: &str) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let join = json!({"type":"join","id":"join","token":token});
+    ws.send(Message::Text(join.to_string().into())).await?;
+    while let Some(frame) = ws.next().await {
+        let Message::Text(text) = frame? else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text)?;
+        match v["type"].as_str() {
+            Some("joined") => return Ok(ws),
+            Some("error") => anyhow::bail!("join refused: {}", v["message"]),
+            _ => {}
+        }
+    }
+    anyhow::bail!("the server closed the connection during join")
+}
+
+async fn send(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
+    ws.send(Message::Text(v.to_string().into())).await?;
+    Ok(())
+}
+
+async fn session(
+    role: Role,
+    mut ws: Ws,
+    bind: IpAddr,
+    stats: &Stats,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut publisher: Option<(Peer, SdpPendingOffer)> = None;
+    let mut pub_peer: Option<Peer> = None;
+    let mut out = Outgoing {
+        video: None,
+        audio: None,
+        frame: 0,
+        audio_n: 0,
+        next_video: Instant::now(),
+        next_audio: Instant::now(),
+    };
+    let mut video_mid = None;
+    let mut audio_mid = None;
+    if role.publish {
+        let mut peer = Peer::new(bind).await?;
+        let mut api = peer.rtc.sdp_api();
+        if !role.layers.is_empty() {
+            let simulcast = (role.layers.len() > 1).then(|| {
+                let mut s = Simulcast::new();
+                for l in &role.layers {
+                    s.add_send_layer(SimulcastLayer::new(l.rid.unwrap_or("f")));
+                }
+                s
+            });
+            video_mid = Some(api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some("load".into()),
+                Some("cam".into()),
+                simulcast,
+            ));
+        }
+        audio_mid = Some(api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("load".into()),
+            Some("mic".into()),
+            None,
+        ));
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| anyhow::anyhow!("no publisher offer"))?;
+        if video_mid.is_some() {
+            send(
+                &mut ws,
+                json!({"type":"publish","cid":"cam","kind":"video"}),
+            )
+            .await?;
+        }
+        send(
+            &mut ws,
+            json!({"type":"publish","cid":"mic","kind":"audio"}),
+        )
+        .await?;
+        send(
+            &mut ws,
+            json!({"type":"offer","id":"pub-offer","sdp":offer.to_sdp_string()}),
+        )
+        .await?;
+        publisher = Some((peer, pending));
+    }
+    let mut sub_peer: Option<Peer> = None;
+    let mut rtx_ssrcs: HashSet<u32> = HashSet::new();
+    let mut counters: HashMap<u32, SsrcCounter> = HashMap::new();
+    let mut decrypted_highest: HashMap<(Mid, Option<Rid>), u64> = HashMap::new();
+    let mut pub_buf = vec![0u8; 2048];
+    let mut sub_buf = vec![0u8; 2048];
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut rtp_sent = 0u64;
+    let mut received_now = 0u64;
+    let (mut decrypted_received, mut decrypted_lost) = (0u64, 0u64);
+
+    loop {
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(1);
+        for p in [pub_peer.as_ref(), sub_peer.as_ref()].into_iter().flatten() {
+            wake = wake.min(p.timeout);
+        }
+        if pub_peer.as_ref().is_some_and(|p| p.connected) {
+            if out.video.is_some() {
+                wake = wake.min(out.next_video);
+            }
+            wake = wake.min(out.next_audio);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            frame = ws.next() => {
+                let Some(Ok(frame)) = frame else {
+                    anyhow::bail!("signaling closed");
+                };
+                let Message::Text(text) = frame else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                match v["type"].as_str() {
+                    Some("answer") if v["request_id"] == "pub-offer" => {
+                        let (mut peer, pending) = publisher
+                            .take()
+                            .ok_or_else(|| anyhow::anyhow!("unexpected answer"))?;
+                        let answer = SdpAnswer::from_sdp_string(v["sdp"].as_str().unwrap_or(""))?;
+                        peer.rtc.sdp_api().accept_answer(pending, answer)?;
+                        pub_peer = Some(peer);
+                    }
+                    Some("offer") => {
+                        let sdp = v["sdp"].as_str().unwrap_or("");
+                        rtx_ssrcs.extend(rtx_ssrcs_of(sdp));
+                        let offer = SdpOffer::from_sdp_string(sdp)?;
+                        if sub_peer.is_none() {
+                            sub_peer = Some(Peer::new(bind).await?);
+                        }
+                        if let Some(peer) = sub_peer.as_mut() {
+                            let answer = peer.rtc.sdp_api().accept_offer(offer)?;
+                            send(&mut ws, json!({"type":"answer","sdp":answer.to_sdp_string()}))
+                                .await?;
+                        }
+                    }
+                    Some("error") => stats.error(format!("{}: {}", role.identity, v["message"])),
+                    _ => {}
+                }
+            }
+            received = recv(pub_peer.as_ref(), &mut pub_buf) => {
+                if let (Ok((n, from)), Some(p)) = (received, pub_peer.as_mut()) {
+                    p.input(from, &pub_buf[..n]);
+                }
+            }
+            received = recv(sub_peer.as_ref(), &mut sub_buf) => {
+                if let (Ok((n, from)), Some(p)) = (received, sub_peer.as_mut()) {
+                    let d = &sub_buf[..n];
+                    if !role.decrypt && p.connected && is_rtp(d) {
+                        received_now += u64::from(count_clear(d, &rtx_ssrcs, &mut counters));
+                    } else {
+                        p.input(from, d);
+                    }
+                }
+            }
+            _ = ping.tick() => send(&mut ws, json!({"type":"ping"})).await?,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        if let Some(p) = pub_peer.as_mut() {
+            if p.connected {
+                if out.video.is_none() && out.audio.is_none() {
+                    out.video = video_mid.and_then(|m| pt_of(&mut p.rtc, m, StrCodec::Vp8));
+                    out.audio = audio_mid.and_then(|m| pt_of(&mut p.rtc, m, StrCodec::Opus));
+                    out.next_video = now;
+                    out.next_audio = now;
+                }
+                send_media(p, &role.layers, &mut out, now);
+            }
+            if p.timeout <= now {
+                let _ = p.rtc.handle_input(Input::Timeout(now));
+            }
+            p.drain(&mut rtp_sent);
+        }
+        if let Some(p) = sub_peer.as_mut() {
+            if p.timeout <= now {
+                let _ = p.rtc.handle_input(Input::Timeout(now));
+            }
+            for e in p.drain(&mut 0) {
+                if let Event::MediaData(d) = e {
+                    let (packets, lost) = count_decrypted(&d, &mut decrypted_highest);
+                    decrypted_received += packets;
+                    decrypted_lost += lost;
+                    received_now += packets;
+                    if let Some(age) = age_of(&d.data, now) {
+                        stats.latency(age);
+                    }
+                }
+            }
+        }
+        // Shared counters once per wake-up, not per packet.
+        if rtp_sent > 0 {
+            stats.packets_sent.fetch_add(rtp_sent, Ordering::Relaxed);
+            rtp_sent = 0;
+        }
+        if received_now > 0 {
+            stats
+                .live_received
+                .fetch_add(received_now, Ordering::Relaxed);
+            received_now = 0;
+        }
+    }
+    let _ = send(&mut ws, json!({"type":"leave"})).await;
+    let _ = ws.close(None).await;
+    if role.subscribe {
+        let (received, lost) = if role.decrypt {
+            (decrypted_received, decrypted_lost)
+        } else {
+            counters
+                .values()
+                .fold((0, 0), |(r, l), c| (r + c.received, l + c.lost()))
+        };
+        stats.subscriber_done(received, lost);
+    }
+    Ok(())
+}
+
+async fn recv(peer: Option<&Peer>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match peer {
+        Some(p) => p.socket.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The payload type negotiated for `codec` on `mid`.
+fn pt_of(rtc: &mut Rtc, mid: Mid, codec: StrCodec) -> Option<(Mid, Pt)> {
+    let writer = rtc.writer(mid)?;
+    let pt = writer
+        .payload_params()
+        .find(|p| p.spec().codec == codec)?
+        .pt();
+    Some((mid, pt))
+}
+
+/// Writes every frame that is due.
+fn send_media(p: &mut Peer, layers: &[LayerSpec], out: &mut Outgoing, now: Instant) {
+    let frame_interval = Duration::from_secs(1) / FPS;
+    if let Some((mid, pt)) = out.video {
+        while out.next_video <= now {
+            let time = MediaTime::new(u64::from(out.frame) * 3000, Frequency::NINETY_KHZ);
+            for layer in layers {
+                let data = vp8_frame(layer, out.frame, now);
+                let Some(mut writer) = p.rtc.writer(mid) else {
+                    break;
+                };
+                if let Some(rid) = layer.rid.filter(|_| layers.len() > 1) {
+                    writer = writer.rid(Rid::from(rid));
+                }
+                let _ = writer.write(pt, now, time, data);
+            }
+            out.frame += 1;
+            out.next_video += frame_interval;
+        }
+    }
+    if let Some((mid, pt)) = out.audio {
+        let audio_interval = Duration::from_secs(1) / AUDIO_PPS;
+        while out.next_audio <= now {
+            let time = MediaTime::new(u64::from(out.audio_n) * 960, Frequency::FORTY_EIGHT_KHZ);
+            if let Some(writer) = p.rtc.writer(mid) {
+                let _ = writer.write(pt, now, time, opus_frame(out.audio_n, now));
+            }
+            out.audio_n += 1;
+            out.next_audio += audio_interval;
+        }
+    }
+}
+
+/// Counts one SRTP datagram from its clear header; false for a resend or probe (RTX).
+fn count_clear(d: &[u8], rtx: &HashSet<u32>, counters: &mut HashMap<u32, SsrcCounter>) -> bool {
+    let seq = u16::from_be_bytes([d[2], d[3]]);
+    let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+    if rtx.contains(&ssrc) {
+        return false;
+    }
+    counters.entry(ssrc).or_default().on_packet(seq);
+    true
+}
+
+/// (packets, lost before them) of one decrypted frame.
+fn count_decrypted(
+    d: &str0m::media::MediaData,
+    highest: &mut HashMap<(Mid, Option<Rid>), u64>,
+) -> (u64, u64) {
+    let (start, end) = (**d.seq_range.start(), **d.seq_range.end());
+    let packets = end.saturating_sub(start) + 1;
+    let key = (d.mid, d.rid);
+    let lost = match highest.get(&key) {
+        Some(&h) if start > h + 1 => start - h - 1,
+        _ => 0,
+    };
+    if highest.get(&key).is_none_or(|&h| end > h) {
+        highest.insert(key, end);
+    }
+    (packets, lost)
+}
+
+/// RTX SSRCs of an offer (`a=ssrc-group:FID main rtx`): resends and probes, not new packets.
+fn rtx_ssrcs_of(sdp: &str) -> Vec<u32> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=ssrc-group:FID "))
+        .filter_map(|rest| rest.split_whitespace().nth(1)?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_rtp_from_rtcp_and_finds_rtx_ssrcs() {
+        let mut rtp = [0u8; 12];
+        rtp[0] = 0x80;
+        rtp[1] = 96;
+        assert!(is_rtp(&rtp));
+        rtp[1] = 200; // sender report
+        assert!(!is_rtp(&rtp));
+        assert!(!is_rtp(&[0x16, 0xfe, 0xfd]), "DTLS");
+        let sdp = "a=ssrc-group:FID 1111 2222\r\na=ssrc:1111 cname:x\r\n";
+        assert_eq!(rtx_ssrcs_of(sdp), vec![2222]);
+    }
+}

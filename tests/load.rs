@@ -1,0 +1,84 @@
+//! A CI-sized run of `sfu load` against an in-process server: real str0m publishers and
+//! subscribers over loopback. It checks that everyone joins and every subscriber gets media,
+//! never how fast (machines running tests are shared and noisy).
+
+mod common;
+
+use std::time::Duration;
+
+use sfu::load::{run, LoadOptions, Report};
+
+fn options(server: &sfu::http::Server, room: &str) -> LoadOptions {
+    let auth = &server.state.config.auth;
+    LoadOptions {
+        url: format!("ws://{}", server.local_addr),
+        room: room.into(),
+        publishers: 2,
+        subscribers: 4,
+        publishers_subscribe: false,
+        duration: Duration::from_secs(3),
+        video_bitrate_bps: 500_000,
+        simulcast: false,
+        audio_only: false,
+        decrypt: false,
+        join_interval: Duration::from_millis(10),
+        bind: [127, 0, 0, 1].into(),
+        api_key: auth.api_key.clone(),
+        api_secret: auth.api_secret.clone(),
+        server_pid: Some(std::process::id()),
+        progress: false,
+    }
+}
+
+fn assert_everyone_served(report: &Report, subscribers: usize) {
+    assert_eq!(report.joins_failed, 0, "{}", report.table());
+    assert_eq!(
+        report.joins_ok as usize,
+        report.publishers + report.subscribers
+    );
+    assert_eq!(
+        report.subscribers_without_packets,
+        0,
+        "every one of {subscribers} subscribers got packets\n{}",
+        report.table()
+    );
+    assert!(report.packets_sent > 0 && report.packets_received > 0);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_publishers_reach_every_subscriber() {
+    let server = common::start(|_| {}).await;
+    let report = run(LoadOptions {
+        simulcast: true,
+        ..options(&server, "load-simulcast")
+    })
+    .await
+    .expect("load run");
+    assert_everyone_served(&report, 4);
+    // The clear-header counter saw the server's streams, so a CPU reading exists too.
+    assert!(report.server_cpu_percent.is_some());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_only_meeting_where_everyone_sends_and_decrypts() {
+    let server = common::start(|_| {}).await;
+    let report = run(LoadOptions {
+        audio_only: true,
+        publishers: 3,
+        subscribers: 1,
+        publishers_subscribe: true,
+        decrypt: true,
+        ..options(&server, "load-meeting")
+    })
+    .await
+    .expect("load run");
+    // Three publishers that also subscribe, and one listener.
+    assert_everyone_served(&report, 4);
+    assert!(
+        report.latency_p50_ms.is_some(),
+        "decrypting measures latency"
+    );
+    server.shutdown().await;
+}
