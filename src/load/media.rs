@@ -117,6 +117,8 @@ mod tests {
 
     #[test]
     fn frames_average_the_layer_bitrate_and_carry_their_stamp() {
+        // Stamps count from the process epoch; instants before it cannot be stamped.
+        epoch();
         let t = Instant::now();
         for layer in simulcast_layers() {
             let bytes: usize = (0..KEYFRAME_INTERVAL)
