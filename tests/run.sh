@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v unshare >/dev/null || need_pkgs+=(util-linux)
+# Browser tests: Debian's Chromium, driven by playwright-core from Node.
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+command -v node >/dev/null || need_pkgs+=(nodejs)
+command -v npm >/dev/null || need_pkgs+=(npm)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -22,8 +26,20 @@ cargo clippy --all-targets --locked -- -D warnings
 
 echo "== building tests"
 cargo test --locked --no-run
+cargo build --locked
+
+echo "== browser test dependencies"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 # Tests run in a network namespace with only loopback: test traffic cannot leave the machine,
-# and the server advertises 127.0.0.1 as its media address.
-echo "== cargo test (in a loopback-only network namespace)"
-exec unshare -n sh -c 'ip link set lo up && cargo test --locked --offline'
+# and the server advertises 127.0.0.1 as its media address. Both suites run; either failing
+# fails the script.
+echo "== cargo test, then the browser tests (in a loopback-only network namespace)"
+exec unshare -n sh -c '
+  ip link set lo up
+  status=0
+  cargo test --locked --offline || status=1
+  echo "== browser tests (headless Chromium)"
+  (cd tests/browser && node --test meeting.test.mjs) || status=1
+  exit $status
+'

@@ -35,10 +35,11 @@
  *   publishTrack(mediaStreamTrack, {source, name, simulcast}?) -> LocalTrack
  *   unpublish(localTrack | sid | MediaStreamTrack)
  *   mute(localTrack | sid | MediaStreamTrack, muted)
- *   setQuality(trackSid, 'auto'|'low'|'medium'|'high')   (the server answers not_supported today)
+ *   setQuality(trackSid, 'auto'|'low'|'medium'|'high'|'off')   a remote video's simulcast layer
  *   subscribe(trackSid) / unsubscribe(trackSid)
  *   sendChat(text) -> chat message;  setTyping(bool);  ping()
- *   getTrackStats(trackSid) -> {width, height, fps, bitrate, rtt} | null   (local or remote)
+ *   getTrackStats(trackSid) -> {width, height, fps, bitrate, rtt, layer} | null   (local or remote)
+ *   getStatsReport(trackSid) -> RTCStatsReport | null   the browser's raw stats for one track
  *   leave()
  *
  * Events (CustomEvent, the payload is in `event.detail`; protocol objects keep their snake_case):
@@ -55,6 +56,8 @@
  *   chat                {message, own}
  *   typing              {sid, identity, typing, participant}
  *   active_speakers     {speakers: [{participant, level}]}   level 0 = loudest, 127 = silence
+ *   quality_changed     {track: sid, quality, layer, reason}   the layer of a remote video we receive
+ *   publisher_layers    {track: sid, active: [rid]}   which layers of our video anyone receives
  *   connection_state    {target: 'publisher'|'subscriber', state}
  *   error               {error: SfuError}   (errors no request is waiting for)
  *   reconnecting        {attempt, maxAttempts, delay, reason, message}
@@ -70,7 +73,7 @@ const CAMERA_SIMULCAST = [
   { rid: 'f', maxBitrate: 1_200_000 },
 ];
 
-export const QUALITIES = ['auto', 'low', 'medium', 'high'];
+export const QUALITIES = ['auto', 'low', 'medium', 'high', 'off'];
 
 /** What each leave reason means to the person in front of the screen. */
 export const LEAVE_MESSAGES = {
@@ -411,6 +414,16 @@ export class SfuClient extends EventTarget {
       case 'active_speakers':
         this._emit('active_speakers', { speakers: msg.speakers });
         break;
+      case 'quality_changed': {
+        const remote = this._remote.get(msg.track);
+        // Kept even before the track's media arrives: getTrackStats reports it.
+        this._layers.set(msg.track, { quality: msg.quality, layer: msg.layer, reason: msg.reason });
+        this._emit('quality_changed', { track: msg.track, quality: msg.quality, layer: msg.layer, reason: msg.reason, remote });
+        break;
+      }
+      case 'publisher_layers':
+        this._applyPublisherLayers(msg.track, msg.active);
+        break;
       case 'offer':
         // One subscriber offer at a time, in order (the server sends the next only after our answer).
         this._subChain = this._subChain
@@ -616,15 +629,45 @@ export class SfuClient extends EventTarget {
   }
 
   /**
-   * Asks for a simulcast layer of a remote video track. `set_quality` is reserved in protocol v1:
-   * today's server answers `not_supported` and forwards the best live layer. The promise rejects
-   * with that code so the page can say so.
+   * Chooses the simulcast layer of a remote video track: `low` (q), `medium` (h), `high` (f),
+   * `off`, or `auto`. The quality is a ceiling: the server goes lower when bandwidth is short and
+   * says which layer it forwards in `quality_changed`. `auto` asks for `high`, which leaves the
+   * choice to the server's bandwidth allocation alone. A server older than set_quality rejects
+   * with `not_supported` (it forwards the best live layer).
    */
   async setQuality(trackSid, quality) {
     if (!QUALITIES.includes(quality)) {
       throw new SfuError('bad_request', `quality must be one of ${QUALITIES.join(', ')}`);
     }
-    return this.request('set_quality', { track: trackSid, quality });
+    return this.request('set_quality', { track: trackSid, quality: quality === 'auto' ? 'high' : quality });
+  }
+
+  /**
+   * Dynacast: the server lists the layers of our video that someone receives; encoding the
+   * others would spend CPU and upstream bandwidth on packets the server drops. Pausing an
+   * encoding keeps its RTP stream (and m-line), so turning it on again needs no renegotiation;
+   * the encoder starts it again with a keyframe, which is what the server waits for to switch.
+   */
+  _applyPublisherLayers(trackSid, active) {
+    const local = [...this.localTracks.values()].find((l) => l.sid === trackSid);
+    const sender = local?.transceiver?.sender;
+    if (!sender || !Array.isArray(active)) return;
+    const wanted = new Set(active);
+    const params = sender.getParameters();
+    if (!params.encodings?.length) return;
+    let changed = false;
+    for (const enc of params.encodings) {
+      // Without simulcast there is one encoding without a rid; any entry at all means "send".
+      const on = enc.rid ? wanted.has(enc.rid) : wanted.size > 0;
+      if (enc.active !== on) {
+        enc.active = on;
+        changed = true;
+      }
+    }
+    this._emit('publisher_layers', { track: trackSid, active: [...wanted], local });
+    if (changed) {
+      sender.setParameters(params).catch((err) => this._emitError(err, 'pausing unused simulcast layers failed'));
+    }
   }
 
   subscribe(trackSid) {
@@ -826,6 +869,7 @@ export class SfuClient extends EventTarget {
     if (!remote) return;
     this._remote.delete(sid);
     this._statsPrev.delete(sid);
+    this._layers.delete(sid);
     if (remote.emitted) {
       this._emit('track_removed', {
         track: info ?? { sid, participant: remote.participant },
@@ -857,12 +901,14 @@ export class SfuClient extends EventTarget {
   }
 
   /**
-   * Stats for one track, local or remote: {width, height, fps, bitrate (bit/s), rtt (s)}.
+   * Stats for one track, local or remote: {width, height, fps, bitrate (bit/s), rtt (s), layer}.
+   * `layer` is the simulcast rid the server says it forwards (remote video, once it has said).
    * Any field may be undefined (no frames yet, audio, or a browser that does not report it).
    * The bitrate is measured since the previous call for the same track.
    */
   async getTrackStats(trackSid) {
     const remote = this._remote.get(trackSid);
+    const layer = remote ? this._layers.get(trackSid)?.layer : undefined;
     const local = [...this.localTracks.values()].find((l) => l.sid === trackSid);
     let report, rtpType, kind;
     if (remote?.receiver) {
@@ -876,7 +922,7 @@ export class SfuClient extends EventTarget {
     } else {
       return null;
     }
-    const out = { width: undefined, height: undefined, fps: undefined, bitrate: undefined, rtt: undefined };
+    const out = { width: undefined, height: undefined, fps: undefined, bitrate: undefined, rtt: undefined, layer };
     let bytes = 0;
     let time = 0;
     let pairId;
@@ -910,6 +956,18 @@ export class SfuClient extends EventTarget {
     return out;
   }
 
+  /**
+   * The browser's RTCStatsReport for one track: its receiver's for a remote track, its sender's
+   * for one of ours; null if the track has no media yet. For diagnostics and tests.
+   */
+  async getStatsReport(trackSid) {
+    const remote = this._remote.get(trackSid);
+    if (remote?.receiver) return remote.receiver.getStats();
+    const local = [...this.localTracks.values()].find((l) => l.sid === trackSid);
+    if (local?.transceiver) return local.transceiver.sender.getStats();
+    return null;
+  }
+
   _resetMedia() {
     /** Bumped on every teardown so that rounds still running for old connections stop. */
     this._gen = (this._gen ?? 0) + 1;
@@ -924,6 +982,8 @@ export class SfuClient extends EventTarget {
     this._remote = new Map();
     this._midMap = new Map();
     this._statsPrev = new Map();
+    /** The layer the server forwards per remote track sid: {quality, layer, reason}. */
+    this._layers = new Map();
   }
 
   /** Closes both peer connections. Local tracks stay, ready to be published again on rejoin. */

@@ -1,0 +1,223 @@
+// Helpers for the browser end-to-end tests: start the `sfu` binary on free ports, launch the
+// machine's Chromium (/usr/bin/chromium) through playwright-core, and read WebRTC stats from
+// a page of the demo client (web/index.html, which exposes `window.sfu`).
+//
+// The tests run inside a loopback-only network namespace (tests/run.sh), so the server binds
+// and advertises 127.0.0.1 only.
+
+import { spawn } from 'node:child_process';
+import { createWriteStream, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const OUT_DIR = path.join(REPO, 'target', 'browser-screenshots');
+export const LOG_DIR = path.join(REPO, 'target', 'browser-tests');
+
+/** The flags every Chromium of this project runs with (notes/helper-rules.md). */
+export const CHROMIUM_FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  // WebRTC skips loopback candidates unless told otherwise, and loopback is all there is here.
+  '--allow-loopback-in-peer-connection',
+];
+
+/** How long the server gets to print its address before the test gives up on it. */
+const SERVER_START_TIMEOUT_MS = 30_000;
+
+/**
+ * Starts `sfu serve --dev` on free ports (HTTP and media both chosen by the kernel) and resolves
+ * with {url, log, stop}. Its output goes to target/browser-tests/server.log.
+ */
+export async function startServer() {
+  const bin = process.env.SFU_BIN ?? path.join(REPO, 'target', 'debug', 'sfu');
+  mkdirSync(LOG_DIR, { recursive: true });
+  const logPath = path.join(LOG_DIR, 'server.log');
+  const logFile = createWriteStream(logPath);
+  const child = spawn(bin, ['serve', '--dev'], {
+    env: {
+      ...process.env,
+      NO_COLOR: '1',
+      RUST_LOG: process.env.RUST_LOG ?? 'info',
+      SFU_HTTP_BIND: '127.0.0.1',
+      SFU_HTTP_PORT: '0',
+      SFU_RTC_BIND: '127.0.0.1',
+      SFU_RTC_UDP_PORT: '0',
+      SFU_RTC_PUBLIC_IPS: '["127.0.0.1"]',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  let exited = null;
+  const onData = (chunk) => {
+    logFile.write(chunk);
+    output += chunk.toString();
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  const exit = new Promise((resolve) => child.on('exit', (code, signal) => {
+    exited = { code, signal };
+    resolve(exited);
+  }));
+
+  const started = Date.now();
+  let port = null;
+  while (port == null) {
+    // Dev mode prints "web client   http://localhost:PORT/" once it listens.
+    const m = /web client\s+http:\/\/[^:\s]+:(\d+)\//.exec(output);
+    if (m) port = Number(m[1]);
+    else if (exited) throw new Error(`the server exited (${JSON.stringify(exited)}) before listening:\n${output}`);
+    else if (Date.now() - started > SERVER_START_TIMEOUT_MS) {
+      child.kill('SIGKILL');
+      throw new Error(`the server printed no address within ${SERVER_START_TIMEOUT_MS / 1000} s:\n${output}`);
+    } else await sleep(50);
+  }
+  return {
+    url: `http://127.0.0.1:${port}`,
+    logPath,
+    /** The server's output so far (for failure reports). */
+    output: () => output,
+    exited: () => exited,
+    async stop() {
+      if (!exited) {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+        await exit;
+        clearTimeout(timer);
+      }
+      logFile.end();
+    },
+  };
+}
+
+export async function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: CHROMIUM_FLAGS,
+  });
+}
+
+/**
+ * One person in the meeting: a browser context of its own (its own storage and devices) with
+ * one page on the demo client. Browser console errors and page errors are kept for reports.
+ */
+export async function openPerson(browser, baseUrl, { room, name }) {
+  const context = await browser.newContext({
+    permissions: ['camera', 'microphone'],
+    viewport: { width: 1280, height: 800 },
+  });
+  const page = await context.newPage();
+  const console_ = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') console_.push(`${name} console.${m.type()}: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => console_.push(`${name} page error: ${e.message}`));
+  await page.goto(`${baseUrl}/?${new URLSearchParams({ room, name })}`);
+  return { name, page, context, console: console_ };
+}
+
+/**
+ * Clicks Join and resolves with the ms from the click to the first decoded frame of any remote
+ * video, measured inside the page (null if `expectRemoteVideo` is false: the first to join
+ * has nobody to watch).
+ */
+export async function joinAndTimeFirstFrame(person, { expectRemoteVideo, timeoutMs = 30_000 }) {
+  const { page } = person;
+  await page.evaluate(() => {
+    document.querySelector('#join').addEventListener('click', () => { window.__joinClickedAt = performance.now(); }, { capture: true, once: true });
+  });
+  await page.click('#join');
+  await page.waitForFunction(() => window.sfuState?.joined === true, null, { timeout: timeoutMs });
+  if (!expectRemoteVideo) return null;
+  return page.evaluate(async (timeout) => {
+    const sfu = window.sfu;
+    const deadline = performance.now() + timeout;
+    while (performance.now() < deadline) {
+      for (const track of sfu.tracks.values()) {
+        if (track.kind !== 'video' || track.participant === sfu.me?.sid) continue;
+        const report = await sfu.getStatsReport(track.sid);
+        let decoded = 0;
+        report?.forEach((s) => {
+          if (s.type === 'inbound-rtp' && s.kind === 'video') decoded += s.framesDecoded ?? 0;
+        });
+        if (decoded > 0) return performance.now() - window.__joinClickedAt;
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw new Error(`no remote video frame was decoded within ${timeout / 1000} s of joining`);
+  }, timeoutMs);
+}
+
+/**
+ * Inbound stats of the video and audio `viewer` receives from the participant `identity`, read
+ * from the tile the demo page shows for it: {video: {framesDecoded, frameWidth, frameHeight,
+ * freezeCount, packetsReceived} | null, audio: {packetsReceived} | null}.
+ */
+export function receivedFrom(viewer, identity) {
+  return viewer.page.evaluate(async (identity) => {
+    const sfu = window.sfu;
+    const tile = document.querySelector(`.tile[data-identity="${CSS.escape(identity)}"]`);
+    const inbound = async (sid, kind) => {
+      if (!sid) return null;
+      const report = await sfu.getStatsReport(sid);
+      let out = null;
+      report?.forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === kind) out = s;
+      });
+      return out;
+    };
+    const v = await inbound(tile?.dataset.videoTrack, 'video');
+    const audioSid = tile && document.querySelector(`#audio-sinks audio[data-participant="${CSS.escape(tile.dataset.participant)}"]`)?.dataset.track;
+    const a = await inbound(audioSid, 'audio');
+    return {
+      video: v && {
+        framesDecoded: v.framesDecoded ?? 0,
+        frameWidth: v.frameWidth ?? 0,
+        frameHeight: v.frameHeight ?? 0,
+        freezeCount: v.freezeCount ?? 0,
+        packetsReceived: v.packetsReceived ?? 0,
+      },
+      audio: a && { packetsReceived: a.packetsReceived ?? 0 },
+    };
+  }, identity);
+}
+
+/** The frame widths of the simulcast layers `person` sends for its camera, by rid. */
+export function sentLayers(person) {
+  return person.page.evaluate(async () => {
+    const sfu = window.sfu;
+    const cam = [...sfu.localTracks.values()].find((l) => l.source === 'camera');
+    if (!cam?.sid) return {};
+    const report = await sfu.getStatsReport(cam.sid);
+    const out = {};
+    report?.forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') out[s.rid ?? ''] = { frameWidth: s.frameWidth ?? 0, framesEncoded: s.framesEncoded ?? 0, active: s.active };
+    });
+    return out;
+  });
+}
+
+/** Polls `check` (async, returns a truthy value when done) every `intervalMs` until `timeoutMs`. */
+export async function until(check, { timeoutMs, intervalMs = 100, what }) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await check();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+export function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,272 @@
+// A meeting held in real headless Chromium pages through the demo page (web/index.html) served by
+// the `sfu` binary: video and audio both ways, chat, simulcast quality choice, leaving, a late
+// joiner, and screenshots under target/browser-screenshots/ for a person to look at.
+//
+// Run: `npm test` in tests/browser (after `cargo build`), inside a loopback-only namespace as
+// tests/run.sh does. Asserts presence and direction only (frames decoded go up, a width goes down
+// then up, a tile is gone), never durations, apart from the issue's functional bound of 2 s for
+// a tile to disappear. Durations are measured and printed (and written to
+// target/browser-tests/metrics.json) for docs/performance.md.
+
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  LOG_DIR,
+  OUT_DIR,
+  joinAndTimeFirstFrame,
+  launchChromium,
+  openPerson,
+  receivedFrom,
+  sentLayers,
+  sleep,
+  startServer,
+  until,
+} from './lib.mjs';
+
+const ROOM = `browser-${process.pid}`;
+/** How long "frames keep being decoded" is watched, as the issue asks. */
+const DECODE_WATCH_MS = 5_000;
+/** The issue's bound for a departed participant's tile to disappear. */
+const TILE_GONE_MS = 2_000;
+/** Generous waits for things that must happen at some point (not performance bounds). */
+const MEDIA_TIMEOUT_MS = 30_000;
+
+const metrics = {};
+let server;
+let browser;
+const people = {};
+/** The message Alice sent, which a late joiner must find in the history. */
+let chatText;
+
+/** Runs one step; on failure prints what the pages and the server said, then fails. */
+async function diagnose(fn) {
+  try {
+    return await fn();
+  } catch (err) {
+    for (const p of Object.values(people)) {
+      const status = await p.page.locator('#status').textContent().catch(() => '?');
+      console.error(`-- ${p.name}: status "${status}"`);
+      for (const line of p.console.slice(-20)) console.error(`   ${line}`);
+    }
+    console.error(`-- server log (last lines; all in ${server?.logPath}):`);
+    console.error(server?.output().split('\n').slice(-40).join('\n'));
+    throw err;
+  }
+}
+
+async function join(name, { expectRemoteVideo }) {
+  const person = await openPerson(browser, server.url, { room: ROOM, name });
+  people[name] = person;
+  person.joinToFirstFrameMs = await joinAndTimeFirstFrame(person, { expectRemoteVideo });
+  return person;
+}
+
+/**
+ * Asserts that `viewer` decodes `identity`'s video (frames decoded go up over DECODE_WATCH_MS,
+ * frameWidth > 0) and receives its audio (packets go up over the same time).
+ */
+async function assertReceiving(viewer, identity) {
+  const first = await until(async () => {
+    const r = await receivedFrom(viewer, identity);
+    return r.video?.framesDecoded > 0 && r.audio ? r : null;
+  }, { timeoutMs: MEDIA_TIMEOUT_MS, what: `${viewer.name} to decode video and get audio from ${identity}` });
+  await sleep(DECODE_WATCH_MS);
+  const later = await receivedFrom(viewer, identity);
+  assert.ok(later.video, `${viewer.name} lost ${identity}'s video`);
+  assert.ok(later.video.framesDecoded > first.video.framesDecoded,
+    `${viewer.name}: frames decoded from ${identity} did not go up in ${DECODE_WATCH_MS / 1000} s (${first.video.framesDecoded} -> ${later.video.framesDecoded})`);
+  assert.ok(later.video.frameWidth > 0, `${viewer.name}: ${identity}'s video has no frame width`);
+  assert.ok(later.audio.packetsReceived > first.audio.packetsReceived,
+    `${viewer.name}: audio packets from ${identity} did not go up (${first.audio.packetsReceived} -> ${later.audio.packetsReceived})`);
+  return later;
+}
+
+async function screenshot(person, label) {
+  mkdirSync(OUT_DIR, { recursive: true });
+  const file = path.join(OUT_DIR, `${label}.png`);
+  await person.page.screenshot({ path: file });
+  return file;
+}
+
+/**
+ * Chooses `quality` in `viewer`'s menu on `identity`'s tile and resolves with how the received
+ * frame width moved: {ms, width} once `settled(width)` holds, {notSupported: true} if the
+ * server refused set_quality as not supported, or {timedOut: true, width}.
+ */
+async function chooseQuality(viewer, identity, quality, settled) {
+  const selector = `.tile[data-identity="${identity}"] select.quality`;
+  await viewer.page.evaluate((selector) => {
+    document.querySelector(selector).addEventListener('change', () => { window.__qualityAt = performance.now(); }, { capture: true, once: true });
+  }, selector);
+  await viewer.page.selectOption(selector, quality);
+  return viewer.page.evaluate(async ({ identity, settled, timeout }) => {
+    const done = new Function('width', `return (${settled})(width);`);
+    const tile = document.querySelector(`.tile[data-identity="${CSS.escape(identity)}"]`);
+    const deadline = performance.now() + timeout;
+    let width = 0;
+    while (performance.now() < deadline) {
+      const note = tile.querySelector('.tile-note');
+      if (!note.hidden && /not supported/i.test(note.textContent)) return { notSupported: true, note: note.textContent };
+      const report = await window.sfu.getStatsReport(tile.dataset.videoTrack);
+      report?.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') width = s.frameWidth ?? 0; });
+      if (width && done(width)) return { ms: performance.now() - window.__qualityAt, width };
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return { timedOut: true, width };
+  }, { identity, settled: settled.toString(), timeout: MEDIA_TIMEOUT_MS });
+}
+
+describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }, () => {
+  before(async () => {
+    server = await startServer();
+    browser = await launchChromium();
+    console.log(`server ${server.url}, Chromium ${browser.version()}, room ${ROOM}`);
+  });
+
+  after(async () => {
+    for (const p of Object.values(people)) await p.context.close().catch(() => {});
+    await browser?.close();
+    await server?.stop();
+    mkdirSync(LOG_DIR, { recursive: true });
+    writeFileSync(path.join(LOG_DIR, 'metrics.json'), `${JSON.stringify(metrics, null, 2)}\n`);
+    console.log('browser measurements (ms):', JSON.stringify(metrics));
+  });
+
+  it('two pages join one room and each decodes the other\'s video and gets its audio', () => diagnose(async () => {
+    await join('Alice', { expectRemoteVideo: false });
+    const bob = await join('Bob', { expectRemoteVideo: true });
+    metrics.join_to_first_remote_frame_ms = [Math.round(bob.joinToFirstFrameMs)];
+    console.log(`Bob: join -> first decoded frame of Alice's video: ${Math.round(bob.joinToFirstFrameMs)} ms`);
+    const [aSeesB, bSeesA] = await Promise.all([
+      assertReceiving(people.Alice, 'Bob'),
+      assertReceiving(people.Bob, 'Alice'),
+    ]);
+    console.log(`Alice receives Bob at ${aSeesB.video.frameWidth}x${aSeesB.video.frameHeight}, Bob receives Alice at ${bSeesA.video.frameWidth}x${bSeesA.video.frameHeight}`);
+    // The local preview shows our own camera.
+    for (const p of [people.Alice, people.Bob]) {
+      const preview = await p.page.evaluate(() => {
+        const v = document.querySelector('#local-video');
+        return { live: v.srcObject?.getVideoTracks()[0]?.readyState === 'live', width: v.videoWidth };
+      });
+      assert.ok(preview.live && preview.width > 0, `${p.name}: the local preview shows no camera (${JSON.stringify(preview)})`);
+    }
+  }));
+
+  it('a chat message typed in page A appears in page B\'s chat panel with A\'s name', () => diagnose(async () => {
+    const { Alice, Bob } = people;
+    const text = `hello from Alice ${Date.now()}`;
+    await Alice.page.click('#chat-input');
+    await Alice.page.keyboard.type(text);
+    // The typing indicator comes first, while Alice has not sent yet.
+    await Bob.page.waitForFunction(() => /Alice is typing/.test(document.querySelector('#typing').textContent), null, { timeout: 10_000 });
+    await Alice.page.keyboard.press('Enter');
+    const message = Bob.page.locator('#chat-log .chat-message', { hasText: text });
+    await message.waitFor({ timeout: 10_000 });
+    assert.equal((await message.locator('.chat-sender').textContent()).trim(), 'Alice');
+    assert.equal((await message.locator('.chat-text').textContent()).trim(), text);
+    await Bob.page.waitForFunction(() => document.querySelector('#typing').textContent === '', null, { timeout: 10_000 });
+    chatText = text;
+  }));
+
+  it('muting the microphone in page A shows the mute icon on A\'s tile in page B', () => diagnose(async () => {
+    const { Alice, Bob } = people;
+    const icon = Bob.page.locator('.tile[data-identity="Alice"] .tile-mute');
+    assert.equal(await icon.isVisible(), false, 'Alice shows as muted before muting');
+    await Alice.page.click('#toggle-mic');
+    await icon.waitFor({ state: 'visible', timeout: 10_000 });
+    await Alice.page.click('#toggle-mic');
+    await icon.waitFor({ state: 'hidden', timeout: 10_000 });
+  }));
+
+  it('page B sets quality low then high on A\'s tile: the frame width goes down, then up, without freezes', async (t) => diagnose(async () => {
+    const { Alice, Bob } = people;
+    // Wait until Bob gets a layer above Alice's smallest, so there is somewhere to go down to.
+    let smallest = 0;
+    const start = await until(async () => {
+      const widths = Object.values(await sentLayers(Alice)).filter((l) => l.frameWidth > 0).map((l) => l.frameWidth);
+      smallest = Math.min(...widths);
+      const r = await receivedFrom(Bob, 'Alice');
+      return widths.length > 1 && r.video?.frameWidth > smallest ? r : null;
+    }, { timeoutMs: MEDIA_TIMEOUT_MS, what: `Bob to receive a layer of Alice above her smallest (${smallest}); she sends ${JSON.stringify(await sentLayers(Alice))}` });
+    console.log(`Alice sends ${JSON.stringify(await sentLayers(Alice))}; Bob receives ${start.video.frameWidth}x${start.video.frameHeight}`);
+
+    const low = await chooseQuality(Bob, 'Alice', 'low', `(w) => w < ${start.video.frameWidth}`);
+    if (low.notSupported) {
+      const reason = `the server does not switch simulcast layers yet (set_quality answered not_supported: "${low.note}")`;
+      console.log(`SKIPPED quality switch: ${reason}`);
+      t.skip(reason);
+      return;
+    }
+    assert.ok(!low.timedOut, `Bob chose low, but the width of Alice's video stayed at ${low.width} (was ${start.video.frameWidth})`);
+    await screenshot(Bob, 'bob-alice-low-quality');
+    const high = await chooseQuality(Bob, 'Alice', 'high', `(w) => w > ${low.width}`);
+    assert.ok(!high.timedOut, `Bob chose high, but the width of Alice's video stayed at ${high.width} (low was ${low.width})`);
+    console.log(`quality switch -> new frame width: low ${start.video.frameWidth}->${low.width} in ${Math.round(low.ms)} ms, high ${low.width}->${high.width} in ${Math.round(high.ms)} ms`);
+    metrics.quality_switch_ms = { down: Math.round(low.ms), up: Math.round(high.ms), widths: [start.video.frameWidth, low.width, high.width] };
+    // Frames keep coming after the switches, and none froze on the way.
+    const before = await receivedFrom(Bob, 'Alice');
+    await sleep(2_000);
+    const end = await receivedFrom(Bob, 'Alice');
+    assert.ok(end.video.framesDecoded > before.video.framesDecoded, 'Alice\'s video stopped after the switches');
+    assert.equal(end.video.freezeCount, start.video.freezeCount,
+      `Alice's video froze during the switches (freezeCount ${start.video.freezeCount} -> ${end.video.freezeCount})`);
+    // Back to auto, as a person would leave it.
+    await Bob.page.selectOption('.tile[data-identity="Alice"] select.quality', 'auto');
+  }));
+
+  it('a third page joining late sees both others and the chat history', () => diagnose(async () => {
+    const carol = await join('Carol', { expectRemoteVideo: true });
+    metrics.join_to_first_remote_frame_ms.push(Math.round(carol.joinToFirstFrameMs));
+    console.log(`Carol: join -> first decoded remote frame: ${Math.round(carol.joinToFirstFrameMs)} ms`);
+    const identities = await carol.page.$$eval('#tiles .tile', (tiles) => tiles.map((t) => t.dataset.identity).sort());
+    assert.deepEqual(identities, ['Alice', 'Bob']);
+    await Promise.all([
+      assertReceiving(carol, 'Alice'),
+      assertReceiving(carol, 'Bob'),
+      assertReceiving(people.Alice, 'Carol'),
+      assertReceiving(people.Bob, 'Carol'),
+    ]);
+    const history = carol.page.locator('#chat-log .chat-message', { hasText: chatText });
+    await history.waitFor({ timeout: 5_000 });
+    assert.equal((await history.locator('.chat-sender').textContent()).trim(), 'Alice');
+  }));
+
+  it('screenshots of the meeting are written under target/browser-screenshots', () => diagnose(async () => {
+    for (const p of [people.Alice, people.Bob, people.Carol]) {
+      // The stats overlay updates once a second: let it show numbers first.
+      await p.page.waitForFunction(() => [...document.querySelectorAll('#tiles .tile .tile-stats')].every((s) => /\d+x\d+/.test(s.textContent)), null, { timeout: 10_000 });
+      const file = await screenshot(p, `meeting-${p.name.toLowerCase()}`);
+      assert.ok(readFileSync(file).length > 10_000, `${file} is suspiciously small`);
+      console.log(`screenshot: ${path.relative(process.cwd(), file)}`);
+    }
+  }));
+
+  it('page A leaves: its tile disappears from the others within 2 s, and they keep receiving each other', () => diagnose(async () => {
+    const { Alice, Bob, Carol } = people;
+    await Alice.page.click('#leave');
+    await Promise.all([Bob, Carol].map((p) =>
+      p.page.locator('.tile[data-identity="Alice"]').waitFor({ state: 'detached', timeout: TILE_GONE_MS })));
+    await Alice.page.locator('#join-form').waitFor({ state: 'visible', timeout: 5_000 });
+    assert.match(await Alice.page.locator('#status').textContent(), /You left the room/);
+    await Promise.all([assertReceiving(Bob, 'Carol'), assertReceiving(Carol, 'Bob')]);
+    await screenshot(Bob, 'after-alice-left-bob');
+  }));
+
+  it('the last one in the room keeps its connection and sees a newcomer', () => diagnose(async () => {
+    const { Bob, Carol } = people;
+    await Bob.page.click('#leave');
+    await Carol.page.locator('.tile[data-identity="Bob"]').waitFor({ state: 'detached', timeout: TILE_GONE_MS });
+    // Alone now. A few seconds for a broken renegotiation to show.
+    await sleep(3_000);
+    const carolState = await Carol.page.evaluate(() => ({
+      joined: window.sfuState.joined,
+      status: document.querySelector('#status').textContent,
+      kind: document.querySelector('#status').dataset.kind,
+    }));
+    assert.ok(carolState.joined && carolState.kind !== 'error', `Carol, alone in the room, is in trouble: ${JSON.stringify(carolState)}`);
+    await join('Dave', { expectRemoteVideo: true });
+    await Promise.all([assertReceiving(Carol, 'Dave'), assertReceiving(people.Dave, 'Carol')]);
+  }));
+});
