@@ -11,6 +11,8 @@ command -v unshare >/dev/null || need_pkgs+=(util-linux)
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 command -v node >/dev/null || need_pkgs+=(nodejs)
 command -v npm >/dev/null || need_pkgs+=(npm)
+# The dashboard test runs a real Prometheus; promtool comes in the same package.
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need_pkgs+=(prometheus)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

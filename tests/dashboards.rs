@@ -1,0 +1,271 @@
+//! The Grafana dashboard against a real Prometheus (Debian's `prometheus`): the server runs a
+//! small `sfu load`, Prometheus scrapes it every second, and every query of every panel must
+//! return data. A panel naming a metric the server does not export fails here, by name.
+//! `promtool check metrics` must accept the server's /metrics.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use sfu::load::{run, LoadOptions};
+
+const DASHBOARD: &str = include_str!("../grafana/sfu-overview.json");
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// Stops Prometheus when the test ends, however it ends.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
+    assert!(
+        std::path::Path::new(PROMETHEUS).exists(),
+        "{PROMETHEUS} is missing: install Debian's `prometheus` package (tests/run.sh does)"
+    );
+    let dir = std::env::temp_dir().join(format!("sfu-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("data")).expect("temp dir");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sfu\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .expect("prometheus config");
+    let port = free_port();
+    let child = Command::new(PROMETHEUS)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: TempDir(dir),
+    }
+}
+
+/// Every PromQL expression of every panel, with Grafana's variables filled in.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dashboard: Value = serde_json::from_str(DASHBOARD).expect("dashboard is JSON");
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a target has an expr");
+            let expr = expr
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "30s")
+                .replace("$__interval", "5s");
+            out.push((panel["title"].as_str().unwrap_or("?").to_string(), expr));
+        }
+    }
+    out
+}
+
+/// `sfu_*` metric names an expression uses, as exported (histogram series mapped to their family).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("sfu_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &expr[start..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(family.to_string());
+        i = end;
+    }
+    names
+}
+
+async fn query(client: &reqwest::Client, prometheus: &str, expr: &str) -> Option<Value> {
+    let body: Value = client
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let server = common::start(|_| {}).await;
+    let prometheus = start_prometheus(server.local_addr);
+    let client = reqwest::Client::new();
+
+    // Load while Prometheus scrapes: simulcast publishers and subscribers, then a bit of chat
+    // and a bad request so the signaling panels have something to show.
+    let auth = &server.state.config.auth;
+    let report = run(LoadOptions {
+        url: format!("ws://{}", server.local_addr),
+        room: "dashboards".into(),
+        publishers: 2,
+        subscribers: 3,
+        publishers_subscribe: false,
+        duration: Duration::from_secs(6),
+        video_bitrate_bps: 500_000,
+        simulcast: true,
+        audio_only: false,
+        decrypt: false,
+        join_interval: Duration::from_millis(10),
+        bind: [127, 0, 0, 1].into(),
+        api_key: auth.api_key.clone(),
+        api_secret: auth.api_secret.clone(),
+        server_pid: None,
+        progress: false,
+    })
+    .await
+    .expect("load run");
+    assert_eq!(report.joins_failed, 0, "{}", report.table());
+    let (mut chatter, _) = common::Client::join(&server, "dashboards", "chatter").await;
+    chatter
+        .send(serde_json::json!({"type":"chat","text":"hello dashboards"}))
+        .await;
+    chatter.send_text("{not json".into()).await;
+
+    // Enough scrapes for every rate() to have two samples after the load.
+    let scraped = common::eventually_within(Duration::from_secs(60), || async {
+        let v = query(
+            &client,
+            &prometheus.url,
+            "count_over_time(sfu_build_info[1m])",
+        )
+        .await;
+        v.and_then(|v| {
+            v["data"]["result"][0]["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+        })
+        .is_some_and(|n| n >= 10.0)
+    })
+    .await;
+    assert!(scraped, "Prometheus scraped the server");
+
+    let exported: String = reqwest::get(common::http_url(&server, "/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("scrape body");
+    let families: BTreeSet<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+
+    let mut missing = Vec::new();
+    let mut empty = Vec::new();
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 30, "the dashboard has its panels");
+    for (title, expr) in &queries {
+        for name in metric_names(expr) {
+            if !families.contains(name.as_str()) {
+                missing.push(format!("{title}: `{name}` is not exported"));
+            }
+        }
+        let answer = query(&client, &prometheus.url, expr).await;
+        let ok = answer.as_ref().is_some_and(|v| {
+            v["status"] == "success"
+                && v["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty())
+        });
+        if !ok {
+            empty.push(format!("{title}: {expr} -> {answer:?}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "dashboard names unknown metrics:\n{}",
+        missing.join("\n")
+    );
+    assert!(
+        empty.is_empty(),
+        "queries without data:\n{}",
+        empty.join("\n")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_metrics() {
+    assert!(
+        std::path::Path::new(PROMTOOL).exists(),
+        "{PROMTOOL} is missing: install Debian's `prometheus` package (tests/run.sh does)"
+    );
+    let server = common::start(|_| {}).await;
+    let scrape = reqwest::get(common::http_url(&server, "/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let mut child = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool finishes");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.shutdown().await;
+}
