@@ -6,7 +6,8 @@
 //! `Subscription` of the forwarding core, then into the subscribers' `Rtc`s. Nothing here takes
 //! a lock: the worker owns all of it.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -216,6 +217,9 @@ struct Worker {
     by_mid: HashMap<(PeerId, Mid), String>,
     /// Peers with output to drain after this round.
     dirty: HashSet<PeerId>,
+    /// Every peer's next timeout, earliest first. An entry whose time no longer matches its
+    /// peer's `timeout` is stale and skipped: pushing is cheaper than finding and updating.
+    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
     metrics: Arc<Metrics>,
     counters: Counters,
     last_allocation: Instant,
@@ -280,6 +284,7 @@ pub fn run(
             publications: HashMap::new(),
             by_mid: HashMap::new(),
             dirty: HashSet::new(),
+            timers: BinaryHeap::new(),
             metrics,
             counters,
             last_allocation: Instant::now(),
@@ -298,10 +303,9 @@ impl Worker {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = self
-                .peers
-                .values()
-                .map(|p| p.timeout)
-                .min()
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| *at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => match received {
@@ -354,16 +358,18 @@ impl Worker {
 
     fn on_timeouts(&mut self) {
         let now = Instant::now();
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.timeout <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
+            if peer.timeout != at {
+                // Superseded by a later timeout of the same peer (still in the heap).
+                continue;
+            }
             match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
                 Ok(_) => {
                     self.dirty.insert(id);
@@ -376,9 +382,12 @@ impl Worker {
     /// Drains every peer that had input until none has output left. Events can write to other
     /// peers (forwarded packets), which makes those dirty in turn.
     fn flush(&mut self) {
-        while let Some(&id) = self.dirty.iter().next() {
-            self.dirty.remove(&id);
-            self.drain(id);
+        // In rounds: draining one peer can make others dirty (forwarded packets).
+        while !self.dirty.is_empty() {
+            let round: Vec<PeerId> = self.dirty.drain().collect();
+            for id in round {
+                self.drain(id);
+            }
         }
     }
 
@@ -397,7 +406,10 @@ impl Worker {
             };
             match output {
                 Output::Timeout(t) => {
-                    peer.timeout = t;
+                    if peer.timeout != t {
+                        peer.timeout = t;
+                        self.timers.push(Reverse((t, id)));
+                    }
                     if !peer.rtc.is_alive() {
                         self.fail_peer(id, "dtls", "connection closed");
                     }
@@ -852,13 +864,15 @@ impl Worker {
                 }
                 let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
                 self.demux.add(ufrag, id);
+                let now = Instant::now();
+                self.timers.push(Reverse((now, id)));
                 self.peers.insert(
                     id,
                     Peer {
                         rtc,
                         owner: member_sid.to_string(),
                         role: Role::Subscriber,
-                        timeout: Instant::now(),
+                        timeout: now,
                     },
                 );
                 self.metrics.peers.inc();
@@ -1228,13 +1242,15 @@ impl Worker {
                 }
                 let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
                 self.demux.add(ufrag, id);
+                let now = Instant::now();
+                self.timers.push(Reverse((now, id)));
                 self.peers.insert(
                     id,
                     Peer {
                         rtc,
                         owner: member_sid.to_string(),
                         role: Role::Publisher,
-                        timeout: Instant::now(),
+                        timeout: now,
                     },
                 );
                 self.metrics.peers.inc();
