@@ -21,6 +21,8 @@ pub const DEV_ROOM: &str = "demo";
 pub const MIN_SECRET_BYTES: usize = 32;
 /// The largest signaling frame a client may send. Bigger frames are closed with 1009.
 pub const MAX_FRAME_BYTES_LIMIT: usize = 1024 * 1024;
+/// Highest `signal.max_sdp_bytes` accepted.
+pub const MAX_SDP_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 /// Environment variable prefix for overrides.
 const ENV_PREFIX: &str = "SFU_";
 /// Environment variables with the prefix that are not config keys (clap reads them).
@@ -127,6 +129,9 @@ pub struct ChatConfig {
 pub struct SignalConfig {
     /// Largest WebSocket message a client may send; bigger ones close the socket with 1009.
     pub max_frame_bytes: usize,
+    /// Largest `offer` or `answer` message: SDP grows with every track of a meeting (about
+    /// 2 KiB per m-line), and a 20-person meeting's answer passes 64 KiB.
+    pub max_sdp_bytes: usize,
     /// A client must send `join` within this time after connecting.
     #[serde(with = "humantime_serde")]
     pub join_timeout: Duration,
@@ -206,6 +211,7 @@ impl Default for SignalConfig {
     fn default() -> Self {
         Self {
             max_frame_bytes: 64 * 1024,
+            max_sdp_bytes: 1024 * 1024,
             join_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(30),
@@ -337,6 +343,14 @@ impl Config {
             return Err(ConfigError::key(
                 "signal.max_frame_bytes",
                 format!("must be between 1024 and {MAX_FRAME_BYTES_LIMIT}"),
+            ));
+        }
+        if self.signal.max_sdp_bytes < self.signal.max_frame_bytes
+            || self.signal.max_sdp_bytes > MAX_SDP_BYTES_LIMIT
+        {
+            return Err(ConfigError::key(
+                "signal.max_sdp_bytes",
+                format!("must be between signal.max_frame_bytes and {MAX_SDP_BYTES_LIMIT}"),
             ));
         }
         if self.chat.max_message_bytes + 512 > self.signal.max_frame_bytes {

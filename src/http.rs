@@ -152,9 +152,12 @@ async fn ws(
         Some(token) => Some(app.auth.verify_participant(&token)?),
         None => None,
     };
-    // Frames over max_frame_bytes are refused by our own check with close code 1009; the
-    // transport limit above it only stops a client from making us buffer megabytes first.
-    let transport_limit = (app.config.signal.max_frame_bytes * 4).max(1024 * 1024);
+    // Frames over max_frame_bytes (max_sdp_bytes for offers and answers) are refused by our own
+    // check with close code 1009; the transport limit above it only stops a client from making us buffer megabytes first.
+    let signal = &app.config.signal;
+    let transport_limit = (signal.max_frame_bytes * 4)
+        .max(1024 * 1024)
+        .max(signal.max_sdp_bytes);
     let sessions = app.sessions.clone();
     Ok(upgrade
         .max_message_size(transport_limit)

@@ -374,6 +374,11 @@ async fn oversized_frame_closes_with_1009_and_the_room_goes_on() {
         Closed::Code(_) | Closed::NoFrame
     ));
     assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+    // SDP grows with the meeting: an answer past the frame limit is read (and judged as SDP).
+    let sdp = format!("v=0\r\n{}", "a=x\r\n".repeat(20_000));
+    let answer = alice.request(json!({"type":"answer","sdp":sdp})).await;
+    assert_eq!(answer["code"], "bad_sdp", "{answer}");
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
     server.shutdown().await;
 }
 

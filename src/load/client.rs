@@ -270,8 +270,10 @@ async fn session(
         tokio::select! {
             _ = stop.cancelled() => break,
             frame = ws.next() => {
-                let Some(Ok(frame)) = frame else {
-                    anyhow::bail!("signaling closed");
+                let frame = match frame {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => anyhow::bail!("signaling failed: {e}"),
+                    None => anyhow::bail!("signaling closed by the server"),
                 };
                 let Message::Text(text) = frame else { continue };
                 let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };

@@ -225,7 +225,13 @@ impl Session {
 
     async fn on_text(&mut self, text: &str) -> Result<Next, SocketGone> {
         let metrics = self.app.metrics.clone();
-        let limit = self.app.config.signal.max_frame_bytes;
+        let signal = &self.app.config.signal;
+        // SDP is the one thing that legitimately grows past the frame limit, with the meeting.
+        let limit = if text.len() > signal.max_frame_bytes && carries_sdp(text) {
+            signal.max_sdp_bytes
+        } else {
+            signal.max_frame_bytes
+        };
         if text.len() > limit {
             metrics
                 .signal_errors
@@ -737,4 +743,17 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Is this (large) frame an `offer` or `answer`, whose SDP may exceed the frame limit?
+fn carries_sdp(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Option<&'a str>,
+    }
+    serde_json::from_str::<Kind>(text)
+        .ok()
+        .and_then(|k| k.kind)
+        .is_some_and(|k| k == "offer" || k == "answer")
 }
