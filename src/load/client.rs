@@ -56,7 +56,7 @@ struct Peer {
 
 impl Peer {
     async fn new(bind: IpAddr) -> anyhow::Result<Self> {
-        let socket = UdpSocket::bind(SocketAddr::new(bind, 0)).await?;
+        let socket = UdpSocket::from_std(crate::rtc::bind_media_socket(SocketAddr::new(bind, 0))?)?;
         let local = socket.local_addr()?;
         let mut rtc = RtcConfig::new().build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp")?);

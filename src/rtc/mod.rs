@@ -217,10 +217,9 @@ impl MediaEngine {
                 config.rtc.udp_port + index as u16
             };
             let bind = SocketAddr::new(config.rtc.bind, port);
-            let socket = std::net::UdpSocket::bind(bind).map_err(|e| {
+            let socket = bind_media_socket(bind).map_err(|e| {
                 anyhow::anyhow!("cannot bind media UDP {bind} (rtc.bind, rtc.udp_port): {e}")
             })?;
-            socket.set_nonblocking(true)?;
             let addr = socket.local_addr()?;
             let candidates: Vec<SocketAddr> = advertised
                 .iter()
@@ -293,6 +292,24 @@ impl Drop for MediaEngine {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Kernel buffer asked for on a media socket, each way. Publishers' keyframes arrive in bursts
+/// (and in a meeting they line up), and a worker fanning one out is briefly not reading: the
+/// default ~200 KiB overflows and drops whole frames. The kernel caps it at net.core.rmem_max
+/// and wmem_max; raise those to let it take effect fully.
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A non-blocking UDP socket with [`SOCKET_BUFFER_BYTES`] of kernel buffer each way.
+pub fn bind_media_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer than asked is still a working socket.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// The addresses given to clients as ICE host candidates.
