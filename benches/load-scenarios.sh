@@ -5,6 +5,7 @@
 #   bash benches/load-scenarios.sh simulcast 500     # one 3-layer publisher, 500 subscribers
 #   bash benches/load-scenarios.sh audio 300         # 10 audio publishers, 300 subscribers
 #   bash benches/load-scenarios.sh meeting 20        # 20 people, everyone sends and receives
+#   EXTRA=--decrypt bash benches/load-scenarios.sh simulcast 300   # subscribers measure latency
 #
 # Prints sfu load's summary, then the server's forwarding rate measured from its own /metrics
 # over a 10 s window in the middle of the run: packet-sends per second, CPU, and their ratio.
@@ -43,7 +44,7 @@ scrape() {
 }
 
 target/release/sfu load --json --server-pid "$server" --duration "$duration" --join-interval 5ms \
-  "${args[@]}" >/tmp/sfu-load-report.json 2>/tmp/sfu-load-progress.log &
+  "${args[@]}" ${EXTRA:-} >/tmp/sfu-load-report.json 2>/tmp/sfu-load-progress.log &
 load=$!
 # Joins take n × 5 ms plus 2 s; then measure 10 s of steady forwarding.
 sleep "$(awk -v n="$n" 'BEGIN {print n * 0.005 + 6}')"
