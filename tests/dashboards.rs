@@ -141,24 +141,13 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
 
     // Load while Prometheus scrapes: simulcast publishers and subscribers, then a bit of chat
     // and a bad request so the signaling panels have something to show.
-    let auth = &server.state.config.auth;
     let report = run(LoadOptions {
-        url: format!("ws://{}", server.local_addr),
-        room: "dashboards".into(),
         publishers: 2,
         subscribers: 3,
-        publishers_subscribe: false,
         duration: Duration::from_secs(6),
-        video_bitrate_bps: 500_000,
         simulcast: true,
-        audio_only: false,
-        decrypt: false,
-        join_interval: Duration::from_millis(10),
-        bind: [127, 0, 0, 1].into(),
-        api_key: auth.api_key.clone(),
-        api_secret: auth.api_secret.clone(),
         server_pid: None,
-        progress: false,
+        ..common::load_options(&server, "dashboards")
     })
     .await
     .expect("load run");

@@ -4,31 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use sfu::load::{run, LoadOptions, Report};
-
-fn options(server: &sfu::http::Server, room: &str) -> LoadOptions {
-    let auth = &server.state.config.auth;
-    LoadOptions {
-        url: format!("ws://{}", server.local_addr),
-        room: room.into(),
-        publishers: 2,
-        subscribers: 4,
-        publishers_subscribe: false,
-        duration: Duration::from_secs(3),
-        video_bitrate_bps: 500_000,
-        simulcast: false,
-        audio_only: false,
-        decrypt: false,
-        join_interval: Duration::from_millis(10),
-        bind: [127, 0, 0, 1].into(),
-        api_key: auth.api_key.clone(),
-        api_secret: auth.api_secret.clone(),
-        server_pid: Some(std::process::id()),
-        progress: false,
-    }
-}
 
 fn assert_everyone_served(report: &Report, subscribers: usize) {
     assert_eq!(report.joins_failed, 0, "{}", report.table());
@@ -51,7 +27,7 @@ async fn simulcast_publishers_reach_every_subscriber() {
     let server = common::start(|_| {}).await;
     let report = run(LoadOptions {
         simulcast: true,
-        ..options(&server, "load-simulcast")
+        ..common::load_options(&server, "load-simulcast")
     })
     .await
     .expect("load run");
@@ -70,7 +46,7 @@ async fn an_audio_only_meeting_where_everyone_sends_and_decrypts() {
         subscribers: 1,
         publishers_subscribe: true,
         decrypt: true,
-        ..options(&server, "load-meeting")
+        ..common::load_options(&server, "load-meeting")
     })
     .await
     .expect("load run");

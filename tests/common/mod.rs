@@ -228,3 +228,27 @@ where
     }
     false
 }
+
+/// A small `sfu load` run against `server`: 2 publishers (one 500 kbit/s VP8 layer and audio),
+/// 4 subscribers, 3 s of media, no progress line. Tests change what they need.
+pub fn load_options(server: &Server, room: &str) -> sfu::load::LoadOptions {
+    let auth = &server.state.config.auth;
+    sfu::load::LoadOptions {
+        url: format!("ws://{}", server.local_addr),
+        room: room.into(),
+        publishers: 2,
+        subscribers: 4,
+        publishers_subscribe: false,
+        duration: Duration::from_secs(3),
+        video_bitrate_bps: 500_000,
+        simulcast: false,
+        audio_only: false,
+        decrypt: false,
+        join_interval: Duration::from_millis(10),
+        bind: [127, 0, 0, 1].into(),
+        api_key: auth.api_key.clone(),
+        api_secret: auth.api_secret.clone(),
+        server_pid: Some(std::process::id()),
+        progress: false,
+    }
+}
