@@ -1349,6 +1349,7 @@ impl Worker {
             }
             self.demux.remove(id);
             self.dirty.remove(&id);
+            self.stream_totals.retain(|(peer, _, _), _| *peer != id);
         }
         if let Some(room) = self.rooms.get_mut(&member.room) {
             room.members.retain(|m| m != sid);
