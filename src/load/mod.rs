@@ -240,16 +240,7 @@ async fn progress_line(stats: &Stats, total: usize, stop: CancellationToken) {
 /// Server CPU seconds so far: from /proc for a local pid, else from its /metrics.
 async fn server_cpu_seconds(options: &LoadOptions, url: &str) -> Option<f64> {
     if let Some(pid) = options.server_pid {
-        let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .await
-            .ok()?;
-        // Fields after the command name (which may hold spaces): utime is 14th, stime 15th.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        // Linux reports in USER_HZ, 100 on every architecture we run on.
-        return Some((utime + stime) / 100.0);
+        return crate::metrics::process_cpu_seconds(pid);
     }
     metric(url, "sfu_process_cpu_seconds_total").await
 }
