@@ -13,6 +13,10 @@
 //! - [`selector`]: which simulcast layer a subscription forwards (preferred, target, current).
 //! - [`allocator`]: splits a subscriber's bandwidth estimate across its subscriptions.
 //! - [`vp8`]: VP8 payload descriptor reading and picture ID / TL0PICIDX continuity.
+//!
+//! The retransmission cache the design map lists as `packet_cache.rs` is str0m's: each outgoing
+//! stream keeps what it sent and answers NACKs over RTX, and each incoming stream NACKs its
+//! publisher's losses. The core marks which packets may be resent (video with RTX negotiated).
 
 pub mod allocator;
 pub mod audio_level;
