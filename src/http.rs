@@ -1,11 +1,10 @@
-//! The HTTP side: the axum router (/ws, /metrics, /healthz, /api/*, the web client), the shared
-//! `AppState`, and the running `Server` with its graceful shutdown.
+//! The HTTP side: the axum router (/ws, /metrics, /healthz, /api/*, the web client) over the
+//! shared [`AppState`] (built in `app.rs`), and the running `Server` with its graceful shutdown.
 //!
 //! Handlers stay small: extract, call the domain, map the error to a status and a JSON body
 //! `{code, message}` with the same stable codes signaling uses.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
@@ -14,68 +13,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, AuthError, Claims, Grants, MAX_NAME_BYTES};
+use crate::app::AppState;
+use crate::auth::{AuthError, Claims, Grants, MAX_NAME_BYTES};
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::room::Rooms;
-use crate::rtc::MediaEngine;
-use crate::signal::protocol::LeaveReason;
+use crate::model::LeaveReason;
 use crate::signal::session;
 
 /// How long shutdown waits for sessions to say goodbye before the process goes on without them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Lifetime of tokens the dev-mode page mints.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
-
-/// What every handler and session shares.
-#[derive(Clone)]
-pub struct AppState(Arc<AppInner>);
-
-pub struct AppInner {
-    pub config: Config,
-    pub auth: Auth,
-    pub rooms: Arc<Rooms>,
-    pub metrics: Arc<Metrics>,
-    /// Cancelled once, when the server starts shutting down.
-    pub shutdown: CancellationToken,
-    /// Every signaling session, so shutdown can wait for their goodbyes.
-    pub sessions: TaskTracker,
-    /// The media workers.
-    pub media: MediaEngine,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = AppInner;
-    fn deref(&self) -> &AppInner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn new(config: Config) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
-        let media = MediaEngine::start(&config, metrics.clone())?;
-        let shutdown = CancellationToken::new();
-        let rooms = Rooms::new(
-            config.room.clone(),
-            &config.chat,
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        Ok(Self(Arc::new(AppInner {
-            auth: Auth::new(&config.auth),
-            config,
-            rooms,
-            metrics,
-            shutdown,
-            sessions: TaskTracker::new(),
-            media,
-        })))
-    }
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()

@@ -9,11 +9,20 @@
 //!
 //! The parts, as docs and code name them:
 //! - [`config`]: every option, its default, `SFU_*` overrides, validation naming the key.
+//! - [`app`]: builds the parts below and owns the [`app::AppState`] they share.
+//! - [`model`]: the domain types `room` and `rtc` share (tracks, participants, chat messages,
+//!   leave reasons, room events); the protocol sends them as they are.
 //! - [`http`]: the axum router (`/ws`, `/metrics`, `/healthz`, `/api/*`, the web client) and the
 //!   running [`http::Server`].
 //! - [`signal`]: the protocol ([`signal::protocol`]) and one session per WebSocket.
 //! - [`room`]: the room registry, a room's participants and chat.
+//! - [`rtc`]: the media workers and everything that touches the WebRTC stack (str0m).
+//! - [`forward`]: the sans-IO forwarding core: every per-packet decision.
 //! - [`metrics`]: the one Prometheus registry.
+//!
+//! Dependencies point one way: `http -> signal -> room -> model`, `signal -> rtc -> forward`;
+//! nothing imports `http` (but `main.rs` and the tests), and `room` and `rtc` never import
+//! `signal` (tests/layering.rs checks both).
 //!
 //! Running a server in-process, as the integration tests do:
 //!
@@ -27,12 +36,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod forward;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod model;
 pub mod room;
 pub mod rtc;
 pub mod signal;

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::signal::protocol::{ChatMessage, ChatSender};
+use crate::model::{ChatMessage, ChatSender};
 
 /// The chat of one room. Lives as long as the room, through its empty grace period.
 #[derive(Debug)]

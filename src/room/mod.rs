@@ -1,7 +1,8 @@
 //! Rooms and the participants in them: the registry, one room's state, chat.
 //!
 //! This layer never touches packets or sockets: it decides who is in which room and what each
-//! participant is told, and hands encoded messages to the participants' sessions.
+//! participant is told ([`crate::model::RoomEvent`]), and hands those events, encoded once per
+//! broadcast by the encoder it was built with, to the participants' sessions.
 
 pub mod chat;
 pub mod participant;
@@ -9,6 +10,6 @@ pub mod participant;
 pub mod room;
 pub mod rooms;
 
-pub use participant::{Participant, SessionEnd};
+pub use participant::{EncodeEvent, Encoded, Participant, SessionEnd};
 pub use room::{Room, RoomError, RoomRef};
 pub use rooms::Rooms;

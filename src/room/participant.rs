@@ -2,13 +2,15 @@
 //!
 //! The room never touches the WebSocket. It queues encoded messages for the session, and it can
 //! end the session (kicked, replaced, server shutdown); the session owns the socket and acts on both.
+//! The room does not know the wire format either: it is given an [`EncodeEvent`] that turns its
+//! [`RoomEvent`]s into messages, once per broadcast, whoever receives them.
 
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::signal::protocol::{encode, LeaveReason, ParticipantInfo, ServerMessage};
+use crate::model::{LeaveReason, ParticipantInfo, RoomEvent};
 
 /// Messages queued per participant before it counts as a slow consumer and is disconnected.
 pub const OUTBOUND_QUEUE: usize = 256;
@@ -21,15 +23,9 @@ pub struct Encoded {
     pub text: Arc<str>,
 }
 
-impl Encoded {
-    /// Encodes an event (a message that answers no request).
-    pub fn event(message: &ServerMessage) -> Self {
-        Self {
-            kind: message.kind(),
-            text: encode(message, None).into(),
-        }
-    }
-}
+/// Turns a room event into the message its recipients are sent. Given to the rooms by whoever
+/// builds them (the signaling layer's encoder), so `room/` stays free of the wire format.
+pub type EncodeEvent = fn(&RoomEvent) -> Encoded;
 
 /// Ends a session once, remembering why.
 #[derive(Debug, Default)]

@@ -8,11 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::model::{ChatMessage, ChatSender, LeaveReason, ParticipantInfo, RoomEvent, TrackInfo};
 use crate::room::chat::ChatLog;
-use crate::room::participant::{Encoded, Participant};
-use crate::signal::protocol::{
-    ChatMessage, ChatSender, LeaveReason, ParticipantInfo, ServerMessage, TrackInfo,
-};
+use crate::room::participant::{EncodeEvent, Participant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RoomError {
@@ -61,6 +59,7 @@ struct RoomState {
     closed: bool,
     /// When the last participant left; None while anyone is in.
     empty_since: Option<Instant>,
+    encode: EncodeEvent,
 }
 
 impl RoomState {
@@ -73,8 +72,9 @@ impl RoomState {
             .collect();
     }
 
-    fn broadcast(&self, message: &ServerMessage, except_sid: Option<&str>) {
-        let encoded = Encoded::event(message);
+    /// Encodes once and queues the same text to every recipient.
+    fn broadcast(&self, event: &RoomEvent, except_sid: Option<&str>) {
+        let encoded = (self.encode)(event);
         for p in &self.participants {
             if Some(p.sid()) != except_sid {
                 p.send(&encoded);
@@ -93,7 +93,7 @@ impl RoomState {
         self.tracks = kept;
         for t in gone {
             self.broadcast(
-                &ServerMessage::TrackUnpublished {
+                &RoomEvent::TrackUnpublished {
                     track: t.sid,
                     participant: sid.clone(),
                 },
@@ -101,7 +101,7 @@ impl RoomState {
             );
         }
         self.broadcast(
-            &ServerMessage::ParticipantLeft {
+            &RoomEvent::ParticipantLeft {
                 sid,
                 identity: p.info.identity.clone(),
                 reason,
@@ -116,7 +116,7 @@ impl RoomState {
 }
 
 impl Room {
-    pub fn new(name: String, chat_history: usize, now: Instant) -> Self {
+    pub fn new(name: String, chat_history: usize, encode: EncodeEvent, now: Instant) -> Self {
         Self {
             name,
             created: now,
@@ -127,6 +127,7 @@ impl Room {
                 tracks: Vec::new(),
                 closed: false,
                 empty_since: Some(now),
+                encode,
             }),
         }
     }
@@ -161,9 +162,7 @@ impl Room {
             return Err(RoomError::Full(max_participants));
         }
         state.broadcast(
-            &ServerMessage::ParticipantJoined {
-                participant: participant.info.clone(),
-            },
+            &RoomEvent::ParticipantJoined(participant.info.clone()),
             None,
         );
         let others = state.participants.iter().map(|p| p.info.clone()).collect();
@@ -199,12 +198,7 @@ impl Room {
         {
             return;
         }
-        state.broadcast(
-            &ServerMessage::TrackPublished {
-                track: track.clone(),
-            },
-            None,
-        );
+        state.broadcast(&RoomEvent::TrackPublished(track.clone()), None);
         state.tracks.push(track);
     }
 
@@ -216,7 +210,7 @@ impl Room {
         };
         let t = state.tracks.remove(index);
         state.broadcast(
-            &ServerMessage::TrackUnpublished {
+            &RoomEvent::TrackUnpublished {
                 track: t.sid,
                 participant: t.participant,
             },
@@ -233,7 +227,7 @@ impl Room {
         };
         if t.muted != muted {
             t.muted = muted;
-            let message = ServerMessage::TrackMuted {
+            let message = RoomEvent::TrackMuted {
                 track: t.sid.clone(),
                 participant: t.participant.clone(),
                 muted,
@@ -263,18 +257,13 @@ impl Room {
     pub fn chat(&self, sender: ChatSender, text: String, time_ms: u64) -> ChatMessage {
         let mut state = self.state();
         let message = state.chat.post(sender, text, time_ms);
-        state.broadcast(
-            &ServerMessage::Chat {
-                message: message.clone(),
-            },
-            Some(&message.sender.sid),
-        );
+        state.broadcast(&RoomEvent::Chat(message.clone()), Some(&message.sender.sid));
         message
     }
 
-    /// Sends any message to everyone but `except_sid`.
-    pub fn broadcast(&self, message: &ServerMessage, except_sid: Option<&str>) {
-        self.state().broadcast(message, except_sid);
+    /// Tells everyone but `except_sid` about `event`.
+    pub fn broadcast(&self, event: &RoomEvent, except_sid: Option<&str>) {
+        self.state().broadcast(event, except_sid);
     }
 
     pub fn participants(&self) -> Vec<ParticipantInfo> {

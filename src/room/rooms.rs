@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ChatConfig, RoomConfig};
 use crate::metrics::Metrics;
-use crate::room::participant::Participant;
+use crate::model::LeaveReason;
+use crate::room::participant::{EncodeEvent, Participant};
 use crate::room::room::{Joined, Room, RoomError, RoomRef, RoomSummary};
-use crate::signal::protocol::LeaveReason;
 
 pub struct Rooms {
     rooms: DashMap<String, RoomRef>,
@@ -23,6 +23,8 @@ pub struct Rooms {
     count: AtomicUsize,
     room_config: RoomConfig,
     chat_history: usize,
+    /// How room events become messages (the signaling layer's encoder).
+    encode: EncodeEvent,
     metrics: Arc<Metrics>,
     /// Cancels the close timers at shutdown.
     shutdown: CancellationToken,
@@ -34,12 +36,14 @@ impl Rooms {
         chat_config: &ChatConfig,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
+        encode: EncodeEvent,
     ) -> Arc<Self> {
         Arc::new(Self {
             rooms: DashMap::new(),
             count: AtomicUsize::new(0),
             room_config,
             chat_history: chat_config.history,
+            encode,
             metrics,
             shutdown,
         })
@@ -94,6 +98,7 @@ impl Rooms {
                 Arc::new(Room::new(
                     name.to_string(),
                     self.chat_history,
+                    self.encode,
                     Instant::now(),
                 ))
             })

@@ -18,9 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::signal::protocol::{
-    OfferedTrack, PeerTarget, Quality, Speaker, TrackInfo, TrackKind, TrackSource,
-};
+use crate::model::{OfferedTrack, PeerTarget, Quality, Speaker, TrackInfo, TrackKind, TrackSource};
 
 /// What a subscriber asked for with `set_quality`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,12 +32,10 @@ use crate::forward::subscription::{DropReason, Forward, Subscription};
 use crate::forward::vp8::Vp8Info;
 use crate::forward::{Codec, Packet};
 use crate::metrics::{Metrics, KEYFRAME_REQUEST_TYPES, KINDS, LAYERS, SWITCH_REASONS};
+use crate::model::{OfferedTrack, PeerTarget, Speaker, TrackInfo, TrackKind, TrackSource};
 use crate::rtc::demux::Demux;
 use crate::rtc::engine::{codec_of, guard, matching_pt, new_rtc, params_of};
 use crate::rtc::{Command, MediaError, MediaEvent, QualityPreference, WorkerStats};
-use crate::signal::protocol::{
-    OfferedTrack, PeerTarget, Speaker, TrackInfo, TrackKind, TrackSource,
-};
 
 /// Largest datagram we read. Bigger ones are truncated by the kernel and fail to parse.
 const RECV_BUFFER: usize = 2048;

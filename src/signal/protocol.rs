@@ -1,12 +1,18 @@
 //! Signaling protocol v1: every message a client sends and receives, as JSON over WebSocket.
 //!
 //! docs/protocol.md describes each one with examples; this file is the source of truth for
-//! their shape. A client message is an object with a `type` and an optional `id`; the server
+//! their shape, together with the domain types in `model.rs` that messages carry as they are
+//! (tracks, participants, chat messages, reasons): this file only serialises them. A client message is an object with a `type` and an optional `id`; the server
 //! answers every such request exactly once, with its response (carrying `request_id`) or an
 //! `error` (carrying `request_id`, a stable `code` and a human `message`). Events the server
 //! sends on its own carry no `request_id`.
 
 use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    ChatMessage, LeaveReason, OfferedTrack, ParticipantInfo, PeerTarget, Quality, RoomEvent,
+    Speaker, TrackInfo, TrackKind, TrackSource,
+};
 
 /// The protocol version this server speaks. A client may send it in `join`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -124,106 +130,6 @@ pub enum Request {
         #[serde(default)]
         height: Option<u32>,
     },
-}
-
-/// A subscriber's choice of video quality; each names a simulcast layer (`q`, `h`, `f`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Quality {
-    Off,
-    Low,
-    Medium,
-    High,
-}
-
-impl Quality {
-    /// The highest layer index (0 = `q`) this quality allows; `None` for off.
-    pub fn max_layer(self) -> Option<u8> {
-        match self {
-            Quality::Off => None,
-            Quality::Low => Some(0),
-            Quality::Medium => Some(1),
-            Quality::High => Some(2),
-        }
-    }
-
-    pub fn of_layer(layer: Option<u8>) -> Self {
-        match layer {
-            None => Quality::Off,
-            Some(0) => Quality::Low,
-            Some(1) => Quality::Medium,
-            Some(_) => Quality::High,
-        }
-    }
-}
-
-/// Which of a participant's two peer connections a message is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PeerTarget {
-    Publisher,
-    Subscriber,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TrackKind {
-    Audio,
-    Video,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TrackSource {
-    Camera,
-    Microphone,
-    Screen,
-    ScreenAudio,
-}
-
-impl TrackSource {
-    /// What a track is when its publisher did not say.
-    pub fn default_for(kind: TrackKind) -> Self {
-        match kind {
-            TrackKind::Audio => TrackSource::Microphone,
-            TrackKind::Video => TrackSource::Camera,
-        }
-    }
-}
-
-/// A published track as every participant sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrackInfo {
-    /// Server id of the track ("TR_..."), used in unpublish/mute/subscribe.
-    pub sid: String,
-    /// Session id of the publishing participant.
-    pub participant: String,
-    /// The publisher's own track id (`a=msid`), so it can match `track_published` to its track.
-    pub cid: String,
-    pub kind: TrackKind,
-    pub source: TrackSource,
-    #[serde(default)]
-    pub name: String,
-    pub muted: bool,
-    /// Simulcast layers (rids) the publisher offered, empty without simulcast.
-    #[serde(default)]
-    pub layers: Vec<String>,
-}
-
-/// One m-line of a subscriber offer: which track it carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OfferedTrack {
-    pub mid: String,
-    pub track: String,
-    pub participant: String,
-}
-
-/// One entry of `active_speakers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Speaker {
-    pub participant: String,
-    /// 0 (loudest) to 127 (silence), RFC 6464 -dBov, smoothed.
-    pub level: u8,
 }
 
 impl Request {
@@ -454,71 +360,11 @@ impl ErrorCode {
     }
 }
 
-/// Why a participant left, in `leave` and `participant_left`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaveReason {
-    /// The client sent `leave`.
-    ClientLeft,
-    /// The WebSocket closed or went silent.
-    Disconnected,
-    /// The same identity joined again; the newer session stays.
-    Replaced,
-    /// Removed through the admin API.
-    Kicked,
-    /// The server is shutting down.
-    ServerShutdown,
-    /// The client could not keep up with its messages.
-    SlowConsumer,
-    /// The client did not join within `signal.join_timeout`.
-    JoinTimeout,
-    /// The participant's media connection died (ICE/DTLS timeout) or failed.
-    MediaFailed,
-}
-
 /// What the server tells about itself in `joined`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerInfo {
     pub version: String,
     pub protocol: u32,
-}
-
-/// A participant as others see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ParticipantInfo {
-    /// Session id: new for every join, so a rejoin under the same identity is a new sid.
-    pub sid: String,
-    pub identity: String,
-    pub name: String,
-    /// Milliseconds since the Unix epoch.
-    pub joined_at: u64,
-    pub permissions: Permissions,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Permissions {
-    pub publish: bool,
-    pub subscribe: bool,
-    pub chat: bool,
-}
-
-/// Who sent a chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatSender {
-    pub sid: String,
-    pub identity: String,
-    pub name: String,
-}
-
-/// One chat message as the server stamped it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// Increases by one per message within a room.
-    pub id: u64,
-    pub sender: ChatSender,
-    pub text: String,
-    /// Milliseconds since the Unix epoch, by the server's clock.
-    pub time: u64,
 }
 
 /// An ICE server a client may use (STUN/TURN).
@@ -654,6 +500,48 @@ impl ServerMessage {
     }
 }
 
+impl From<&RoomEvent> for ServerMessage {
+    fn from(event: &RoomEvent) -> Self {
+        match event.clone() {
+            RoomEvent::ParticipantJoined(participant) => {
+                ServerMessage::ParticipantJoined { participant }
+            }
+            RoomEvent::ParticipantLeft {
+                sid,
+                identity,
+                reason,
+            } => ServerMessage::ParticipantLeft {
+                sid,
+                identity,
+                reason,
+            },
+            RoomEvent::Chat(message) => ServerMessage::Chat { message },
+            RoomEvent::Typing {
+                sid,
+                identity,
+                typing,
+            } => ServerMessage::Typing {
+                sid,
+                identity,
+                typing,
+            },
+            RoomEvent::TrackPublished(track) => ServerMessage::TrackPublished { track },
+            RoomEvent::TrackUnpublished { track, participant } => {
+                ServerMessage::TrackUnpublished { track, participant }
+            }
+            RoomEvent::TrackMuted {
+                track,
+                participant,
+                muted,
+            } => ServerMessage::TrackMuted {
+                track,
+                participant,
+                muted,
+            },
+        }
+    }
+}
+
 /// A server message with the id of the request it answers, as sent on the wire.
 #[derive(Debug, Serialize)]
 struct Envelope<'a> {
@@ -722,5 +610,27 @@ mod tests {
         assert_eq!(v["request_id"], "r1");
         let text = encode(&ServerMessage::Ack, None);
         assert_eq!(text, r#"{"type":"ack"}"#);
+    }
+
+    #[test]
+    fn room_events_reach_the_wire_as_their_messages() {
+        let muted = RoomEvent::TrackMuted {
+            track: "TR_1".into(),
+            participant: "PA_1".into(),
+            muted: true,
+        };
+        assert_eq!(
+            encode(&ServerMessage::from(&muted), None),
+            r#"{"type":"track_muted","track":"TR_1","participant":"PA_1","muted":true}"#
+        );
+        let left = RoomEvent::ParticipantLeft {
+            sid: "PA_1".into(),
+            identity: "bob".into(),
+            reason: LeaveReason::Kicked,
+        };
+        assert_eq!(
+            encode(&ServerMessage::from(&left), None),
+            r#"{"type":"participant_left","sid":"PA_1","identity":"bob","reason":"kicked"}"#
+        );
     }
 }

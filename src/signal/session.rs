@@ -14,14 +14,14 @@ use futures_util::SinkExt;
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
 
+use crate::app::AppState;
 use crate::auth::{AuthError, Claims};
-use crate::http::AppState;
-use crate::room::participant::{Encoded, OUTBOUND_QUEUE};
-use crate::room::{Participant, RoomError, RoomRef, SessionEnd};
+use crate::model::{ChatSender, LeaveReason, ParticipantInfo, Permissions, Quality, RoomEvent};
+use crate::room::participant::OUTBOUND_QUEUE;
+use crate::room::{Encoded, Participant, RoomError, RoomRef, SessionEnd};
 use crate::rtc::{Command, MediaError, MediaEvent, MediaHandle, QualityPreference};
 use crate::signal::protocol::{
-    encode, parse_request, ChatSender, ErrorCode, LeaveReason, ParticipantInfo, Permissions,
-    Quality, Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
+    encode, parse_request, ErrorCode, Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
 };
 use crate::signal::rate_limit::TokenBucket;
 
@@ -722,7 +722,7 @@ impl Session {
                 .await;
         }
         room.broadcast(
-            &ServerMessage::Typing {
+            &RoomEvent::Typing {
                 sid: me.sid.clone(),
                 identity: me.identity.clone(),
                 typing,
@@ -731,6 +731,16 @@ impl Session {
         );
         self.send(&ServerMessage::Ack, id).await?;
         Ok(Next::Continue)
+    }
+}
+
+/// The rooms' encoder ([`crate::room::EncodeEvent`]): a room event as the server message every
+/// recipient is sent, encoded once per broadcast.
+pub fn encode_room_event(event: &RoomEvent) -> Encoded {
+    let message = ServerMessage::from(event);
+    Encoded {
+        kind: message.kind(),
+        text: encode(&message, None).into(),
     }
 }
 

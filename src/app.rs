@@ -1,0 +1,67 @@
+//! The application: builds the parts (config, metrics, rooms, auth, media engine) and owns the
+//! [`AppState`] that every HTTP handler and signaling session shares.
+//!
+//! This is where the layers are wired together, so none of them has to know the others' owner:
+//! the rooms get the signaling layer's encoder for their events, the media workers get the
+//! metrics, everything gets the one shutdown token.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::room::Rooms;
+use crate::rtc::MediaEngine;
+use crate::signal::session::encode_room_event;
+
+/// What every handler and session shares.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Config,
+    pub auth: Auth,
+    pub rooms: Arc<Rooms>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled once, when the server starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every signaling session, so shutdown can wait for their goodbyes.
+    pub sessions: TaskTracker,
+    /// The media workers.
+    pub media: MediaEngine,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds every part; starts the media workers (binding their UDP sockets).
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let media = MediaEngine::start(&config, metrics.clone())?;
+        let shutdown = CancellationToken::new();
+        let rooms = Rooms::new(
+            config.room.clone(),
+            &config.chat,
+            metrics.clone(),
+            shutdown.clone(),
+            encode_room_event,
+        );
+        Ok(Self(Arc::new(AppInner {
+            auth: Auth::new(&config.auth),
+            config,
+            rooms,
+            metrics,
+            shutdown,
+            sessions: TaskTracker::new(),
+            media,
+        })))
+    }
+}

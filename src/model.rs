@@ -1,0 +1,198 @@
+//! The domain model shared by `room/` and `rtc/`: tracks, participants, chat messages, reasons.
+//!
+//! These are the words of the server, not of one layer: the room keeps participants, tracks and
+//! chat in them, media workers describe tracks and speakers with them, and the signaling protocol
+//! (`signal/protocol.rs`) sends them as they are. Their serde attributes therefore *are* the wire
+//! format of the fields that carry them (docs/protocol.md); change one and the protocol changes.
+//! Nothing here depends on another module of the crate.
+
+use serde::{Deserialize, Serialize};
+
+/// A subscriber's choice of video quality; each names a simulcast layer (`q`, `h`, `f`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    Off,
+    Low,
+    Medium,
+    High,
+}
+
+impl Quality {
+    /// The highest layer index (0 = `q`) this quality allows; `None` for off.
+    pub fn max_layer(self) -> Option<u8> {
+        match self {
+            Quality::Off => None,
+            Quality::Low => Some(0),
+            Quality::Medium => Some(1),
+            Quality::High => Some(2),
+        }
+    }
+
+    pub fn of_layer(layer: Option<u8>) -> Self {
+        match layer {
+            None => Quality::Off,
+            Some(0) => Quality::Low,
+            Some(1) => Quality::Medium,
+            Some(_) => Quality::High,
+        }
+    }
+}
+
+/// Which of a participant's two peer connections a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerTarget {
+    Publisher,
+    Subscriber,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    Camera,
+    Microphone,
+    Screen,
+    ScreenAudio,
+}
+
+impl TrackSource {
+    /// What a track is when its publisher did not say.
+    pub fn default_for(kind: TrackKind) -> Self {
+        match kind {
+            TrackKind::Audio => TrackSource::Microphone,
+            TrackKind::Video => TrackSource::Camera,
+        }
+    }
+}
+
+/// A published track as every participant sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// Server id of the track ("TR_..."), used in unpublish/mute/subscribe.
+    pub sid: String,
+    /// Session id of the publishing participant.
+    pub participant: String,
+    /// The publisher's own track id (`a=msid`), so it can match `track_published` to its track.
+    pub cid: String,
+    pub kind: TrackKind,
+    pub source: TrackSource,
+    #[serde(default)]
+    pub name: String,
+    pub muted: bool,
+    /// Simulcast layers (rids) the publisher offered, empty without simulcast.
+    #[serde(default)]
+    pub layers: Vec<String>,
+}
+
+/// One m-line of a subscriber offer: which track it carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferedTrack {
+    pub mid: String,
+    pub track: String,
+    pub participant: String,
+}
+
+/// One entry of `active_speakers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speaker {
+    pub participant: String,
+    /// 0 (loudest) to 127 (silence), RFC 6464 -dBov, smoothed.
+    pub level: u8,
+}
+
+/// Why a participant left, in `leave` and `participant_left`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The client sent `leave`.
+    ClientLeft,
+    /// The WebSocket closed or went silent.
+    Disconnected,
+    /// The same identity joined again; the newer session stays.
+    Replaced,
+    /// Removed through the admin API.
+    Kicked,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// The client could not keep up with its messages.
+    SlowConsumer,
+    /// The client did not join within `signal.join_timeout`.
+    JoinTimeout,
+    /// The participant's media connection died (ICE/DTLS timeout) or failed.
+    MediaFailed,
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// Session id: new for every join, so a rejoin under the same identity is a new sid.
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    /// Milliseconds since the Unix epoch.
+    pub joined_at: u64,
+    pub permissions: Permissions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permissions {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub chat: bool,
+}
+
+/// Who sent a chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatSender {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+}
+
+/// One chat message as the server stamped it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Increases by one per message within a room.
+    pub id: u64,
+    pub sender: ChatSender,
+    pub text: String,
+    /// Milliseconds since the Unix epoch, by the server's clock.
+    pub time: u64,
+}
+
+/// What a room tells its participants about each other. The room decides who hears it; the
+/// signaling layer turns it into the matching server message (`participant_joined`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoomEvent {
+    ParticipantJoined(ParticipantInfo),
+    ParticipantLeft {
+        sid: String,
+        identity: String,
+        reason: LeaveReason,
+    },
+    /// A chat message, relayed to everyone but its sender.
+    Chat(ChatMessage),
+    Typing {
+        sid: String,
+        identity: String,
+        typing: bool,
+    },
+    TrackPublished(TrackInfo),
+    TrackUnpublished {
+        track: String,
+        participant: String,
+    },
+    TrackMuted {
+        track: String,
+        participant: String,
+        muted: bool,
+    },
+}
