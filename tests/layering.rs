@@ -1,0 +1,94 @@
+//! The dependency rule of DESIGN.md, checked on the source: `http -> signal -> room -> model`,
+//! `signal -> rtc -> forward`; nothing imports `http`; `room/` and `rtc/` never import `signal`;
+//! `forward/` imports nothing of the crate but itself and `model`.
+//!
+//! A plain text check of `crate::` paths (and `super::` cannot leave a module's folder here),
+//! so a wrong-way import fails this test with the file and line to fix.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every `crate::<module>` a file under `src/<part>` (a folder or a `.rs` file) names, where
+/// `<module>` is not in `allowed`, as "file:line: text".
+fn violations(part: &str, allowed: &[&str]) -> Vec<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    let dir = src.join(part);
+    if dir.is_dir() {
+        rust_files(&dir, &mut files);
+    } else {
+        files.push(src.join(format!("{part}.rs")));
+    }
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file:?}: {e}"));
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            for (i, _) in code.match_indices("crate::") {
+                // `sfu::crate::` does not exist; skip `$crate::` in macros.
+                if code[..i].ends_with('$') {
+                    continue;
+                }
+                let module: String = code[i + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !allowed.contains(&module.as_str()) {
+                    found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn assert_clean(part: &str, allowed: &[&str]) {
+    let found = violations(part, allowed);
+    assert!(
+        found.is_empty(),
+        "src/{part} may only import crate::{{{}}}; found:\n{}",
+        allowed.join(", "),
+        found.join("\n")
+    );
+}
+
+/// Modules every layer may use: leaf utilities that import no layer themselves.
+const LEAVES: &[&str] = &["model", "config", "metrics", "auth"];
+
+#[test]
+fn room_imports_neither_signal_nor_rtc_nor_http() {
+    assert_clean("room", &[LEAVES, &["room"]].concat());
+}
+
+#[test]
+fn rtc_imports_neither_signal_nor_room_nor_http() {
+    assert_clean("rtc", &[LEAVES, &["rtc", "forward"]].concat());
+}
+
+#[test]
+fn signal_does_not_import_http() {
+    assert_clean(
+        "signal",
+        &[LEAVES, &["signal", "room", "rtc", "app"]].concat(),
+    );
+}
+
+#[test]
+fn forward_imports_only_itself_and_model() {
+    assert_clean("forward", &["forward", "model"]);
+}
+
+#[test]
+fn model_imports_nothing_of_the_crate() {
+    assert_clean("model", &[]);
+}
