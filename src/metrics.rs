@@ -13,9 +13,18 @@ use prometheus::{
 pub const KINDS: [&str; 2] = ["audio", "video"];
 /// Simulcast layers (and `off`), the `layer` label of `sfu_video_subscriptions`.
 pub const LAYERS: [&str; 4] = ["q", "h", "f", "off"];
-/// Why a packet was not forwarded to a subscriber: its queue to the network was full, the
-/// layer it needs has no keyframe yet, or it came too late (older than the current source).
-pub const DROP_REASONS: [&str; 3] = ["queue_full", "no_layer", "late"];
+/// Why a packet was not forwarded to a subscriber: the media socket's send buffer was full,
+/// the subscription waits for a keyframe of its layer, or it came too late (older than the
+/// current source).
+pub const DROP_REASONS: [&str; 3] = ["socket_full", "waiting_for_keyframe", "late"];
+/// Bounded queues that drop what does not fit: commands from the control plane to a media
+/// worker, and media events from a worker to one participant's session.
+pub const QUEUES: [&str; 2] = ["worker_commands", "media_events"];
+/// Errors from the WebRTC stack or the socket that end nothing but are worth watching: a
+/// peer's timer handling failed, a datagram could not be sent (other than a full buffer), a
+/// packet could not be written to a subscriber's stream.
+/// A panic with no participant to blame (say, in housekeeping) is counted here too.
+pub const MEDIA_ERRORS: [&str; 4] = ["timeout", "send", "write", "panic"];
 pub const KEYFRAME_REQUEST_TYPES: [&str; 2] = ["pli", "fir"];
 /// `sfu_layer_switches_total` reasons, as in `quality_changed`.
 pub const SWITCH_REASONS: [&str; 4] = ["start", "request", "bandwidth", "layer_change"];
@@ -78,6 +87,12 @@ pub struct Metrics {
     pub layer_switches: IntCounterVec,
     /// Downstream bandwidth estimates of subscriber connections, bits per second.
     pub bwe_estimate: Histogram,
+    /// Items a bounded queue could not take, by queue.
+    pub queue_drops: IntCounterVec,
+    /// Media worker threads restarted after a fault outside any peer's panic boundary.
+    pub worker_restarts: IntCounter,
+    /// Stack and socket errors that ended nothing, by kind.
+    pub media_errors: IntCounterVec,
     /// Time from a packet's arrival to its hand-off to the last subscriber's stack.
     pub forward_latency: Histogram,
     /// Time from a `join` request to its `joined` answer.
@@ -285,6 +300,27 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            queue_drops: IntCounterVec::new(
+                Opts::new(
+                    "sfu_queue_drops_total",
+                    "Items a bounded queue between the control plane and media could not take",
+                ),
+                &["queue"],
+            )
+            .expect("valid metric"),
+            worker_restarts: IntCounter::new(
+                "sfu_worker_restarts_total",
+                "Media worker threads restarted after a fault",
+            )
+            .expect("valid metric"),
+            media_errors: IntCounterVec::new(
+                Opts::new(
+                    "sfu_media_errors_total",
+                    "WebRTC stack and media socket errors that ended nothing, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -329,6 +365,9 @@ impl Metrics {
             Box::new(m.join_duration.clone()),
             Box::new(m.udp_datagrams_dropped.clone()),
             Box::new(m.peer_failures.clone()),
+            Box::new(m.queue_drops.clone()),
+            Box::new(m.worker_restarts.clone()),
+            Box::new(m.media_errors.clone()),
             Box::new(build_info),
             Box::new(ProcessMetrics(
                 prometheus::process_collector::ProcessCollector::new(
@@ -372,6 +411,12 @@ impl Metrics {
         }
         for reason in DATAGRAM_DROP_REASONS {
             m.udp_datagrams_dropped.with_label_values(&[reason]);
+        }
+        for queue in QUEUES {
+            m.queue_drops.with_label_values(&[queue]);
+        }
+        for kind in MEDIA_ERRORS {
+            m.media_errors.with_label_values(&[kind]);
         }
         m
     }

@@ -5,6 +5,9 @@
 //! outputs are rewritten packets to send and actions (request a keyframe upstream). Every rule is
 //! unit-tested with a fake clock.
 //!
+//! - [`router`]: one publication: hands each packet to its subscriptions and gathers their
+//!   decisions (deliveries, one keyframe request, counts); keyframe targeting, layer costs for
+//!   the Allocator, dynacast.
 //! - [`receiver`]: one published track's incoming stream: keyframes, bitrate, liveness.
 //! - [`subscription`]: one publication forwarded to one subscriber: gating, rewriting.
 //! - [`munger`]: sequence number and timestamp rewrite arithmetic.
@@ -12,6 +15,8 @@
 //! - [`audio_level`]: active speakers.
 //! - [`selector`]: which simulcast layer a subscription forwards (preferred, target, current).
 //! - [`allocator`]: splits a subscriber's bandwidth estimate across its subscriptions.
+//! - [`layers`]: rid ↔ layer index, element size → layer, assumed layer costs.
+//! - [`dynacast`]: which layers anyone needs, so the publisher can stop the others.
 //! - [`vp8`]: VP8 payload descriptor reading and picture ID / TL0PICIDX continuity.
 //!
 //! The retransmission cache the design map lists as `packet_cache.rs` is str0m's: each outgoing
@@ -20,10 +25,13 @@
 
 pub mod allocator;
 pub mod audio_level;
+pub mod dynacast;
 pub mod keyframe;
+pub mod layers;
 pub mod munger;
 pub mod packet;
 pub mod receiver;
+pub mod router;
 pub mod selector;
 pub mod subscription;
 pub mod vp8;

@@ -1,24 +1,42 @@
 //! Everything that touches the WebRTC stack (str0m): media workers, their UDP sockets, the
 //! publisher and subscriber peer connections of each participant, and the glue between str0m's
-//! events and the sans-IO forwarding core in `forward/`.
+//! events and the sans-IO forwarding core in `forward/`. No other module names str0m.
 //!
-//! The control plane talks to media only through [`Command`]s to a worker and [`MediaEvent`]s
-//! back to a participant's session. A room lives on one worker (chosen by hashing its name), so
-//! a publisher's packets reach its subscribers without crossing threads.
+//! The control plane talks to media only through [`Command`]s to a worker (a bounded queue:
+//! [`MediaHandle`]) and [`MediaEvent`]s back to a participant's session (a bounded queue too:
+//! [`EventSink`]). A room lives on one worker (chosen by hashing its name), so a publisher's
+//! packets reach its subscribers without crossing threads.
+//!
+//! - [`engine`]: starts the workers and their sockets, picks a room's worker, stops them.
+//! - `worker/`: one worker's loop and its jobs (peers, negotiation, ingress, egress, ...).
+//! - `stack`: one `Rtc` as we configure it, and the panic boundary around str0m calls.
+//! - `demux`: which peer a datagram on a worker's shared socket belongs to.
 
 mod demux;
-mod engine;
+pub mod engine;
+mod stack;
 mod worker;
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{OfferedTrack, PeerTarget, Quality, Speaker, TrackInfo, TrackKind, TrackSource};
+
+pub use engine::{bind_media_socket, MediaEngine, SOCKET_BUFFER_BYTES};
+
+/// Commands a worker's queue holds. A worker drains hundreds of commands in a millisecond;
+/// a full queue means it is stuck or flooded, and senders wait (up to
+/// [`COMMAND_SEND_TIMEOUT`]) rather than pile up memory.
+pub const WORKER_COMMAND_QUEUE: usize = 4096;
+/// How long a session waits for room in its worker's queue before answering `server_busy`.
+pub const COMMAND_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Media events one session's queue holds. A session forwards them as they come; one that
+/// lets this many pile up is not reading, and is ended rather than buffered without bound.
+pub const MEDIA_EVENT_QUEUE: usize = 256;
 
 /// What a subscriber asked for with `set_quality`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +59,17 @@ pub enum MediaError {
     NotJoined,
     #[error("the media worker is gone")]
     WorkerGone,
+    #[error("the media worker is overloaded; try again")]
+    WorkerBusy,
+}
+
+/// A fault a test injects into a worker (see [`Command::InjectFault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A panic while handling a command about one participant: only its media ends.
+    Participant,
+    /// A panic in the worker's loop itself, outside every boundary: the worker restarts.
+    Worker,
 }
 
 /// A request from the control plane to a media worker.
@@ -52,12 +81,10 @@ pub enum Command {
         participant: String,
         can_publish: bool,
         can_subscribe: bool,
-        events: mpsc::UnboundedSender<MediaEvent>,
+        events: EventSink,
     },
     /// The participant left: close both peer connections, unpublish, unsubscribe.
-    Leave {
-        participant: String,
-    },
+    Leave { participant: String },
     /// Metadata for a track the participant is about to offer, keyed by its msid track id.
     Publish {
         participant: String,
@@ -89,12 +116,6 @@ pub enum Command {
         track: String,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
-    Mute {
-        participant: String,
-        track: String,
-        muted: bool,
-        reply: oneshot::Sender<Result<(), MediaError>>,
-    },
     /// Starts (true) or stops (false) forwarding a track to the participant.
     Subscribe {
         participant: String,
@@ -110,10 +131,30 @@ pub enum Command {
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
     /// Counts for tests and the admin API.
-    Stats {
-        reply: oneshot::Sender<WorkerStats>,
-    },
+    Stats { reply: oneshot::Sender<WorkerStats> },
+    /// For tests of fault isolation only; no client request leads here.
+    #[doc(hidden)]
+    InjectFault { participant: String, fault: Fault },
     Shutdown,
+}
+
+impl Command {
+    /// The participant a command is about: a panic while handling it ends that one's media.
+    pub fn participant(&self) -> Option<&str> {
+        match self {
+            Command::Join { participant, .. }
+            | Command::Leave { participant }
+            | Command::Publish { participant, .. }
+            | Command::PublisherOffer { participant, .. }
+            | Command::SubscriberAnswer { participant, .. }
+            | Command::Candidate { participant, .. }
+            | Command::Unpublish { participant, .. }
+            | Command::Subscribe { participant, .. }
+            | Command::SetQuality { participant, .. }
+            | Command::InjectFault { participant, .. } => Some(participant),
+            Command::Stats { .. } | Command::Shutdown => None,
+        }
+    }
 }
 
 /// What a media worker tells one participant's session.
@@ -137,12 +178,52 @@ pub enum MediaEvent {
         reason: &'static str,
     },
     /// Which layers of this participant's track anyone receives (dynacast).
-    PublisherLayers {
-        track: String,
-        active: Vec<String>,
-    },
-    /// The participant's media died (ICE/DTLS timeout, a fault in the stack).
+    PublisherLayers { track: String, active: Vec<String> },
+    /// The participant's media died (ICE/DTLS timeout, a fault in the stack or the worker).
     Failed(String),
+}
+
+/// Where a media worker sends one participant's events: a bounded queue to its session. The
+/// worker never waits on a session: an event that does not fit is dropped and counted
+/// (`sfu_queue_drops_total{queue="media_events"}`), and `overflow` is cancelled so the session
+/// ends as a slow consumer instead of missing events silently.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<MediaEvent>,
+    overflow: CancellationToken,
+    dropped: IntCounter,
+}
+
+impl EventSink {
+    /// A queue of `capacity` events: the worker's end, the session's end, and the token the
+    /// session watches for overflow.
+    pub fn channel(
+        capacity: usize,
+        metrics: &Metrics,
+    ) -> (Self, mpsc::Receiver<MediaEvent>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let overflow = CancellationToken::new();
+        let sink = Self {
+            tx,
+            overflow: overflow.clone(),
+            dropped: metrics.queue_drops.with_label_values(&["media_events"]),
+        };
+        (sink, rx, overflow)
+    }
+
+    /// Queues `event` without waiting. False if it was dropped (queue full, or the session
+    /// is gone).
+    pub fn send(&self, event: MediaEvent) -> bool {
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.inc();
+                self.overflow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 /// Live object counts of one worker.
@@ -166,16 +247,44 @@ impl std::ops::Add for WorkerStats {
     }
 }
 
-/// A handle to the worker that hosts one room.
+/// A handle to the worker that hosts one room: the sending end of its bounded command queue.
 #[derive(Debug, Clone)]
 pub struct MediaHandle {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
+    /// `sfu_queue_drops_total{queue="worker_commands"}`.
+    dropped: IntCounter,
 }
 
 impl MediaHandle {
-    /// Sends a command; false if the worker has stopped.
-    pub fn send(&self, command: Command) -> bool {
-        self.tx.send(command).is_ok()
+    fn new(tx: mpsc::Sender<Command>, metrics: &Metrics) -> Self {
+        Self {
+            tx,
+            dropped: metrics.queue_drops.with_label_values(&["worker_commands"]),
+        }
+    }
+
+    /// Queues a command, waiting up to [`COMMAND_SEND_TIMEOUT`] for room. A command that
+    /// does not get in is counted and answered `WorkerBusy`.
+    pub async fn send(&self, command: Command) -> Result<(), MediaError> {
+        match tokio::time::timeout(COMMAND_SEND_TIMEOUT, self.tx.send(command)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(MediaError::WorkerGone),
+            Err(_) => {
+                self.dropped.inc();
+                Err(MediaError::WorkerBusy)
+            }
+        }
+    }
+
+    /// Queues a command if there is room now (for callers that cannot wait).
+    pub fn try_send(&self, command: Command) -> Result<(), MediaError> {
+        self.tx.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.dropped.inc();
+                MediaError::WorkerBusy
+            }
+            mpsc::error::TrySendError::Closed(_) => MediaError::WorkerGone,
+        })
     }
 
     /// Sends a command built around a reply channel and waits for the reply.
@@ -184,143 +293,56 @@ impl MediaHandle {
         make: impl FnOnce(oneshot::Sender<Result<T, MediaError>>) -> Command,
     ) -> Result<T, MediaError> {
         let (reply, rx) = oneshot::channel();
-        if !self.send(make(reply)) {
-            return Err(MediaError::WorkerGone);
-        }
+        self.send(make(reply)).await?;
         rx.await.unwrap_or(Err(MediaError::WorkerGone))
     }
 }
 
-struct WorkerThread {
-    handle: MediaHandle,
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
-    addr: SocketAddr,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The media workers: one thread and one UDP socket each.
-pub struct MediaEngine {
-    workers: Vec<WorkerThread>,
-}
-
-impl MediaEngine {
-    /// Binds every worker's socket and starts its thread.
-    pub fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let count = config.media_workers();
-        let advertised = advertised_ips(config);
-        let mut workers = Vec::with_capacity(count);
-        for index in 0..count {
-            let port = if config.rtc.udp_port == 0 {
-                0
-            } else {
-                config.rtc.udp_port + index as u16
-            };
-            let bind = SocketAddr::new(config.rtc.bind, port);
-            let socket = bind_media_socket(bind).map_err(|e| {
-                anyhow::anyhow!("cannot bind media UDP {bind} (rtc.bind, rtc.udp_port): {e}")
-            })?;
-            let addr = socket.local_addr()?;
-            let candidates: Vec<SocketAddr> = advertised
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, addr.port()))
-                .collect();
-            let (tx, rx) = mpsc::unbounded_channel();
-            let metrics = metrics.clone();
-            let settings = worker::Settings {
-                candidates,
-                auto_subscribe: config.rtc.auto_subscribe,
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("sfu-media-{index}"))
-                .spawn(move || worker::run(socket, settings, rx, metrics))?;
-            tracing::info!(%addr, ?advertised, "media worker {index} listening");
-            workers.push(WorkerThread {
-                handle: MediaHandle { tx },
-                thread: std::sync::Mutex::new(Some(thread)),
-                addr,
-            });
-        }
-        Ok(Self { workers })
+    fn drops(metrics: &Metrics, queue: &str) -> u64 {
+        metrics.queue_drops.with_label_values(&[queue]).get()
     }
 
-    /// The worker that hosts `room`.
-    pub fn for_room(&self, room: &str) -> MediaHandle {
-        // FNV-1a: stable across runs and processes, so a room always lands on the same worker.
-        let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        self.workers[(hash % self.workers.len() as u64) as usize]
-            .handle
-            .clone()
+    #[test]
+    fn a_full_event_queue_drops_counts_and_ends_the_session() {
+        let metrics = Metrics::new();
+        let (sink, mut rx, overflow) = EventSink::channel(2, &metrics);
+        assert!(sink.send(MediaEvent::TrackUnpublished("a".into())));
+        assert!(sink.send(MediaEvent::TrackUnpublished("b".into())));
+        assert!(!overflow.is_cancelled());
+        assert!(!sink.send(MediaEvent::TrackUnpublished("c".into())));
+        assert!(overflow.is_cancelled(), "the session is told to end");
+        assert_eq!(drops(&metrics, "media_events"), 1);
+        // What was queued is still delivered, in order.
+        assert!(matches!(rx.try_recv(), Ok(MediaEvent::TrackUnpublished(t)) if t == "a"));
+        // A session that is gone is not an overflow.
+        drop(rx);
+        let (sink, rx, overflow) = EventSink::channel(1, &metrics);
+        drop(rx);
+        assert!(!sink.send(MediaEvent::TrackUnpublished("x".into())));
+        assert!(!overflow.is_cancelled());
     }
 
-    /// The UDP addresses the workers listen on.
-    pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.workers.iter().map(|w| w.addr).collect()
+    #[tokio::test(start_paused = true)]
+    async fn a_full_command_queue_answers_busy_and_counts() {
+        let metrics = Metrics::new();
+        let (tx, mut rx) = mpsc::channel(1);
+        let handle = MediaHandle::new(tx, &metrics);
+        let leave = || Command::Leave {
+            participant: "p".into(),
+        };
+        assert_eq!(handle.send(leave()).await, Ok(()));
+        // Nobody drains the queue: the next command waits its time, then gives up.
+        assert_eq!(handle.send(leave()).await, Err(MediaError::WorkerBusy));
+        assert_eq!(handle.try_send(leave()), Err(MediaError::WorkerBusy));
+        assert_eq!(drops(&metrics, "worker_commands"), 2);
+        // Drained, it takes commands again.
+        assert!(rx.recv().await.is_some());
+        assert_eq!(handle.try_send(leave()), Ok(()));
+        drop(rx);
+        assert_eq!(handle.try_send(leave()), Err(MediaError::WorkerGone));
     }
-
-    /// Object counts summed over all workers.
-    pub async fn stats(&self) -> WorkerStats {
-        let mut total = WorkerStats::default();
-        for w in &self.workers {
-            let (reply, rx) = oneshot::channel();
-            if w.handle.send(Command::Stats { reply }) {
-                if let Ok(s) = rx.await {
-                    total = total + s;
-                }
-            }
-        }
-        total
-    }
-
-    /// Stops every worker and waits for its thread (blocking; call it off the runtime).
-    pub fn shutdown(&self) {
-        for w in &self.workers {
-            w.handle.send(Command::Shutdown);
-        }
-        for w in &self.workers {
-            let thread = w.thread.lock().ok().and_then(|mut t| t.take());
-            if let Some(t) = thread {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-impl Drop for MediaEngine {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// Kernel buffer asked for on a media socket, each way. Publishers' keyframes arrive in bursts
-/// (and in a meeting they line up), and a worker fanning one out is briefly not reading: the
-/// default ~200 KiB overflows and drops whole frames. The kernel caps it at net.core.rmem_max
-/// and wmem_max; raise those to let it take effect fully.
-pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
-
-/// A non-blocking UDP socket with [`SOCKET_BUFFER_BYTES`] of kernel buffer each way.
-pub fn bind_media_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: a smaller buffer than asked is still a working socket.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// The addresses given to clients as ICE host candidates.
-fn advertised_ips(config: &Config) -> Vec<IpAddr> {
-    if !config.rtc.public_ips.is_empty() {
-        return config.rtc.public_ips.clone();
-    }
-    if !config.rtc.bind.is_unspecified() {
-        return vec![config.rtc.bind];
-    }
-    tracing::warn!(
-        "rtc.public_ips is empty and rtc.bind is unspecified: advertising 127.0.0.1, \
-         which only clients on this machine can reach; set rtc.public_ips"
-    );
-    vec![IpAddr::from([127, 0, 0, 1])]
 }

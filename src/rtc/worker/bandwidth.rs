@@ -1,0 +1,164 @@
+//! Bandwidth and quality: each subscriber connection's estimate split across its subscriptions
+//! by the Allocator, `set_quality` requests, dynacast, and the layer gauge.
+//!
+//! The decisions are the core's (`forward::allocator`, each Router's demand, cap and dynacast);
+//! this file gathers their inputs from the worker's state and hands the results on.
+
+use std::time::Instant;
+
+use str0m::bwe::Bitrate;
+
+use super::peers::Role;
+use super::{PeerId, Worker};
+use crate::forward::allocator::Allocator;
+use crate::forward::router::Preference;
+use crate::forward::selector::MAX_LAYERS;
+use crate::metrics::LAYERS;
+use crate::rtc::stack::guard;
+use crate::rtc::{MediaError, MediaEvent, QualityPreference};
+
+impl Worker {
+    /// A new downstream estimate for a subscriber connection.
+    pub(super) fn on_estimate(&mut self, peer: PeerId, bps: u64) {
+        let owner = match self.peers.get(&peer) {
+            Some(p) if p.role == Role::Subscriber => p.owner.clone(),
+            _ => return,
+        };
+        self.metrics.bwe_estimate.observe(bps as f64);
+        let changed = self.participants.get_mut(&owner).is_some_and(|p| {
+            let changed = p.estimate_bps != Some(bps);
+            p.estimate_bps = Some(bps);
+            changed
+        });
+        if changed {
+            self.allocate(&owner, Instant::now());
+        }
+    }
+
+    pub(super) fn set_quality(
+        &mut self,
+        participant: &str,
+        track: &str,
+        preference: QualityPreference,
+    ) -> Result<(), MediaError> {
+        let subscriber = self
+            .participants
+            .get(participant)
+            .and_then(|p| p.subscriber)
+            .ok_or(MediaError::TrackNotFound)?;
+        let publication = self
+            .publications
+            .get_mut(track)
+            .ok_or(MediaError::TrackNotFound)?;
+        let preference = match preference {
+            QualityPreference::Quality(q) => Preference::Layer(q.max_layer()),
+            QualityPreference::Size(w, h) => Preference::Size(w, h),
+        };
+        let turned_off = publication
+            .router
+            .set_preference(&subscriber, preference)
+            .ok_or(MediaError::TrackNotFound)?;
+        if turned_off {
+            // No packet will carry this change: tell the subscriber here.
+            if let Some(p) = self.participants.get(participant) {
+                p.events.send(MediaEvent::QualityChanged {
+                    track: track.to_string(),
+                    layer: None,
+                    rid: "off".into(),
+                    reason: "request",
+                });
+            }
+        }
+        self.allocate(participant, Instant::now());
+        self.dynacast(track);
+        Ok(())
+    }
+
+    /// Splits `participant`'s downstream estimate across what it receives and tells the
+    /// estimator how far to probe.
+    pub(super) fn allocate(&mut self, participant: &str, now: Instant) {
+        let Some(p) = self.participants.get(participant) else {
+            return;
+        };
+        let (Some(estimate), Some(peer_id)) = (p.estimate_bps, p.subscriber) else {
+            return;
+        };
+        let mut demands = Vec::new();
+        for track in p.negotiation.tracks() {
+            if let Some(publication) = self.publications.get_mut(track) {
+                if let Some(d) = publication.router.demand(&peer_id, track.to_string(), now) {
+                    demands.push(d);
+                }
+            }
+        }
+        let desired = Allocator::desired_bps(&demands);
+        let Some(p) = self.participants.get_mut(participant) else {
+            return;
+        };
+        let caps = p.allocator.allocate(estimate, &demands, now);
+        let mut allocated = 0u64;
+        for (track, cap) in caps {
+            let Some(publication) = self.publications.get_mut(&track) else {
+                continue;
+            };
+            let cap = publication.router.set_cap(&peer_id, cap);
+            if let (Some(cap), Some(d)) = (cap, demands.iter().find(|d| d.key == track)) {
+                allocated += d.layer_bps[usize::from(cap)];
+            }
+        }
+        if let Some(peer) = self.peers.get_mut(&peer_id) {
+            // Probe toward what the subscriber wants; keep at least what it gets now.
+            let _ = guard(|| {
+                peer.rtc.bwe().set_bitrate(
+                    Bitrate::bps(allocated),
+                    Bitrate::bps(desired.max(allocated)),
+                )
+            });
+            self.to_poll.insert(peer_id);
+        }
+    }
+
+    /// Tells the publisher of `track` which simulcast layers anyone receives, when that
+    /// changes.
+    pub(super) fn dynacast(&mut self, track: &str) {
+        let Some(publication) = self.publications.get_mut(track) else {
+            return;
+        };
+        let Some(active) = publication.router.dynacast() else {
+            return;
+        };
+        if let Some(p) = self.participants.get(&publication.participant) {
+            p.events.send(MediaEvent::PublisherLayers {
+                track: track.to_string(),
+                active,
+            });
+        }
+    }
+
+    /// Updates `sfu_video_subscriptions{layer}` by this worker's share.
+    pub(super) fn count_layers(&mut self) {
+        let mut counts = [0i64; MAX_LAYERS + 1];
+        for p in self.publications.values() {
+            p.router.count_layers(&mut counts);
+        }
+        self.set_layer_counts(counts);
+    }
+
+    /// Takes this worker's share out of the layer gauge (its state is being abandoned).
+    pub(super) fn clear_layer_counts(&mut self) {
+        self.set_layer_counts([0; MAX_LAYERS + 1]);
+    }
+
+    fn set_layer_counts(&mut self, counts: [i64; MAX_LAYERS + 1]) {
+        for (i, layer) in LAYERS.iter().enumerate() {
+            let delta = counts[i] - self.layer_counts[i];
+            if delta != 0 {
+                self.metrics
+                    .video_subscriptions
+                    .with_label_values(&[layer])
+                    .add(delta);
+            }
+        }
+        self.layer_counts = counts;
+    }
+}

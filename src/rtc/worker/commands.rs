@@ -1,0 +1,172 @@
+//! The control plane's commands: a participant joins or leaves, declares, offers, answers,
+//! subscribes, asks for a quality; counts for the admin API; faults for tests.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::negotiation::Negotiation;
+use super::{Declared, Participant, RoomMedia, Worker};
+use crate::forward::allocator::Allocator;
+use crate::forward::audio_level::ActiveSpeakers;
+use crate::rtc::{Command, MediaError};
+
+impl Worker {
+    pub(super) fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Join {
+                room,
+                participant,
+                can_publish,
+                can_subscribe,
+                events,
+            } => self.join(room, participant, can_publish, can_subscribe, events),
+            Command::Leave { participant } => self.remove_participant(&participant),
+            Command::Publish {
+                participant,
+                cid,
+                kind: _,
+                source,
+                name,
+            } => {
+                if let Some(p) = self.participants.get_mut(&participant) {
+                    p.declared.insert(cid, Declared { source, name });
+                }
+            }
+            Command::PublisherOffer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.on_publisher_offer(&participant, &sdp));
+            }
+            Command::SubscriberAnswer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.on_subscriber_answer(&participant, &sdp));
+            }
+            Command::Candidate {
+                participant,
+                target,
+                candidate,
+            } => self.on_candidate(&participant, target, &candidate),
+            Command::Unpublish {
+                participant,
+                track,
+                reply,
+            } => {
+                let owned = self
+                    .publications
+                    .get(&track)
+                    .is_some_and(|p| p.participant == participant);
+                if owned {
+                    self.remove_publication(&track);
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(MediaError::TrackNotFound));
+                }
+            }
+            Command::Subscribe {
+                participant,
+                track,
+                subscribed,
+                reply,
+            } => {
+                let _ = reply.send(self.set_subscribed(&participant, &track, subscribed));
+            }
+            Command::SetQuality {
+                participant,
+                track,
+                preference,
+                reply,
+            } => {
+                let _ = reply.send(self.set_quality(&participant, &track, preference));
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Command::InjectFault { fault, .. } => self.inject(fault),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn join(
+        &mut self,
+        room: String,
+        participant: String,
+        can_publish: bool,
+        can_subscribe: bool,
+        events: crate::rtc::EventSink,
+    ) {
+        self.participants.insert(
+            participant.clone(),
+            Participant {
+                room: room.clone(),
+                events,
+                can_publish,
+                can_subscribe,
+                publisher: None,
+                subscriber: None,
+                declared: HashMap::new(),
+                published: Vec::new(),
+                negotiation: Negotiation::default(),
+                pending: None,
+                has_channel: false,
+                estimate_bps: None,
+                allocator: Allocator::default(),
+            },
+        );
+        self.rooms
+            .entry(room.clone())
+            .or_insert_with(|| RoomMedia {
+                participants: Vec::new(),
+                speakers: ActiveSpeakers::default(),
+            })
+            .participants
+            .push(participant.clone());
+        if !self.settings.auto_subscribe {
+            return;
+        }
+        let existing: Vec<String> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| p.room == room && p.participant != participant)
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for track in existing {
+            self.subscribe(&participant, &track);
+        }
+    }
+
+    /// `subscribe` (true) or `unsubscribe` (false) from the client: a subscription that exists
+    /// is paused or resumed (its m-line stays); a new one is negotiated.
+    fn set_subscribed(
+        &mut self,
+        participant: &str,
+        track: &str,
+        subscribed: bool,
+    ) -> Result<(), MediaError> {
+        let subscriber = self.participants.get(participant).and_then(|p| p.subscriber);
+        let publication = self
+            .publications
+            .get_mut(track)
+            .filter(|p| p.participant != participant)
+            .ok_or(MediaError::TrackNotFound)?;
+        let existing = subscriber.filter(|s| publication.router.is_subscribed(s));
+        match existing {
+            Some(s) => {
+                publication.router.set_paused(&s, !subscribed);
+            }
+            None if subscribed => self.subscribe(participant, track),
+            None => return Ok(()),
+        }
+        if subscribed {
+            if let Some(publication) = self.publications.get_mut(track) {
+                let layers = publication.router.keyframe_for_targets(Instant::now());
+                self.request_keyframes(track, &layers);
+            }
+        }
+        Ok(())
+    }
+}

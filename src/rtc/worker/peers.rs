@@ -1,0 +1,269 @@
+//! Peers: creating one (publisher or subscriber connection), feeding it datagrams and timeouts,
+//! polling what it outputs, and ending it, its participant's media with it.
+
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Input, Output, Rtc};
+
+use super::{PeerId, Worker};
+use crate::rtc::stack::{guard, new_rtc};
+use crate::rtc::MediaEvent;
+
+/// Which of a participant's two connections a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// The client offers and sends.
+    Publisher,
+    /// The server offers and sends.
+    Subscriber,
+}
+
+pub(super) struct Peer {
+    pub rtc: Rtc,
+    /// The participant sid it belongs to.
+    pub owner: String,
+    pub role: Role,
+    /// The time str0m last asked to be woken at.
+    pub timeout: Instant,
+}
+
+impl Worker {
+    /// A new peer connection for `owner`: ICE-lite with this worker's host candidates, and
+    /// datagrams routed to it by its ICE ufrag.
+    pub(super) fn new_peer(&mut self, owner: &str, role: Role) -> PeerId {
+        let id = self.next_peer;
+        self.next_peer += 1;
+        let now = Instant::now();
+        let mut rtc = new_rtc(now, role == Role::Subscriber);
+        for c in &self.settings.candidates {
+            if let Ok(candidate) = Candidate::host(*c, "udp") {
+                rtc.add_local_candidate(candidate);
+            }
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        self.demux.add(ufrag, id);
+        self.timers.push(Reverse((now, id)));
+        self.peers.insert(
+            id,
+            Peer {
+                rtc,
+                owner: owner.to_string(),
+                role,
+                timeout: now,
+            },
+        );
+        self.metrics.peers.inc();
+        id
+    }
+
+    pub(super) fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
+        let Some(peer_id) = self.demux.route(source, datagram) else {
+            self.counters.dropped_unknown_source.inc();
+            return;
+        };
+        let Ok(contents) = datagram.try_into() else {
+            self.counters.dropped_unparseable.inc();
+            return;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        match guard(|| peer.rtc.handle_input(input)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // A packet str0m refuses (bad SRTP, bad RTCP, ...) costs nothing but a count.
+                tracing::debug!(peer = peer_id, "input rejected: {e}");
+                self.counters.dropped_rejected.inc();
+            }
+            Err(panic) => return self.fail_peer(peer_id, "panic", &panic),
+        }
+        self.to_poll.insert(peer_id);
+    }
+
+    pub(super) fn on_timeouts(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if peer.timeout != at {
+                // Superseded by a later timeout of the same peer (still in the heap).
+                continue;
+            }
+            match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = id, "timeout handling failed: {e}");
+                    self.counters.error_timeout.inc();
+                }
+                Err(panic) => {
+                    self.fail_peer(id, "panic", &panic);
+                    continue;
+                }
+            }
+            self.to_poll.insert(id);
+        }
+    }
+
+    /// Takes everything a peer has to output: datagrams go to the socket, events are handled
+    /// (which may write to other peers and give them output), and its next timeout is noted.
+    pub(super) fn poll_peer(&mut self, id: PeerId) {
+        loop {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                return;
+            };
+            let output = match guard(|| peer.rtc.poll_output()) {
+                Ok(Ok(output)) => output,
+                Ok(Err(e)) => {
+                    tracing::info!(peer = id, "peer failed: {e}");
+                    return self.fail_peer(id, "dtls", &e.to_string());
+                }
+                Err(panic) => return self.fail_peer(id, "panic", &panic),
+            };
+            match output {
+                Output::Timeout(t) => {
+                    if peer.timeout != t {
+                        peer.timeout = t;
+                        self.timers.push(Reverse((t, id)));
+                    }
+                    if !peer.rtc.is_alive() {
+                        self.fail_peer(id, "dtls", "connection closed");
+                    }
+                    return;
+                }
+                Output::Transmit(t) => {
+                    // UDP is lossy anyway: a full send buffer drops like the network would.
+                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                        if e.kind() == std::io::ErrorKind::WouldBlock {
+                            self.counters.dropped_socket_full.inc();
+                        } else {
+                            tracing::debug!(peer = id, "media send to {}: {e}", t.destination);
+                            self.counters.error_send.inc();
+                        }
+                    }
+                }
+                Output::Event(event) => self.on_event(id, event),
+            }
+        }
+    }
+
+    /// A peer died: its participant's media is over.
+    /// `kind` is the metric's reason: `ice`, `dtls` (and other stack errors) or `panic`.
+    pub(super) fn fail_peer(&mut self, id: PeerId, kind: &'static str, reason: &str) {
+        let Some(owner) = self.peers.get(&id).map(|p| p.owner.clone()) else {
+            return;
+        };
+        self.fail_participant(&owner, kind, reason);
+    }
+
+    /// A participant's media is over: the session hears of it (`media_failed`) and leaves;
+    /// its peers, publications and subscriptions go now.
+    pub(super) fn fail_participant(&mut self, sid: &str, kind: &'static str, reason: &str) {
+        tracing::info!(participant = %sid, "media failed: {reason}");
+        self.metrics.peer_failures.with_label_values(&[kind]).inc();
+        if let Some(participant) = self.participants.get(sid) {
+            participant
+                .events
+                .send(MediaEvent::Failed(reason.to_string()));
+        }
+        self.remove_participant(sid);
+    }
+
+    /// Everything of a participant's media goes: its publications (and so everyone's
+    /// subscriptions to them), its subscriptions, both peer connections.
+    pub(super) fn remove_participant(&mut self, sid: &str) {
+        let Some(participant) = self.participants.get(sid) else {
+            return;
+        };
+        let published = participant.published.clone();
+        let receiving: Vec<String> = participant
+            .negotiation
+            .tracks()
+            .map(str::to_string)
+            .collect();
+        let subscriber = participant.subscriber;
+        for track in published {
+            self.remove_publication(&track);
+        }
+        if let Some(subscriber) = subscriber {
+            for track in receiving {
+                if let Some(p) = self.publications.get_mut(&track) {
+                    if p.router.unsubscribe(&subscriber) {
+                        self.metrics.subscriptions.dec();
+                    }
+                }
+            }
+        }
+        let Some(participant) = self.participants.remove(sid) else {
+            return;
+        };
+        for id in [participant.publisher, participant.subscriber]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(mut peer) = self.peers.remove(&id) {
+                let _ = guard(|| peer.rtc.disconnect());
+                self.metrics.peers.dec();
+            }
+            self.demux.remove(id);
+            self.to_poll.remove(&id);
+            self.stream_totals.forget(id);
+        }
+        if let Some(room) = self.rooms.get_mut(&participant.room) {
+            room.participants.retain(|m| m != sid);
+            room.speakers.remove(&sid.to_string());
+            if room.participants.is_empty() {
+                self.rooms.remove(&participant.room);
+            }
+        }
+        tracing::debug!(participant = sid, "media state removed");
+    }
+
+    /// A publication ends: its subscribers' m-lines are renegotiated away.
+    pub(super) fn remove_publication(&mut self, track: &str) {
+        let Some(publication) = self.publications.remove(track) else {
+            return;
+        };
+        self.by_mid
+            .remove(&(publication.publisher, publication.mid));
+        self.metrics
+            .publications
+            .with_label_values(&[super::kind_label(publication.kind)])
+            .dec();
+        self.metrics
+            .receivers
+            .sub(publication.router.layer_count() as i64);
+        self.metrics
+            .subscriptions
+            .sub(publication.router.subscription_count() as i64);
+        if let Some(owner) = self.participants.get_mut(&publication.participant) {
+            owner.published.retain(|t| t != track);
+        }
+        if let Some(room) = self.rooms.get_mut(&publication.room) {
+            room.speakers.remove(&publication.participant);
+        }
+        for subscriber in publication.router.subscribers() {
+            let Some(owner) = self.peers.get(&subscriber).map(|p| p.owner.clone()) else {
+                continue;
+            };
+            // The publication is gone already; this only renegotiates the m-line away.
+            self.unsubscribe(&owner, track);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Metric handles resolved once per worker (so the packet path does no label lookups), and
+//! str0m's per-stream statistics turned into counter increments.
+
+use std::collections::HashMap;
+
+use prometheus::IntCounter;
+use str0m::media::{MediaEgressStats, MediaIngressStats, Mid, Rid};
+
+use super::{PeerId, Worker};
+use crate::metrics::{Metrics, KEYFRAME_REQUEST_TYPES, KINDS, SWITCH_REASONS};
+use crate::rtc::WorkerStats;
+
+/// Metric handles of one worker. Arrays by kind are indexed audio 0, video 1.
+pub(super) struct Counters {
+    pub rtp_in: [IntCounter; 2],
+    pub bytes_in: [IntCounter; 2],
+    pub rtp_out: [IntCounter; 2],
+    pub bytes_out: [IntCounter; 2],
+    pub lost: [IntCounter; 2],
+    pub dropped_socket_full: IntCounter,
+    pub dropped_waiting_for_keyframe: IntCounter,
+    pub dropped_late: IntCounter,
+    pub keyframe_requests_in: [IntCounter; 2],
+    pub keyframe_requests_out: IntCounter,
+    pub switches: [IntCounter; 4],
+    pub dropped_unknown_source: IntCounter,
+    pub dropped_unparseable: IntCounter,
+    pub dropped_rejected: IntCounter,
+    pub error_timeout: IntCounter,
+    pub error_send: IntCounter,
+    pub error_write: IntCounter,
+    /// A panic with no participant to blame (it ended nothing).
+    pub panics: IntCounter,
+}
+
+impl Counters {
+    pub fn new(m: &Metrics) -> Self {
+        let by_kind = |v: &prometheus::IntCounterVec| KINDS.map(|k| v.with_label_values(&[k]));
+        let dropped = |reason: &str| m.rtp_packets_dropped.with_label_values(&[reason]);
+        let datagrams = |reason: &str| m.udp_datagrams_dropped.with_label_values(&[reason]);
+        let error = |kind: &str| m.media_errors.with_label_values(&[kind]);
+        Self {
+            rtp_in: by_kind(&m.rtp_packets_received),
+            bytes_in: by_kind(&m.rtp_bytes_received),
+            rtp_out: by_kind(&m.rtp_packets_sent),
+            bytes_out: by_kind(&m.rtp_bytes_sent),
+            lost: by_kind(&m.rtp_packets_lost),
+            dropped_socket_full: dropped("socket_full"),
+            dropped_waiting_for_keyframe: dropped("waiting_for_keyframe"),
+            dropped_late: dropped("late"),
+            keyframe_requests_in: KEYFRAME_REQUEST_TYPES
+                .map(|t| m.keyframe_requests_received.with_label_values(&[t])),
+            keyframe_requests_out: m.keyframe_requests_sent.with_label_values(&["pli"]),
+            switches: SWITCH_REASONS.map(|r| m.layer_switches.with_label_values(&[r])),
+            dropped_unknown_source: datagrams("unknown_source"),
+            dropped_unparseable: datagrams("unparseable"),
+            dropped_rejected: datagrams("rejected"),
+            error_timeout: error("timeout"),
+            error_send: error("send"),
+            error_write: error("write"),
+            panics: error("panic"),
+        }
+    }
+}
+
+/// The last cumulative (nacks, packets) str0m reported per stream, for deltas.
+#[derive(Debug, Default)]
+pub(super) struct StreamTotals(HashMap<(PeerId, Mid, Option<Rid>), (u64, u64)>);
+
+impl StreamTotals {
+    /// How much a cumulative count grew since its last report (`first`: the NACK count).
+    fn delta(&mut self, key: (PeerId, Mid, Option<Rid>), first: bool, total: u64) -> u64 {
+        let entry = self.0.entry(key).or_default();
+        let slot = if first { &mut entry.0 } else { &mut entry.1 };
+        let delta = total.saturating_sub(*slot);
+        *slot = total.max(*slot);
+        delta
+    }
+
+    /// Forgets a peer's streams when it goes.
+    pub fn forget(&mut self, peer: PeerId) {
+        self.0.retain(|(p, _, _), _| *p != peer);
+    }
+}
+
+impl Worker {
+    /// A subscriber stream's statistics: NACKs it received, and packets it resent (what it
+    /// sent beyond what we forwarded on it).
+    pub(super) fn on_egress_stats(&mut self, id: PeerId, stats: &MediaEgressStats) {
+        let key = (id, stats.mid, stats.rid);
+        let nacks = self.stream_totals.delta(key, true, stats.nacks);
+        self.metrics.nacks_received.inc_by(nacks);
+        let forwarded = self.forwarded_on(id, stats.mid);
+        let resent = self
+            .stream_totals
+            .delta(key, false, stats.packets.saturating_sub(forwarded));
+        self.metrics.retransmissions.inc_by(resent);
+    }
+
+    /// A publisher stream's statistics: NACKs we sent it.
+    pub(super) fn on_ingress_stats(&mut self, id: PeerId, stats: &MediaIngressStats) {
+        let nacks = self
+            .stream_totals
+            .delta((id, stats.mid, stats.rid), true, stats.nacks);
+        self.metrics.nacks_sent.inc_by(nacks);
+    }
+
+    /// Packets this worker wrote to subscriber peer `peer`'s m-line `mid`.
+    fn forwarded_on(&self, peer: PeerId, mid: Mid) -> u64 {
+        self.peers
+            .get(&peer)
+            .and_then(|p| self.participants.get(&p.owner))
+            .and_then(|p| p.negotiation.track_at(mid))
+            .and_then(|track| self.publications.get(track))
+            .map_or(0, |p| p.router.forwarded(&peer))
+    }
+
+    /// Live object counts.
+    pub(super) fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            participants: self.participants.len(),
+            peers: self.peers.len(),
+            receivers: self
+                .publications
+                .values()
+                .map(|p| p.router.layer_count())
+                .sum(),
+            subscriptions: self
+                .publications
+                .values()
+                .map(|p| p.router.subscription_count())
+                .sum(),
+        }
+    }
+}
