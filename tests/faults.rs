@@ -7,7 +7,6 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::media::{send_opus, MediaClient, PublishedTrack};
 use sfu::rtc::{Command, Fault};
@@ -48,8 +47,8 @@ async fn talking_room(
     connected(&speaker.publisher, "speaker").await;
     connected(&listener.subscriber, "listener").await;
     keep_talking(mic, stop.clone());
-    let flowing = common::eventually(|| async { !listener.received_of("audio/opus").is_empty() })
-        .await;
+    let flowing =
+        common::eventually(|| async { !listener.received_of("audio/opus").is_empty() }).await;
     assert!(flowing, "audio reached the listener in room {room}");
     (speaker, listener)
 }
@@ -90,7 +89,10 @@ async fn a_panic_ends_only_the_participant_it_touched() {
 
     inject(&server, "a", alice.sid(), Fault::Participant).await;
 
-    assert!(media_failed(&mut alice).await, "alice is told her media failed");
+    assert!(
+        media_failed(&mut alice).await,
+        "alice is told her media failed"
+    );
     let counted = common::eventually(|| async {
         common::metric(&server, "sfu_peer_failures_total{reason=\"panic\"}").await
             > Some(panics_before)
@@ -127,6 +129,9 @@ async fn a_worker_whose_loop_dies_restarts_and_tells_its_participants() {
     assert!(restarted, "the worker restarted once");
     // The restarted worker serves new participants.
     let (_carol, dave) = talking_room(&server, "c", "carol", "dave", &stop).await;
-    assert!(keeps_receiving(&dave, 10).await, "media flows after the restart");
+    assert!(
+        keeps_receiving(&dave, 10).await,
+        "media flows after the restart"
+    );
     stop.store(true, Ordering::Relaxed);
 }

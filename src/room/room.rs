@@ -220,9 +220,15 @@ impl Room {
     }
 
     /// Sets a track's muted flag and tells everyone if it changed.
-    pub fn set_muted(&self, track_sid: &str, muted: bool) -> bool {
+    /// False if `participant` publishes no such track. The room is where a track's muted
+    /// flag lives: the media plane forwards muted tracks as it does any other.
+    pub fn set_muted(&self, participant: &str, track_sid: &str, muted: bool) -> bool {
         let mut state = self.state();
-        let Some(t) = state.tracks.iter_mut().find(|t| t.sid == track_sid) else {
+        let Some(t) = state
+            .tracks
+            .iter_mut()
+            .find(|t| t.sid == track_sid && t.participant == participant)
+        else {
             return false;
         };
         if t.muted != muted {

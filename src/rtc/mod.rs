@@ -84,7 +84,9 @@ pub enum Command {
         events: EventSink,
     },
     /// The participant left: close both peer connections, unpublish, unsubscribe.
-    Leave { participant: String },
+    Leave {
+        participant: String,
+    },
     /// Metadata for a track the participant is about to offer, keyed by its msid track id.
     Publish {
         participant: String,
@@ -131,10 +133,15 @@ pub enum Command {
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
     /// Counts for tests and the admin API.
-    Stats { reply: oneshot::Sender<WorkerStats> },
+    Stats {
+        reply: oneshot::Sender<WorkerStats>,
+    },
     /// For tests of fault isolation only; no client request leads here.
     #[doc(hidden)]
-    InjectFault { participant: String, fault: Fault },
+    InjectFault {
+        participant: String,
+        fault: Fault,
+    },
     Shutdown,
 }
 
@@ -178,7 +185,10 @@ pub enum MediaEvent {
         reason: &'static str,
     },
     /// Which layers of this participant's track anyone receives (dynacast).
-    PublisherLayers { track: String, active: Vec<String> },
+    PublisherLayers {
+        track: String,
+        active: Vec<String>,
+    },
     /// The participant's media died (ICE/DTLS timeout, a fault in the stack or the worker).
     Failed(String),
 }

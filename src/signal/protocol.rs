@@ -329,6 +329,8 @@ pub enum ErrorCode {
     TrackNotFound,
     /// Media failed for this participant (its peer connection died or failed).
     MediaFailed,
+    /// The media worker hosting the room could not take the request in time; retry later.
+    ServerBusy,
     /// Something failed inside the server; the connection goes on.
     Internal,
 }
@@ -355,6 +357,7 @@ impl ErrorCode {
             ErrorCode::BadSdp => "bad_sdp",
             ErrorCode::TrackNotFound => "track_not_found",
             ErrorCode::MediaFailed => "media_failed",
+            ErrorCode::ServerBusy => "server_busy",
             ErrorCode::Internal => "internal",
         }
     }

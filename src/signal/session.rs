@@ -19,7 +19,9 @@ use crate::auth::{AuthError, Claims};
 use crate::model::{ChatSender, LeaveReason, ParticipantInfo, Permissions, Quality, RoomEvent};
 use crate::room::participant::OUTBOUND_QUEUE;
 use crate::room::{Encoded, Participant, RoomError, RoomRef, SessionEnd};
-use crate::rtc::{Command, MediaError, MediaEvent, MediaHandle, QualityPreference};
+use crate::rtc::{
+    Command, EventSink, MediaError, MediaEvent, MediaHandle, QualityPreference, MEDIA_EVENT_QUEUE,
+};
 use crate::signal::protocol::{
     encode, parse_request, ErrorCode, Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
 };
@@ -57,7 +59,7 @@ struct Session {
     limiter: TokenBucket,
     chat_limiter: TokenBucket,
     /// Given to the media worker at join; events come back on the session's receiver.
-    media_tx: mpsc::UnboundedSender<MediaEvent>,
+    media_events: EventSink,
 }
 
 /// Runs one signaling session to its end.
@@ -66,7 +68,8 @@ pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
     metrics.signal_connections.inc();
     let (sink, mut stream) = socket.split();
     let (outbound_tx, mut outbound_rx) = mpsc::channel::<Encoded>(OUTBOUND_QUEUE);
-    let (media_tx, mut media_rx) = mpsc::unbounded_channel::<MediaEvent>();
+    let (media_events, mut media_rx, media_overflow) =
+        EventSink::channel(MEDIA_EVENT_QUEUE, &metrics);
     let now = Instant::now();
     let signal = &app.config.signal;
     let mut session = Session {
@@ -78,7 +81,7 @@ pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
         joined: None,
         end: Arc::new(SessionEnd::default()),
         outbound_tx,
-        media_tx,
+        media_events,
     };
     let join_deadline = tokio::time::sleep(signal.join_timeout);
     tokio::pin!(join_deadline);
@@ -93,6 +96,9 @@ pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
             biased;
             _ = app.shutdown.cancelled() => break Some(LeaveReason::ServerShutdown),
             _ = end.ended() => break Some(end.reason().unwrap_or(LeaveReason::Disconnected)),
+            // The media worker never waits for a session: one that let its events pile up
+            // is ended like a slow consumer of room events.
+            _ = media_overflow.cancelled() => break Some(LeaveReason::SlowConsumer),
             _ = &mut join_deadline, if session.joined.is_none() => break Some(LeaveReason::JoinTimeout),
             Some(event) = outbound_rx.recv() => {
                 if session.send_encoded(&event).await.is_err() {
@@ -148,9 +154,15 @@ pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
         metrics.signal_slow_consumers.inc();
     }
     if let Some(joined) = session.joined.take() {
-        joined.media.send(Command::Leave {
+        let leave = Command::Leave {
             participant: joined.me.sid.clone(),
-        });
+        };
+        if let Err(e) = joined.media.send(leave).await {
+            tracing::warn!(
+                room = joined.room.name(),
+                "media worker did not take the leave: {e}"
+            );
+        }
         app.rooms.leave(&joined.room, &joined.me.sid, reason);
         tracing::info!(room = joined.room.name(), identity = %joined.me.identity, ?reason, "participant left");
     }
@@ -334,14 +346,16 @@ impl Session {
                         )
                         .await;
                 }
-                media.send(Command::Publish {
-                    participant,
-                    cid,
-                    kind,
-                    source,
-                    name,
-                });
-                Ok(None)
+                media
+                    .send(Command::Publish {
+                        participant,
+                        cid,
+                        kind,
+                        source,
+                        name,
+                    })
+                    .await
+                    .map(|()| None)
             }
             Request::Offer { sdp, .. } => {
                 if !permissions.publish {
@@ -372,14 +386,14 @@ impl Session {
                 .map(|()| None),
             Request::Candidate {
                 target, candidate, ..
-            } => {
-                media.send(Command::Candidate {
+            } => media
+                .send(Command::Candidate {
                     participant,
                     target,
                     candidate,
-                });
-                Ok(None)
-            }
+                })
+                .await
+                .map(|()| None),
             Request::Unpublish { track, .. } => {
                 let r = media
                     .ask(|reply| Command::Unpublish {
@@ -393,19 +407,14 @@ impl Session {
                 }
                 r.map(|()| None)
             }
+            // The muted flag is the room's: what others are told. Forwarding goes on (the
+            // client stops sending), so the media worker is not involved.
             Request::Mute { track, muted, .. } => {
-                let r = media
-                    .ask(|reply| Command::Mute {
-                        participant,
-                        track: track.clone(),
-                        muted,
-                        reply,
-                    })
-                    .await;
-                if r.is_ok() {
-                    room.set_muted(&track, muted);
+                if room.set_muted(&participant, &track, muted) {
+                    Ok(None)
+                } else {
+                    Err(MediaError::TrackNotFound)
                 }
-                r.map(|()| None)
             }
             Request::Subscribe { track, .. }
             | Request::Unsubscribe { track, .. }
@@ -484,6 +493,7 @@ impl Session {
                     MediaError::BadSdp(_) | MediaError::NoPendingOffer => ErrorCode::BadSdp,
                     MediaError::TrackNotFound => ErrorCode::TrackNotFound,
                     MediaError::NotJoined | MediaError::WorkerGone => ErrorCode::MediaFailed,
+                    MediaError::WorkerBusy => ErrorCode::ServerBusy,
                 };
                 self.error(code, e.to_string(), id).await
             }
@@ -619,13 +629,24 @@ impl Session {
             self.app.rooms.replaced(old);
         }
         let media = self.app.media.for_room(room.name());
-        media.send(Command::Join {
+        let join = Command::Join {
             room: room.name().to_string(),
             participant: info.sid.clone(),
             can_publish: permissions.publish,
             can_subscribe: permissions.subscribe,
-            events: self.media_tx.clone(),
-        });
+            events: self.media_events.clone(),
+        };
+        if let Err(e) = media.send(join).await {
+            // Without media state the participant could do nothing: it does not stay.
+            self.app
+                .rooms
+                .leave(&room, &info.sid, LeaveReason::MediaFailed);
+            let code = match e {
+                MediaError::WorkerBusy => ErrorCode::ServerBusy,
+                _ => ErrorCode::MediaFailed,
+            };
+            return self.error(code, e.to_string(), id).await;
+        }
         tracing::info!(room = room.name(), identity = %info.identity, sid = %info.sid, "participant joined");
         self.joined = Some(Joined {
             room: room.clone(),

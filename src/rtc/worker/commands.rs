@@ -147,7 +147,10 @@ impl Worker {
         track: &str,
         subscribed: bool,
     ) -> Result<(), MediaError> {
-        let subscriber = self.participants.get(participant).and_then(|p| p.subscriber);
+        let subscriber = self
+            .participants
+            .get(participant)
+            .and_then(|p| p.subscriber);
         let publication = self
             .publications
             .get_mut(track)

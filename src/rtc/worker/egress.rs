@@ -58,8 +58,8 @@ impl Worker {
             .marker(out.marker)
             .ext_vals(ext.clone());
             if let Some(rewrite) = out.vp8 {
-                let parsed = *descriptor
-                    .get_or_insert_with(|| Vp8Descriptor::parse(&packet.payload).ok());
+                let parsed =
+                    *descriptor.get_or_insert_with(|| Vp8Descriptor::parse(&packet.payload).ok());
                 if let Some(d) = parsed {
                     let mut patch = d.patch();
                     if let Some(pid) = rewrite.picture_id {
@@ -103,7 +103,13 @@ impl Worker {
     }
 
     /// Tells the subscriber behind peer `subscriber` that its layer of `track` changed.
-    fn tell_switch(&self, track: &str, subscriber: PeerId, layer: LayerIndex, reason: &'static str) {
+    fn tell_switch(
+        &self,
+        track: &str,
+        subscriber: PeerId,
+        layer: LayerIndex,
+        reason: &'static str,
+    ) {
         let Some(publication) = self.publications.get(track) else {
             return;
         };

@@ -350,9 +350,9 @@ impl Worker {
     /// the gauges counted for this worker is given back.
     fn abandon(&mut self) {
         for participant in self.participants.values() {
-            participant
-                .events
-                .send(crate::rtc::MediaEvent::Failed("the media worker restarted".into()));
+            participant.events.send(crate::rtc::MediaEvent::Failed(
+                "the media worker restarted".into(),
+            ));
         }
         self.metrics.peers.sub(self.peers.len() as i64);
         let subscriptions: usize = self

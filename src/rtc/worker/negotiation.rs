@@ -81,6 +81,7 @@ impl<M: Copy + Eq> Negotiation<M> {
         self.tracks.keys().map(String::as_str)
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.tracks.is_empty()
     }
@@ -142,6 +143,7 @@ impl<M: Copy + Eq> Negotiation<M> {
     }
 
     /// Whether an offer waits for its answer.
+    #[cfg(test)]
     pub fn in_flight(&self) -> bool {
         self.in_flight
     }

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use prometheus::IntCounter;
-use str0m::media::{MediaEgressStats, MediaIngressStats, Mid, Rid};
+use str0m::media::{Mid, Rid};
+use str0m::stats::{MediaEgressStats, MediaIngressStats};
 
 use super::{PeerId, Worker};
 use crate::metrics::{Metrics, KEYFRAME_REQUEST_TYPES, KINDS, SWITCH_REASONS};
