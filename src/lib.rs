@@ -15,6 +15,10 @@
 //! - [`room`]: the room registry, a room's participants and chat.
 //! - [`metrics`]: the one Prometheus registry.
 //!
+//! This library is the server only. The load generator behind `sfu load` is a client, so it is
+//! the workspace's other crate, `sfu-load` (load/), which the `sfu` binary uses and which uses
+//! nothing of this crate.
+//!
 //! Running a server in-process, as the integration tests do:
 //!
 //! ```no_run
@@ -31,7 +35,6 @@ pub mod auth;
 pub mod config;
 pub mod forward;
 pub mod http;
-pub mod load;
 pub mod metrics;
 pub mod room;
 pub mod rtc;
