@@ -24,6 +24,10 @@
 //! nothing imports `http` (but `main.rs` and the tests), and `room` and `rtc` never import
 //! `signal` (tests/layering.rs checks both).
 //!
+//! This library is the server only. The load generator behind `sfu load` is a client, so it is
+//! the workspace's other crate, `sfu-load` (load/), which the `sfu` binary uses and which uses
+//! nothing of this crate.
+//!
 //! Running a server in-process, as the integration tests do:
 //!
 //! ```no_run
@@ -41,7 +45,6 @@ pub mod auth;
 pub mod config;
 pub mod forward;
 pub mod http;
-pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod room;

@@ -1,5 +1,5 @@
 //! The `sfu` command: `sfu serve` runs the server, `sfu token` mints access tokens, `sfu load`
-//! puts a server under load with real WebRTC participants.
+//! puts a server under load with real WebRTC participants (the workspace crate `sfu-load`, load/).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -239,7 +239,7 @@ fn main() -> ExitCode {
 }
 
 fn load(args: LoadArgs) -> ExitCode {
-    let options = sfu::load::LoadOptions {
+    let options = sfu_load::LoadOptions {
         url: args.url,
         room: args.room,
         publishers: args.publishers,
@@ -264,7 +264,7 @@ fn load(args: LoadArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sfu::load::run(options)) {
+    match runtime.block_on(sfu_load::run(options)) {
         Ok(report) => {
             if args.json {
                 match serde_json::to_string_pretty(&report) {

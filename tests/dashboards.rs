@@ -1,6 +1,7 @@
 //! The Grafana dashboard against a real Prometheus (Debian's `prometheus`): the server runs a
 //! small `sfu load`, Prometheus scrapes it every second, and every query of every panel must
-//! return data. A panel naming a metric the server does not export fails here, by name.
+//! return data. A panel naming a metric the server does not export fails here, by name. The key
+//! counters must also have grown during the run (a series that exists but stays at zero fails).
 //! `promtool check metrics` must accept the server's /metrics.
 
 mod common;
@@ -12,11 +13,30 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use sfu::load::{run, LoadOptions};
+use sfu_load::{run, LoadOptions};
 
 const DASHBOARD: &str = include_str!("../grafana/sfu-overview.json");
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// Counters a load run with chat and one bad request must move, each the sum of its samples
+/// matching the name and the one label given: media both ways and by kind, bytes, signaling,
+/// joins, chat, errors, CPU.
+const MUST_GROW: &[&str] = &[
+    "sfu_rtp_packets_received_total{kind=\"video\"}",
+    "sfu_rtp_packets_received_total{kind=\"audio\"}",
+    "sfu_rtp_packets_sent_total{kind=\"video\"}",
+    "sfu_rtp_packets_sent_total{kind=\"audio\"}",
+    "sfu_rtp_bytes_received_total",
+    "sfu_rtp_bytes_sent_total",
+    "sfu_signal_messages_received_total{type=\"join\"}",
+    "sfu_signal_messages_received_total",
+    "sfu_signal_messages_sent_total",
+    "sfu_signal_errors_total",
+    "sfu_chat_messages_total",
+    "sfu_join_duration_seconds_count",
+    "sfu_process_cpu_seconds_total",
+];
 
 /// Stops Prometheus when the test ends, however it ends.
 struct Prometheus {
@@ -120,6 +140,55 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
+/// The sum of the samples in a /metrics text that match `selector`: a name, or a name and one
+/// label (`name{label="value"}`). None when no sample matches.
+fn sample_sum(text: &str, selector: &str) -> Option<f64> {
+    let (name, label) = match selector.split_once('{') {
+        Some((name, label)) => (name, Some(label.trim_end_matches('}'))),
+        None => (selector, None),
+    };
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name || label.is_some_and(|want| !labels.split(',').any(|l| l == want)) {
+            continue;
+        }
+        if let Ok(v) = value.parse::<f64>() {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+async fn scrape(server: &sfu::http::Server) -> String {
+    reqwest::get(common::http_url(server, "/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("scrape body")
+}
+
+#[test]
+fn sample_sum_adds_the_matching_series() {
+    let text = "# TYPE a_total counter\n\
+                a_total{kind=\"audio\"} 2\n\
+                a_total{kind=\"video\",x=\"y\"} 5\n\
+                a_totally 100\n\
+                b_count 3\n";
+    assert_eq!(sample_sum(text, "a_total"), Some(7.0));
+    assert_eq!(sample_sum(text, "a_total{kind=\"video\"}"), Some(5.0));
+    assert_eq!(sample_sum(text, "a_total{kind=\"screen\"}"), None);
+    assert_eq!(sample_sum(text, "b_count"), Some(3.0));
+    assert_eq!(sample_sum(text, "c_total"), None);
+}
+
 async fn query(client: &reqwest::Client, prometheus: &str, expr: &str) -> Option<Value> {
     let body: Value = client
         .get(format!("{prometheus}/api/v1/query"))
@@ -138,6 +207,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let server = common::start(|_| {}).await;
     let prometheus = start_prometheus(server.local_addr);
     let client = reqwest::Client::new();
+    let before = scrape(&server).await;
 
     // Load while Prometheus scrapes: simulcast publishers and subscribers, then a bit of chat
     // and a bad request so the signaling panels have something to show.
@@ -153,10 +223,33 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     .expect("load run");
     assert_eq!(report.joins_failed, 0, "{}", report.table());
     let (mut chatter, _) = common::Client::join(&server, "dashboards", "chatter").await;
-    chatter
-        .send(serde_json::json!({"type":"chat","text":"hello dashboards"}))
+    let sent = chatter
+        .request(serde_json::json!({"type":"chat","text":"hello dashboards"}))
         .await;
+    assert_eq!(sent["type"], "chat", "{sent}");
     chatter.send_text("{not json".into()).await;
+    let refused = chatter.recv_type("error").await;
+    assert_eq!(refused["code"], "bad_json", "{refused}");
+
+    // Every key counter moved during the run: scraped before the load and after it.
+    let after = scrape(&server).await;
+    let mut still = Vec::new();
+    for selector in MUST_GROW {
+        let (b, a) = (sample_sum(&before, selector), sample_sum(&after, selector));
+        match a {
+            None => still.push(format!("{selector}: not exported after the run")),
+            Some(a) if a <= b.unwrap_or(0.0) => {
+                still.push(format!("{selector}: {b:?} before the run, {a} after"))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(
+        still.is_empty(),
+        "counters that did not grow during the load run:\n{}\n{}",
+        still.join("\n"),
+        report.table()
+    );
 
     // Enough scrapes for every rate() to have two samples after the load.
     let scraped = common::eventually_within(Duration::from_secs(60), || async {
@@ -177,12 +270,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     .await;
     assert!(scraped, "Prometheus scraped the server");
 
-    let exported: String = reqwest::get(common::http_url(&server, "/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("scrape body");
+    let exported = scrape(&server).await;
     let families: BTreeSet<&str> = exported
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

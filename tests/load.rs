@@ -1,25 +1,90 @@
-//! A CI-sized run of `sfu load` against an in-process server: real str0m publishers and
-//! subscribers over loopback. It checks that everyone joins and every subscriber gets media,
-//! never how fast (machines running tests are shared and noisy).
+//! A CI-sized run of `sfu load` (the `sfu-load` crate) against an in-process server: real str0m
+//! publishers and subscribers over loopback. It checks that everyone joins, that every subscriber
+//! gets video and audio with little loss, and that the server's CPU was read from its pid; never
+//! how fast (machines running tests are shared and noisy).
 
 mod common;
 
-use sfu::load::{run, LoadOptions, Report};
+use std::time::Duration;
 
-fn assert_everyone_served(report: &Report, subscribers: usize) {
-    assert_eq!(report.joins_failed, 0, "{}", report.table());
+use sfu_load::token::{Grants, Minter};
+use sfu_load::{run, LoadOptions, Report};
+
+/// Loss allowed on loopback, in percent: a few packets when the machine is busy, not a broken
+/// forwarder or a stream that stops.
+const MAX_LOSS_PERCENT: f64 = 2.0;
+/// Fewest video packets each subscriber must get: one second of 30 fps frames, while media flows
+/// for about five (two before the measured window, three in it).
+const MIN_VIDEO_PACKETS: u64 = 30;
+/// Fewest audio packets each subscriber must get: one second of 20 ms frames.
+const MIN_AUDIO_PACKETS: u64 = 50;
+
+fn assert_everyone_served(report: &Report, subscribers: usize, video: bool) {
+    let table = report.table();
+    eprintln!("{table}");
+    assert_eq!(report.joins_failed, 0, "{table}");
     assert_eq!(
         report.joins_ok as usize,
-        report.publishers + report.subscribers
+        report.publishers + report.subscribers,
+        "{table}"
+    );
+    assert!(report.errors.is_empty(), "{:?}\n{table}", report.errors);
+    assert!(
+        report.packets_sent > 0 && report.packets_received > 0,
+        "{table}"
     );
     assert_eq!(
-        report.subscribers_without_packets,
-        0,
-        "every one of {subscribers} subscribers got packets\n{}",
-        report.table()
+        report.subscribers_without_packets, 0,
+        "every one of {subscribers} subscribers got packets\n{table}"
     );
-    assert!(report.packets_sent > 0 && report.packets_received > 0);
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.loss_percent < MAX_LOSS_PERCENT,
+        "loss {:.3} % is over {MAX_LOSS_PERCENT} %\n{table}",
+        report.loss_percent
+    );
+    assert_eq!(
+        report.subscribers_without_audio, 0,
+        "every one of {subscribers} subscribers got audio\n{table}"
+    );
+    assert!(
+        report
+            .min_audio_packets_per_subscriber
+            .is_some_and(|n| n >= MIN_AUDIO_PACKETS),
+        "every subscriber got at least {MIN_AUDIO_PACKETS} audio packets\n{table}"
+    );
+    if video {
+        assert_eq!(
+            report.subscribers_without_video, 0,
+            "every one of {subscribers} subscribers got video\n{table}"
+        );
+        assert!(
+            report
+                .min_video_packets_per_subscriber
+                .is_some_and(|n| n >= MIN_VIDEO_PACKETS),
+            "every subscriber got at least {MIN_VIDEO_PACKETS} video packets\n{table}"
+        );
+    } else {
+        assert_eq!(report.video_packets_received, 0, "audio only\n{table}");
+    }
+}
+
+/// The server runs in this process, so its pid is ours: the CPU and memory come from
+/// /proc/<our pid> (and include the load generator's own work, which is fine for a test).
+fn assert_server_measured_from_our_pid(report: &Report) {
+    let table = report.table();
+    assert_eq!(
+        report.server_measured_from,
+        format!("pid {}", std::process::id()),
+        "{table}"
+    );
+    assert!(
+        report.server_cpu_percent.is_some_and(|c| c > 0.0),
+        "a CPU figure was read from /proc\n{table}"
+    );
+    assert!(
+        report.server_rss_mib.is_some_and(|m| m > 0.0),
+        "a memory figure was read from /proc\n{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,13 +92,13 @@ async fn simulcast_publishers_reach_every_subscriber() {
     let server = common::start(|_| {}).await;
     let report = run(LoadOptions {
         simulcast: true,
+        server_pid: Some(std::process::id()),
         ..common::load_options(&server, "load-simulcast")
     })
     .await
     .expect("load run");
-    assert_everyone_served(&report, 4);
-    // The clear-header counter saw the server's streams, so a CPU reading exists too.
-    assert!(report.server_cpu_percent.is_some());
+    assert_everyone_served(&report, 4, true);
+    assert_server_measured_from_our_pid(&report);
     server.shutdown().await;
 }
 
@@ -46,15 +111,51 @@ async fn an_audio_only_meeting_where_everyone_sends_and_decrypts() {
         subscribers: 1,
         publishers_subscribe: true,
         decrypt: true,
+        server_pid: Some(std::process::id()),
         ..common::load_options(&server, "load-meeting")
     })
     .await
     .expect("load run");
     // Three publishers that also subscribe, and one listener.
-    assert_everyone_served(&report, 4);
+    assert_everyone_served(&report, 4, false);
     assert!(
         report.latency_p50_ms.is_some(),
         "decrypting measures latency"
     );
+    assert_server_measured_from_our_pid(&report);
     server.shutdown().await;
+}
+
+/// The load crate mints its own tokens (it cannot use the server's `auth`); the server must
+/// accept them with the grants they name.
+#[test]
+fn the_server_accepts_the_load_generators_tokens() {
+    let config = common::config(|_| {});
+    let auth = sfu::auth::Auth::new(&config.auth);
+    let minter = Minter::new(&config.auth.api_key, &config.auth.api_secret);
+    let grants = Grants {
+        publish: false,
+        subscribe: true,
+        chat: false,
+        admin: false,
+    };
+    let token = minter
+        .participant_token("room-7", "load-sub-3", grants, Duration::from_secs(60))
+        .expect("token");
+    let claims = auth.verify_participant(&token).expect("server accepts it");
+    assert_eq!(claims.identity(), "load-sub-3");
+    assert_eq!(claims.room.as_deref(), Some("room-7"));
+    assert_eq!(
+        claims.grants,
+        sfu::auth::Grants {
+            publish: false,
+            subscribe: true,
+            chat: false,
+            admin: false
+        }
+    );
+    let other = Minter::new(&config.auth.api_key, "not-the-server-secret-not-the-server")
+        .participant_token("room-7", "x", grants, Duration::from_secs(60))
+        .expect("token");
+    assert!(auth.verify_participant(&other).is_err());
 }

@@ -24,10 +24,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== building tests"
-cargo test --locked --no-run
+cargo test --workspace --locked --no-run
 cargo build --locked
 
 echo "== browser test dependencies"
@@ -40,7 +40,7 @@ echo "== cargo test, then the browser tests (in a loopback-only network namespac
 exec unshare -n sh -c '
   ip link set lo up
   status=0
-  cargo test --locked --offline || status=1
+  cargo test --workspace --locked --offline || status=1
   echo "== browser tests (headless Chromium)"
   (cd tests/browser && node --test meeting.test.mjs) || status=1
   exit $status

@@ -231,9 +231,9 @@ where
 
 /// A small `sfu load` run against `server`: 2 publishers (one 500 kbit/s VP8 layer and audio),
 /// 4 subscribers, 3 s of media, no progress line. Tests change what they need.
-pub fn load_options(server: &Server, room: &str) -> sfu::load::LoadOptions {
+pub fn load_options(server: &Server, room: &str) -> sfu_load::LoadOptions {
     let auth = &server.state.config.auth;
-    sfu::load::LoadOptions {
+    sfu_load::LoadOptions {
         url: format!("ws://{}", server.local_addr),
         room: room.into(),
         publishers: 2,

@@ -1,14 +1,27 @@
-//! `sfu load`: a load generator of real WebRTC participants, like LiveKit's `lk load-test`.
+//! # sfu-load: the load generator behind `sfu load`, like LiveKit's `lk load-test`
+//!
+//! A client of the server, so a crate of its own in the workspace: the `sfu` binary depends on
+//! it, and it depends on nothing of the server's package. It speaks the signaling protocol
+//! (docs/protocol.md) and WebRTC like any other client would.
 //!
 //! Publishers join a room over the signaling protocol and send synthetic VP8 (one layer, or three
 //! simulcast layers at browser-like sizes) and Opus-sized audio through str0m peers; subscribers
-//! receive what the server forwards. The run ends with a summary: joins, packets, loss, latency
-//! (when decrypting) and the server's CPU and memory. See [`client`] for how subscribers count
-//! cheaply, and docs/performance.md for the results on our machines.
+//! receive what the server forwards. The run ends with a [`Report`]: joins, packets (per
+//! subscriber, audio and video apart), loss, latency (when decrypting) and the server's CPU and
+//! memory. This file owns the run ([`run`], [`LoadOptions`], [`Report`]); the parts:
+//! - [`client`]: one participant (signaling, str0m peers, how subscribers count cheaply).
+//! - [`media`]: synthetic VP8 and Opus payloads with send stamps.
+//! - [`stats`]: the counters every participant task shares.
+//! - [`token`]: access tokens with the claims the server verifies.
+//! - [`sys`]: UDP sockets with large buffers; a local process's CPU and memory from /proc.
+//!
+//! docs/performance.md has the results on our machines.
 
 pub mod client;
 pub mod media;
 pub mod stats;
+pub mod sys;
+pub mod token;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -19,11 +32,10 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Auth, Grants};
-use crate::config::AuthConfig;
-use crate::load::client::Role;
-use crate::load::media::{simulcast_layers, LayerSpec};
-use crate::load::stats::{percentile, Stats};
+use crate::client::Role;
+use crate::media::{simulcast_layers, LayerSpec};
+use crate::stats::{percentile, Received, Stats};
+use crate::token::{Grants, Minter};
 
 /// How a run is shaped.
 #[derive(Debug, Clone)]
@@ -49,7 +61,9 @@ pub struct LoadOptions {
     pub bind: IpAddr,
     pub api_key: String,
     pub api_secret: String,
-    /// A local server's pid, to read its CPU and memory from /proc.
+    /// A local server's pid, to read its CPU and memory from /proc; without it they come from
+    /// the server's /metrics. A server running in this process (the integration tests) is
+    /// `std::process::id()`, and then the reading includes the load generator's own work.
     pub server_pid: Option<u32>,
     /// Print a live progress line on stderr.
     pub progress: bool,
@@ -69,13 +83,24 @@ pub struct Report {
     pub packets_received: u64,
     pub packets_lost: u64,
     pub loss_percent: f64,
-    /// Subscribers that received nothing at all.
+    /// Subscribers that received nothing at all (one that never finished counts too).
     pub subscribers_without_packets: usize,
+    /// Media packets received by kind (RTX excluded), over every subscriber.
+    pub audio_packets_received: u64,
+    pub video_packets_received: u64,
+    /// Subscribers that received no video packet / no audio packet.
+    pub subscribers_without_video: usize,
+    pub subscribers_without_audio: usize,
+    /// The fewest video / audio packets any subscriber received (None without subscribers).
+    pub min_video_packets_per_subscriber: Option<u64>,
+    pub min_audio_packets_per_subscriber: Option<u64>,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     /// Server CPU over the measured window, percent of one core.
     pub server_cpu_percent: Option<f64>,
     pub server_rss_mib: Option<f64>,
+    /// Where the server's CPU and memory were read: `pid N` (/proc) or the /metrics URL.
+    pub server_measured_from: String,
     pub errors: Vec<String>,
 }
 
@@ -86,10 +111,7 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
     } else {
         format!("{}/ws", options.url.trim_end_matches('/'))
     };
-    let auth = Auth::new(&AuthConfig {
-        api_key: options.api_key.clone(),
-        api_secret: options.api_secret.clone(),
-    });
+    let minter = Minter::new(&options.api_key, &options.api_secret);
     let ttl = options.duration + Duration::from_secs(3600);
     let layers: Vec<LayerSpec> = if options.audio_only {
         Vec::new()
@@ -107,11 +129,13 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
     for i in 0..options.publishers {
         let identity = format!("load-pub-{i}");
         let grants = Grants {
+            publish: true,
             subscribe: options.publishers_subscribe,
-            ..Grants::default()
+            chat: true,
+            admin: false,
         };
         roles.push(Role {
-            token: auth.participant_token(&options.room, &identity, None, grants, ttl)?,
+            token: minter.participant_token(&options.room, &identity, grants, ttl)?,
             identity,
             publish: true,
             subscribe: options.publishers_subscribe,
@@ -123,11 +147,12 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
         let identity = format!("load-sub-{i}");
         let grants = Grants {
             publish: false,
+            subscribe: true,
             chat: false,
-            ..Grants::default()
+            admin: false,
         };
         roles.push(Role {
-            token: auth.participant_token(&options.room, &identity, None, grants, ttl)?,
+            token: minter.participant_token(&options.room, &identity, grants, ttl)?,
             identity,
             publish: false,
             subscribe: true,
@@ -182,8 +207,7 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
             0
         };
     let per_subscriber = stats.per_subscriber();
-    let without = per_subscriber.iter().filter(|&&n| n == 0).count()
-        + expected_subscribers.saturating_sub(per_subscriber.len());
+    let by_kind = ByKind::of(&per_subscriber, expected_subscribers);
     Ok(Report {
         publishers: options.publishers,
         subscribers: options.subscribers,
@@ -200,7 +224,13 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
         } else {
             lost as f64 * 100.0 / (received + lost) as f64
         },
-        subscribers_without_packets: without,
+        subscribers_without_packets: by_kind.without_packets,
+        audio_packets_received: by_kind.audio,
+        video_packets_received: by_kind.video,
+        subscribers_without_video: by_kind.without_video,
+        subscribers_without_audio: by_kind.without_audio,
+        min_video_packets_per_subscriber: by_kind.min_video,
+        min_audio_packets_per_subscriber: by_kind.min_audio,
         latency_p50_ms: ms(percentile(&mut latencies, 50.0)),
         latency_p99_ms: ms(percentile(&mut latencies, 99.0)),
         server_cpu_percent: match (cpu_before, cpu_after) {
@@ -208,8 +238,41 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
             _ => None,
         },
         server_rss_mib: rss.map(|b| b / (1024.0 * 1024.0)),
+        server_measured_from: match options.server_pid {
+            Some(pid) => format!("pid {pid}"),
+            None => metrics_url(&url).unwrap_or_default(),
+        },
         errors: stats.errors(),
     })
+}
+
+/// What the subscribers received, summed and at its least, audio and video apart.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ByKind {
+    audio: u64,
+    video: u64,
+    without_packets: usize,
+    without_video: usize,
+    without_audio: usize,
+    min_video: Option<u64>,
+    min_audio: Option<u64>,
+}
+
+impl ByKind {
+    /// `expected` subscribers should have finished; those that did not received nothing.
+    fn of(finished: &[Received], expected: usize) -> Self {
+        let missing = expected.saturating_sub(finished.len());
+        let zero_if_missing = |min: Option<u64>| if missing > 0 { Some(0) } else { min };
+        Self {
+            audio: finished.iter().map(|r| r.audio).sum(),
+            video: finished.iter().map(|r| r.video).sum(),
+            without_packets: finished.iter().filter(|r| r.packets == 0).count() + missing,
+            without_video: finished.iter().filter(|r| r.video == 0).count() + missing,
+            without_audio: finished.iter().filter(|r| r.audio == 0).count() + missing,
+            min_video: zero_if_missing(finished.iter().map(|r| r.video).min()),
+            min_audio: zero_if_missing(finished.iter().map(|r| r.audio).min()),
+        }
+    }
 }
 
 async fn progress_line(stats: &Stats, total: usize, stop: CancellationToken) {
@@ -240,34 +303,34 @@ async fn progress_line(stats: &Stats, total: usize, stop: CancellationToken) {
 /// Server CPU seconds so far: from /proc for a local pid, else from its /metrics.
 async fn server_cpu_seconds(options: &LoadOptions, url: &str) -> Option<f64> {
     if let Some(pid) = options.server_pid {
-        return crate::metrics::process_cpu_seconds(pid);
+        return sys::process_cpu_seconds(pid);
     }
     metric(url, "sfu_process_cpu_seconds_total").await
 }
 
 async fn server_rss_bytes(options: &LoadOptions, url: &str) -> Option<f64> {
     if let Some(pid) = options.server_pid {
-        let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))
-            .await
-            .ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        return Some(kib * 1024.0);
+        return sys::process_rss_bytes(pid);
     }
     metric(url, "sfu_process_resident_memory_bytes").await
 }
 
-/// One unlabelled sample from the server's /metrics, over plain HTTP/1.0.
-async fn metric(ws_url: &str, name: &str) -> Option<f64> {
+/// The host (`host:port`) of a `ws://` or `http://` URL; None for TLS or other schemes.
+fn plain_host(ws_url: &str) -> Option<&str> {
     let rest = ws_url
         .strip_prefix("ws://")
         .or_else(|| ws_url.strip_prefix("http://"))?;
-    let host = rest.split('/').next()?;
+    rest.split('/').next()
+}
+
+/// `http://host/metrics` of a server's signaling URL.
+fn metrics_url(ws_url: &str) -> Option<String> {
+    Some(format!("http://{}/metrics", plain_host(ws_url)?))
+}
+
+/// One unlabelled sample from the server's /metrics, over plain HTTP/1.0.
+async fn metric(ws_url: &str, name: &str) -> Option<f64> {
+    let host = plain_host(ws_url)?;
     let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
     let request = format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
@@ -284,6 +347,7 @@ impl Report {
     pub fn table(&self) -> String {
         let opt =
             |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1} {unit}"));
+        let count = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let mut out = String::new();
         let rows = [
             (
@@ -317,6 +381,28 @@ impl Report {
                 self.subscribers_without_packets.to_string(),
             ),
             (
+                "video / audio packets received",
+                format!(
+                    "{} / {}",
+                    self.video_packets_received, self.audio_packets_received
+                ),
+            ),
+            (
+                "subscribers without video / audio",
+                format!(
+                    "{} / {}",
+                    self.subscribers_without_video, self.subscribers_without_audio
+                ),
+            ),
+            (
+                "fewest video / audio per subscriber",
+                format!(
+                    "{} / {}",
+                    count(self.min_video_packets_per_subscriber),
+                    count(self.min_audio_packets_per_subscriber)
+                ),
+            ),
+            (
                 "latency p50 / p99",
                 format!(
                     "{} / {}",
@@ -326,13 +412,55 @@ impl Report {
             ),
             ("server CPU", opt(self.server_cpu_percent, "% of a core")),
             ("server RSS", opt(self.server_rss_mib, "MiB")),
+            ("server measured from", self.server_measured_from.clone()),
         ];
         for (k, v) in rows {
-            out.push_str(&format!("{k:<32} {v}\n"));
+            out.push_str(&format!("{k:<36} {v}\n"));
         }
         for e in &self.errors {
             out.push_str(&format!("error: {e}\n"));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_without_video_or_that_never_finished_is_counted() {
+        let r = |audio, video| Received {
+            packets: audio + video,
+            audio,
+            video,
+            lost: 0,
+        };
+        let all_served = ByKind::of(&[r(100, 900), r(90, 800)], 2);
+        assert_eq!(all_served.without_video, 0);
+        assert_eq!(all_served.min_video, Some(800));
+        assert_eq!(all_served.min_audio, Some(90));
+        assert_eq!((all_served.audio, all_served.video), (190, 1700));
+
+        let audio_only = ByKind::of(&[r(100, 900), r(90, 0)], 2);
+        assert_eq!(audio_only.without_video, 1);
+        assert_eq!(audio_only.without_packets, 0);
+        assert_eq!(audio_only.min_video, Some(0));
+
+        let one_missing = ByKind::of(&[r(100, 900)], 2);
+        assert_eq!(one_missing.without_packets, 1);
+        assert_eq!(one_missing.without_video, 1);
+        assert_eq!(one_missing.min_audio, Some(0));
+
+        assert_eq!(ByKind::of(&[], 0).min_video, None);
+    }
+
+    #[test]
+    fn metrics_url_of_a_signaling_url() {
+        assert_eq!(
+            metrics_url("ws://127.0.0.1:7880/ws").as_deref(),
+            Some("http://127.0.0.1:7880/metrics")
+        );
+        assert_eq!(metrics_url("wss://example.org/ws"), None);
     }
 }

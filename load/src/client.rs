@@ -1,11 +1,12 @@
 //! One load-test participant: a WebSocket signaling session and up to two str0m peers, a
 //! publisher sending synthetic VP8 (optionally three simulcast layers) and Opus, and a subscriber
-//! counting what the server forwards.
+//! counting what the server forwards, audio and video apart.
 //!
 //! The subscriber normally does not decrypt: once its DTLS is up, RTP datagrams are counted from
 //! their clear header (SSRC, sequence number) and never reach str0m, so measuring costs far less
 //! than forwarding. Only STUN, DTLS and RTCP go through str0m. With `decrypt`, everything goes
-//! through str0m and the frames' send stamps give the forwarding latency.
+//! through str0m and the frames' send stamps give the forwarding latency. A clear packet's kind
+//! comes from its payload type, looked up in the m-lines of the server's offers.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -25,8 +26,8 @@ use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::load::media::{age_of, opus_frame, vp8_frame, LayerSpec, AUDIO_PPS, FPS};
-use crate::load::stats::{SsrcCounter, Stats};
+use crate::media::{age_of, opus_frame, vp8_frame, LayerSpec, AUDIO_PPS, FPS};
+use crate::stats::{Kind, Received, SsrcCounter, Stats};
 
 /// How long a join (WebSocket connect and `joined`) may take before it counts as failed.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -56,7 +57,7 @@ struct Peer {
 
 impl Peer {
     async fn new(bind: IpAddr) -> anyhow::Result<Self> {
-        let socket = UdpSocket::from_std(crate::rtc::bind_media_socket(SocketAddr::new(bind, 0))?)?;
+        let socket = UdpSocket::from_std(crate::sys::bind_udp(SocketAddr::new(bind, 0))?)?;
         let local = socket.local_addr()?;
         let mut rtc = RtcConfig::new().build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp")?);
@@ -246,6 +247,7 @@ async fn session(
     }
     let mut sub_peer: Option<Peer> = None;
     let mut rtx_ssrcs: HashSet<u32> = HashSet::new();
+    let mut kinds: HashMap<u8, Kind> = HashMap::new();
     let mut counters: HashMap<u32, SsrcCounter> = HashMap::new();
     let mut decrypted_highest: HashMap<(Mid, Option<Rid>), u64> = HashMap::new();
     let mut pub_buf = vec![0u8; 2048];
@@ -253,7 +255,7 @@ async fn session(
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut rtp_sent = 0u64;
     let mut received_now = 0u64;
-    let (mut decrypted_received, mut decrypted_lost) = (0u64, 0u64);
+    let mut decrypted = Received::default();
 
     loop {
         let now = Instant::now();
@@ -289,6 +291,7 @@ async fn session(
                     Some("offer") => {
                         let sdp = v["sdp"].as_str().unwrap_or("");
                         rtx_ssrcs.extend(rtx_ssrcs_of(sdp));
+                        kinds.extend(payload_kinds_of(sdp));
                         let offer = SdpOffer::from_sdp_string(sdp)?;
                         if sub_peer.is_none() {
                             sub_peer = Some(Peer::new(bind).await?);
@@ -312,7 +315,7 @@ async fn session(
                 if let (Ok((n, from)), Some(p)) = (received, sub_peer.as_mut()) {
                     let d = &sub_buf[..n];
                     if !role.decrypt && p.connected && is_rtp(d) {
-                        received_now += u64::from(count_clear(d, &rtx_ssrcs, &mut counters));
+                        received_now += u64::from(count_clear(d, &rtx_ssrcs, &kinds, &mut counters));
                     } else {
                         p.input(from, d);
                     }
@@ -344,8 +347,14 @@ async fn session(
             for e in p.drain(&mut 0) {
                 if let Event::MediaData(d) = e {
                     let (packets, lost) = count_decrypted(&d, &mut decrypted_highest);
-                    decrypted_received += packets;
-                    decrypted_lost += lost;
+                    decrypted.packets += packets;
+                    decrypted.lost += lost;
+                    let codec = d.params.spec().codec;
+                    if codec.is_audio() {
+                        decrypted.audio += packets;
+                    } else if codec.is_video() {
+                        decrypted.video += packets;
+                    }
                     received_now += packets;
                     if let Some(age) = age_of(&d.data, now) {
                         stats.latency(age);
@@ -368,14 +377,21 @@ async fn session(
     let _ = send(&mut ws, json!({"type":"leave"})).await;
     let _ = ws.close(None).await;
     if role.subscribe {
-        let (received, lost) = if role.decrypt {
-            (decrypted_received, decrypted_lost)
+        let received = if role.decrypt {
+            decrypted
         } else {
-            counters
-                .values()
-                .fold((0, 0), |(r, l), c| (r + c.received, l + c.lost()))
+            counters.values().fold(Received::default(), |mut r, c| {
+                r.packets += c.received;
+                r.lost += c.lost();
+                match c.kind {
+                    Some(Kind::Audio) => r.audio += c.received,
+                    Some(Kind::Video) => r.video += c.received,
+                    None => {}
+                }
+                r
+            })
         };
-        stats.subscriber_done(received, lost);
+        stats.subscriber_done(received);
     }
     Ok(())
 }
@@ -430,15 +446,50 @@ fn send_media(p: &mut Peer, layers: &[LayerSpec], out: &mut Outgoing, now: Insta
     }
 }
 
-/// Counts one SRTP datagram from its clear header; false for a resend or probe (RTX).
-fn count_clear(d: &[u8], rtx: &HashSet<u32>, counters: &mut HashMap<u32, SsrcCounter>) -> bool {
+/// Counts one SRTP datagram (at least 12 bytes: [`is_rtp`]) from its clear header; false for a
+/// resend or probe (RTX).
+fn count_clear(
+    d: &[u8],
+    rtx: &HashSet<u32>,
+    kinds: &HashMap<u8, Kind>,
+    counters: &mut HashMap<u32, SsrcCounter>,
+) -> bool {
     let seq = u16::from_be_bytes([d[2], d[3]]);
     let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
     if rtx.contains(&ssrc) {
         return false;
     }
-    counters.entry(ssrc).or_default().on_packet(seq);
+    let counter = counters.entry(ssrc).or_default();
+    if counter.kind.is_none() {
+        counter.kind = kinds.get(&(d[1] & 0x7f)).copied();
+    }
+    counter.on_packet(seq);
     true
+}
+
+/// Payload type -> kind, from the m-lines of an SDP (`m=video 9 UDP/TLS/RTP/SAVPF 96 97`). One
+/// BUNDLE transport never gives audio and video the same payload type.
+fn payload_kinds_of(sdp: &str) -> Vec<(u8, Kind)> {
+    let mut out = Vec::new();
+    for line in sdp.lines() {
+        let Some(m) = line.strip_prefix("m=") else {
+            continue;
+        };
+        let mut fields = m.split_whitespace();
+        let kind = match fields.next() {
+            Some("audio") => Kind::Audio,
+            Some("video") => Kind::Video,
+            _ => continue,
+        };
+        // Port and protocol, then the payload types.
+        out.extend(
+            fields
+                .skip(2)
+                .filter_map(|pt| pt.parse().ok())
+                .map(|pt| (pt, kind)),
+        );
+    }
+    out
 }
 
 /// (packets, lost before them) of one decrypted frame.
@@ -482,5 +533,36 @@ mod tests {
         assert!(!is_rtp(&[0x16, 0xfe, 0xfd]), "DTLS");
         let sdp = "a=ssrc-group:FID 1111 2222\r\na=ssrc:1111 cname:x\r\n";
         assert_eq!(rtx_ssrcs_of(sdp), vec![2222]);
+    }
+
+    #[test]
+    fn counts_clear_packets_by_the_kind_of_their_payload_type() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:1\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+        let kinds: HashMap<u8, Kind> = payload_kinds_of(sdp).into_iter().collect();
+        assert_eq!(kinds.len(), 3);
+        let rtx: HashSet<u32> = [7].into();
+        let mut counters = HashMap::new();
+        let packet = |pt: u8, seq: u16, ssrc: u32| {
+            let mut p = [0u8; 20];
+            p[0] = 0x80;
+            p[1] = 0x80 | pt; // marker bit set: the kind comes from the low 7 bits
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            p
+        };
+        assert!(count_clear(&packet(111, 1, 1), &rtx, &kinds, &mut counters));
+        assert!(count_clear(&packet(96, 10, 2), &rtx, &kinds, &mut counters));
+        assert!(count_clear(&packet(96, 12, 2), &rtx, &kinds, &mut counters));
+        assert!(
+            !count_clear(&packet(97, 5, 7), &rtx, &kinds, &mut counters),
+            "RTX"
+        );
+        assert!(count_clear(&packet(100, 1, 3), &rtx, &kinds, &mut counters));
+        assert_eq!(counters[&1].kind, Some(Kind::Audio));
+        assert_eq!(counters[&2].kind, Some(Kind::Video));
+        assert_eq!(counters[&2].lost(), 1);
+        assert_eq!(counters[&3].kind, None, "a payload type no m-line names");
     }
 }

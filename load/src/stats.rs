@@ -1,4 +1,5 @@
-//! What a load run measured: joins, packets, loss, latency, shared by every participant task.
+//! What a load run measures, shared by every participant task: joins, packets (per subscriber and
+//! per kind), loss, latency, errors; and the sequence-number loss counter of one incoming stream.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -10,9 +11,28 @@ const MAX_LATENCY_SAMPLES: usize = 500_000;
 /// Most error messages kept for the report.
 const MAX_ERRORS: usize = 20;
 
+/// Audio or video, as a subscriber tells them apart (payload type or codec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Audio,
+    Video,
+}
+
+/// What one subscriber received by the time it left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Every media packet (RTX excluded), whatever its kind.
+    pub packets: u64,
+    pub audio: u64,
+    pub video: u64,
+    pub lost: u64,
+}
+
 /// Loss accounting for one incoming SSRC from its 16-bit sequence numbers.
 #[derive(Debug, Default)]
 pub struct SsrcCounter {
+    /// The stream's kind, from the payload type of its first packet (None when unknown).
+    pub kind: Option<Kind>,
     /// Extended sequence number of the first and highest packet seen.
     first: Option<u64>,
     highest: u64,
@@ -54,8 +74,8 @@ pub struct Stats {
     /// Counted by subscribers when they finish (clear-header mode) or as frames arrive (decrypt).
     pub packets_received: AtomicU64,
     pub packets_lost: AtomicU64,
-    /// Packets per finished subscriber, for "did everyone receive".
-    per_subscriber: Mutex<Vec<u64>>,
+    /// What each finished subscriber received, for "did everyone receive audio and video".
+    per_subscriber: Mutex<Vec<Received>>,
     latencies: Mutex<Vec<Duration>>,
     errors: Mutex<Vec<String>>,
     /// Live count for the progress line: clear-header subscribers report only at the end.
@@ -95,9 +115,11 @@ impl Stats {
         }
     }
 
-    pub fn subscriber_done(&self, received: u64, lost: u64) {
-        self.packets_received.fetch_add(received, Ordering::Relaxed);
-        self.packets_lost.fetch_add(lost, Ordering::Relaxed);
+    pub fn subscriber_done(&self, received: Received) {
+        self.packets_received
+            .fetch_add(received.packets, Ordering::Relaxed);
+        self.packets_lost
+            .fetch_add(received.lost, Ordering::Relaxed);
         if let Ok(mut p) = self.per_subscriber.lock() {
             p.push(received);
         }
@@ -114,7 +136,7 @@ impl Stats {
         self.latencies.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
-    pub fn per_subscriber(&self) -> Vec<u64> {
+    pub fn per_subscriber(&self) -> Vec<Received> {
         self.per_subscriber
             .lock()
             .map(|t| t.clone())
