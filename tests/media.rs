@@ -54,8 +54,12 @@ async fn publishing_room(
     connected(&alice.publisher).await;
     for s in &subscribers {
         connected(&s.subscriber).await;
+        assert!(
+            s.track_open(&sid).await,
+            "{} never got alice's camera on its subscriber connection",
+            s.joined["participant"]["identity"]
+        );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     (alice, video, sid, subscribers)
 }
 
@@ -72,13 +76,23 @@ async fn subscribers_receive_every_packet_continuous_and_byte_identical() {
     connected(&alice.publisher).await;
     connected(&bob.subscriber).await;
     connected(&carol.subscriber).await;
-    // Both tracks must be negotiated on each subscriber before the first packet is sent.
-    for c in [&bob, &carol] {
+    // Both tracks must be negotiated on each subscriber, and the server must have its answer,
+    // before the first packet is sent.
+    let alice_sid = alice.sid();
+    for (name, c) in [("bob", &bob), ("carol", &carol)] {
         let ok =
             common::eventually(|| async { c.subscriber.get_transceivers().await.len() >= 2 }).await;
-        assert!(ok);
+        assert!(
+            ok,
+            "{name}'s subscriber connection never had two transceivers"
+        );
+        let ok = common::eventually(|| async { c.open_tracks_from(&alice_sid) == 2 }).await;
+        assert!(
+            ok,
+            "{name} never got both of alice's tracks on its subscriber connection: {:?}",
+            c.open_tracks.lock().unwrap()
+        );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (v, a) = tokio::join!(
         send_vp8(&video, 60, 4, 30, 1000, 0, 0),
@@ -87,15 +101,14 @@ async fn subscribers_receive_every_packet_continuous_and_byte_identical() {
     let _ = (v, a);
     let sent_video = video.sent.lock().unwrap().clone();
     let sent_audio = audio.sent.lock().unwrap().clone();
-    // The server paces what it sends to its bandwidth estimate: the tail may still be on its way.
-    for c in [&bob, &carol] {
-        common::eventually(|| async {
-            c.received_of("video/vp8").len() >= sent_video.len()
-                && c.received_of("audio/opus").len() >= sent_audio.len()
+    for (name, client) in [("bob", &bob), ("carol", &carol)] {
+        // The server paces what it sends to its bandwidth estimate: the tail may still be on its
+        // way. A shortfall is reported after the checks below, which name the missing packets.
+        let arrived = common::eventually(|| async {
+            client.received_of("video/vp8").len() >= sent_video.len()
+                && client.received_of("audio/opus").len() >= sent_audio.len()
         })
         .await;
-    }
-    for (name, client) in [("bob", &bob), ("carol", &carol)] {
         let got = client.received_of("video/vp8");
         assert!(!got.is_empty(), "{name} got no video");
         let seqs: Vec<u16> = got.iter().map(|p| p.header.sequence_number).collect();
@@ -139,6 +152,11 @@ async fn subscribers_receive_every_packet_continuous_and_byte_identical() {
             sent_audio.len(),
             "{name}: every audio packet arrives"
         );
+        assert!(
+            arrived,
+            "{name}: not every packet arrived within {:?}",
+            common::WAIT
+        );
     }
     server.shutdown().await;
 }
@@ -152,10 +170,11 @@ async fn a_publisher_restart_keeps_the_subscriber_stream_continuous() {
     // could repair, within what SRTP's rollover tracking allows) and its timestamps elsewhere.
     let (_, counter, _) = send_vp8(&video, 20, 3, 10, 1000, 0, 50_000).await;
     send_vp8(&video, 20, 3, 10, 11_000, counter, 3_000_000_000).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrived = common::eventually(|| async { bob.received_of("video/vp8").len() >= 120 }).await;
 
     let got = bob.received_of("video/vp8");
-    assert_eq!(got.len(), 120, "both runs arrive whole");
+    assert!(arrived, "both runs arrive whole: {} of 120", got.len());
+    assert_eq!(got.len(), 120, "both runs arrive whole, nothing twice");
     let seqs: Vec<u16> = got.iter().map(|p| p.header.sequence_number).collect();
     assert_continuous(&seqs, "across the restart");
     // Time never goes back, and across the restart it moves on by about the real gap
@@ -186,10 +205,28 @@ async fn subscriber_keyframe_requests_are_throttled_upstream() {
     let (alice, video, _sid, subs) = publishing_room(&server, &["bob"]).await;
     let bob = &subs[0];
     send_vp8(&video, 5, 2, 100, 1, 0, 0).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let before = alice.plis.lock().unwrap().get("cam").copied().unwrap_or(0);
+    let plis_at_alice = || alice.plis.lock().unwrap().get("cam").copied().unwrap_or(0);
+    // Every keyframe request the server has sent upstream has reached alice.
+    let requests_landed = || async {
+        let sent = common::metric(&server, "sfu_keyframe_requests_sent_total{type=\"pli\"}")
+            .await
+            .unwrap_or(0.0);
+        plis_at_alice() as f64 >= sent
+    };
+    let receiving = common::eventually(|| async { !bob.received_of("video/vp8").is_empty() }).await;
+    assert!(receiving, "bob receives alice's video");
+    // Requests from setting up bob's subscription must not count as his.
+    assert!(
+        common::eventually(requests_landed).await,
+        "keyframe requests the server sent before bob's never reached alice"
+    );
+    let before = plis_at_alice();
     let media_ssrc = bob.received_of("video/vp8")[0].header.ssrc;
+    // Spread over a second on purpose: the throttle allows one request upstream per interval,
+    // so this is what a subscriber asking again and again for a second looks like.
+    let mut every_50ms = tokio::time::interval(Duration::from_millis(50));
     for _ in 0..20 {
+        every_50ms.tick().await;
         let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
             sender_ssrc: 0,
             media_ssrc,
@@ -198,10 +235,23 @@ async fn subscriber_keyframe_requests_are_throttled_upstream() {
             .write_rtcp(&[Box::new(pli)])
             .await
             .expect("send PLI");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let arrived = alice.plis.lock().unwrap().get("cam").copied().unwrap_or(0) - before;
+    // The server has read all 20 and whatever it passed on has reached alice.
+    let settled = common::eventually(|| async {
+        let received = common::metric(
+            &server,
+            "sfu_keyframe_requests_received_total{type=\"pli\"}",
+        )
+        .await
+        .unwrap_or(0.0);
+        received >= 20.0 && requests_landed().await
+    })
+    .await;
+    assert!(
+        settled,
+        "the server never counted bob's 20 PLIs, or what it sent upstream never reached alice"
+    );
+    let arrived = plis_at_alice() - before;
     assert!(
         (1..=3).contains(&arrived),
         "20 PLIs in 1 s became {arrived} upstream"
@@ -222,8 +272,9 @@ async fn a_subscriber_nack_is_answered_with_the_original_payload() {
     let (_alice, video, _sid, subs) = publishing_room(&server, &["bob"]).await;
     let bob = &subs[0];
     send_vp8(&video, 10, 3, 100, 7, 0, 0).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrived = common::eventually(|| async { bob.received_of("video/vp8").len() >= 30 }).await;
     let got = bob.received_of("video/vp8");
+    assert!(arrived, "bob receives all 30 packets: got {}", got.len());
     let wanted = got[12].clone();
     let nack = rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
         sender_ssrc: 0,
@@ -375,21 +426,24 @@ async fn malformed_media_is_dropped_counted_and_the_room_goes_on() {
     }
     // The room goes on: real video still reaches Bob.
     send_vp8(&video, 10, 2, 5, 200, 0, 0).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let got = bob.received_of("video/vp8");
-    assert!(
-        got.iter().filter_map(|p| counter_of(&p.payload)).count() >= 10,
-        "video flows after the junk"
-    );
-    let dropped = common::metric(
-        &server,
-        "sfu_udp_datagrams_dropped_total{reason=\"unknown_source\"}",
-    )
-    .await;
-    assert!(
-        dropped.unwrap_or(0.0) >= 3.0,
-        "junk datagrams counted: {dropped:?}"
-    );
+    let stamped = || {
+        bob.received_of("video/vp8")
+            .iter()
+            .filter_map(|p| counter_of(&p.payload))
+            .count()
+    };
+    let flows = common::eventually(|| async { stamped() >= 10 }).await;
+    assert!(flows, "video flows after the junk: {} packets", stamped());
+    let dropped = || async {
+        common::metric(
+            &server,
+            "sfu_udp_datagrams_dropped_total{reason=\"unknown_source\"}",
+        )
+        .await
+        .unwrap_or(0.0)
+    };
+    let counted = common::eventually(|| async { dropped().await >= 3.0 }).await;
+    assert!(counted, "junk datagrams counted: {}", dropped().await);
     server.shutdown().await;
 }
 
@@ -483,7 +537,7 @@ async fn the_last_one_in_a_room_still_receives_whoever_publishes_next() {
     let mut carol = MediaClient::join(&server, "r", "carol").await;
     let cam = carol.add_track("video", "cam2").await;
     carol.negotiate_publisher().await;
-    carol.published_sid("cam2").await;
+    let cam2 = carol.published_sid("cam2").await;
     connected(&carol.publisher).await;
     let bob = &subs[0];
     let negotiated = common::eventually(|| async {
@@ -497,7 +551,10 @@ async fn the_last_one_in_a_room_still_receives_whoever_publishes_next() {
     })
     .await;
     assert!(negotiated, "carol's track is offered to bob");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        bob.track_open(&cam2).await,
+        "the server never had bob's answer to the offer with carol's track"
+    );
     send_vp8(&cam, 20, 2, 10, 1, 5000, 0).await;
     let got = common::eventually(|| async {
         bob.received_of("video/vp8")[before..]
@@ -528,7 +585,10 @@ async fn without_auto_subscribe_only_asked_for_tracks_arrive() {
     let answer = bob.request(json!({"type":"subscribe","track":sid})).await;
     assert_eq!(answer["type"], "ack", "{answer}");
     connected(&bob.subscriber).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        bob.track_open(&sid).await,
+        "the track bob subscribed to never reached his subscriber connection"
+    );
     send_vp8(&video, 20, 2, 10, 11, 100, 0).await;
     let bob = &bob;
     let got = common::eventually(|| async { !bob.received_of("video/vp8").is_empty() }).await;

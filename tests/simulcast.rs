@@ -16,6 +16,13 @@ use serde_json::{json, Value};
 /// phase time. These are deadlines for something to happen, not measurements.
 const PHASE: Duration = Duration::from_secs(45);
 
+/// How long no packet may arrive before a subscriber's stream counts as stopped: six frames at
+/// 30 fps, far longer than loopback delivery or the server's pacer holds anything.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// How long a stopped stream is watched to show nothing more arrives.
+const OFF_WINDOW: Duration = Duration::from_millis(500);
+
 fn layer_is(m: &Value, layer: &str) -> bool {
     m["layer"] == layer
 }
@@ -139,17 +146,36 @@ async fn set_quality_picks_the_layer_and_dynacast_tells_the_publisher() {
         .await
         .expect("off is confirmed");
     assert_eq!(off["layer"], "off");
-    let before = bob.received_of("video/vp8").len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // Packets already in flight may land; then nothing more.
-    let settled = bob.received_of("video/vp8").len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        bob.received_of("video/vp8").len(),
-        settled,
-        "off sends nothing"
+    let video = || bob.received_of("video/vp8").len();
+    let before = video();
+    // Packets already in flight (or in the server's pacer) may land; then nothing more.
+    let mut last = before;
+    let mut quiet_since = tokio::time::Instant::now();
+    let went_quiet = common::eventually(|| {
+        let now = video();
+        if now != last {
+            last = now;
+            quiet_since = tokio::time::Instant::now();
+        }
+        let quiet_for = quiet_since.elapsed();
+        async move { quiet_for >= QUIET }
+    })
+    .await;
+    assert!(
+        went_quiet,
+        "video kept arriving after off: {} packets since",
+        video() - before
     );
+    let settled = video();
     assert!(settled >= before);
+    // Absence can only be shown over a window of time: a layer keyframes every half second and
+    // sends 30 frames a second, so anything still forwarded would show within this one.
+    let leaked = common::eventually_within(OFF_WINDOW, || async { video() > settled }).await;
+    assert!(
+        !leaked,
+        "off sends nothing, yet {} packets arrived",
+        video() - settled
+    );
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sender.await;

@@ -99,3 +99,26 @@ impl Participant {
         self.end.end(reason);
     }
 }
+
+#[cfg(test)]
+impl Participant {
+    /// A participant with every permission whose session nobody reads: for tests of room state.
+    pub(crate) fn detached(identity: &str, sid: &str) -> Self {
+        let (outbound, _) = mpsc::channel(1);
+        Self::new(
+            ParticipantInfo {
+                sid: sid.into(),
+                identity: identity.into(),
+                name: identity.to_uppercase(),
+                joined_at: 0,
+                permissions: crate::signal::protocol::Permissions {
+                    publish: true,
+                    subscribe: true,
+                    chat: true,
+                },
+            },
+            outbound,
+            Arc::new(SessionEnd::default()),
+        )
+    }
+}

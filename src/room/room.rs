@@ -318,3 +318,83 @@ impl Room {
 
 /// Shared handle to a room.
 pub type RoomRef = Arc<Room>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn participant(identity: &str, sid: &str) -> Participant {
+        Participant::detached(identity, sid)
+    }
+
+    #[test]
+    fn a_closed_room_refuses_joins_and_stays_empty() {
+        let t0 = Instant::now();
+        let room = Room::new("r".into(), 10, t0);
+        assert!(room.close_if_idle(Duration::ZERO, t0));
+        assert_eq!(
+            room.join(participant("alice", "s1"), 10).map(|_| ()),
+            Err(RoomError::Closed)
+        );
+        assert!(room.is_empty(), "a refused joiner is not in the room");
+        assert!(
+            !room.close_if_idle(Duration::ZERO, t0),
+            "a room closes once; the second closer has nothing to remove"
+        );
+    }
+
+    #[test]
+    fn a_room_with_someone_in_it_does_not_close() {
+        let t0 = Instant::now();
+        let room = Room::new("r".into(), 10, t0);
+        room.join(participant("alice", "s1"), 10).expect("joins");
+        let much_later = t0 + Duration::from_secs(3600);
+        assert!(!room.close_if_idle(Duration::ZERO, much_later));
+        assert!(room.join(participant("bob", "s2"), 10).is_ok());
+    }
+
+    #[test]
+    fn the_grace_period_counts_from_the_last_leave() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(30);
+        let room = Room::new("r".into(), 10, t0);
+        room.join(participant("alice", "s1"), 10).expect("joins");
+        let left = t0 + Duration::from_secs(100);
+        room.leave("s1", LeaveReason::ClientLeft, left);
+        assert!(
+            !room.close_if_idle(grace, left + grace - Duration::from_millis(1)),
+            "still within the grace period"
+        );
+        assert!(room.close_if_idle(grace, left + grace));
+    }
+
+    /// A join and a close of an idle room, started together from two threads many times: exactly
+    /// one of them wins. Either the joiner is in a room that stays open, or the room closed and
+    /// the joiner was refused (and `Rooms` makes a new room for it). Never both, never neither.
+    #[test]
+    fn a_join_racing_a_close_either_lands_or_is_refused() {
+        for round in 0..500 {
+            let room = Room::new("r".into(), 10, Instant::now());
+            let start = Barrier::new(2);
+            let (joined, closed) = std::thread::scope(|s| {
+                let joiner = s.spawn(|| {
+                    start.wait();
+                    room.join(participant("alice", "s1"), 10).is_ok()
+                });
+                let closer = s.spawn(|| {
+                    start.wait();
+                    room.close_if_idle(Duration::ZERO, Instant::now())
+                });
+                (joiner.join().unwrap(), closer.join().unwrap())
+            });
+            assert!(
+                joined != closed,
+                "round {round}: joined {joined}, closed {closed}"
+            );
+            assert_eq!(room.len(), usize::from(joined), "round {round}");
+        }
+    }
+}

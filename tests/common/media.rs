@@ -249,6 +249,9 @@ pub struct MediaClient {
     pub received: Tap,
     /// Keyframe requests (PLI) the publisher connection received, per track cid.
     pub plis: Arc<Mutex<HashMap<String, usize>>>,
+    /// The tracks the server sends on the subscriber connection (track sid -> publisher sid):
+    /// those of the last subscriber offer whose answer the server accepted.
+    pub open_tracks: Arc<Mutex<HashMap<String, String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -291,7 +294,12 @@ impl MediaClient {
         let (in_tx, in_rx) = mpsc::unbounded_channel::<Value>();
         let sub = subscriber.clone();
         let answer_tx = out_tx.clone();
+        let open_tracks: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let open = open_tracks.clone();
         let task = tokio::spawn(async move {
+            // Each answer gets its own id, so the server's ack names the offer it settles.
+            let mut answers = 0u32;
+            let mut offered: HashMap<String, HashMap<String, String>> = HashMap::new();
             loop {
                 tokio::select! {
                     Some(message) = out_rx.recv() => {
@@ -314,7 +322,15 @@ impl MediaClient {
                                 );
                             }
                             let answer = answer_offer(&sub, sdp).await;
-                            let _ = answer_tx.send(json!({"type":"answer","id":"sub-answer","sdp":answer}));
+                            answers += 1;
+                            let id = format!("sub-answer-{answers}");
+                            offered.insert(id.clone(), offered_tracks(&value));
+                            let _ = answer_tx.send(json!({"type":"answer","id":id,"sdp":answer}));
+                        }
+                        if let Some(tracks) = value["request_id"].as_str().and_then(|id| offered.remove(id)) {
+                            if value["type"] == "ack" {
+                                *open.lock().unwrap() = tracks;
+                            }
                         }
                         let _ = in_tx.send(value);
                     }
@@ -331,6 +347,7 @@ impl MediaClient {
             subscriber,
             received,
             plis: Arc::default(),
+            open_tracks,
             task,
         };
         let token = super::token(server, room, identity);
@@ -548,6 +565,23 @@ impl MediaClient {
         }
     }
 
+    /// Waits until the server has accepted this client's answer to a subscriber offer that
+    /// carries `track` (a track sid): from then on the server forwards the track's packets here.
+    /// False if that did not happen within `WAIT`.
+    pub async fn track_open(&self, track: &str) -> bool {
+        super::eventually(|| async { self.open_tracks.lock().unwrap().contains_key(track) }).await
+    }
+
+    /// How many tracks published by `participant` (a participant sid) the server sends here.
+    pub fn open_tracks_from(&self, participant: &str) -> usize {
+        self.open_tracks
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|p| *p == participant)
+            .count()
+    }
+
     /// Received packets of one codec (lowercase mime, e.g. "video/vp8"), in arrival order.
     pub fn received_of(&self, mime: &str) -> Vec<rtp::packet::Packet> {
         self.received
@@ -575,6 +609,21 @@ impl MediaClient {
             let _ = subscriber.close().await;
         });
     }
+}
+
+/// The tracks a subscriber `offer` message lists: track sid -> publisher sid.
+fn offered_tracks(offer: &Value) -> HashMap<String, String> {
+    offer["tracks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                t["track"].as_str()?.to_string(),
+                t["participant"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 async fn answer_offer(pc: &Arc<RTCPeerConnection>, sdp: String) -> String {
