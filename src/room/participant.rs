@@ -100,6 +100,15 @@ impl Participant {
     }
 }
 
+/// An encoder for tests of room state: the event's debug form, tagged `test`.
+#[cfg(test)]
+pub(crate) fn test_encode(event: &RoomEvent) -> Encoded {
+    Encoded {
+        kind: "test",
+        text: format!("{event:?}").into(),
+    }
+}
+
 #[cfg(test)]
 impl Participant {
     /// A participant with every permission whose session nobody reads: for tests of room state.
@@ -111,7 +120,7 @@ impl Participant {
                 identity: identity.into(),
                 name: identity.to_uppercase(),
                 joined_at: 0,
-                permissions: crate::signal::protocol::Permissions {
+                permissions: crate::model::Permissions {
                     publish: true,
                     subscribe: true,
                     chat: true,

@@ -325,6 +325,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::room::participant::test_encode;
 
     fn participant(identity: &str, sid: &str) -> Participant {
         Participant::detached(identity, sid)
@@ -333,7 +334,7 @@ mod tests {
     #[test]
     fn a_closed_room_refuses_joins_and_stays_empty() {
         let t0 = Instant::now();
-        let room = Room::new("r".into(), 10, t0);
+        let room = Room::new("r".into(), 10, test_encode, t0);
         assert!(room.close_if_idle(Duration::ZERO, t0));
         assert_eq!(
             room.join(participant("alice", "s1"), 10).map(|_| ()),
@@ -349,7 +350,7 @@ mod tests {
     #[test]
     fn a_room_with_someone_in_it_does_not_close() {
         let t0 = Instant::now();
-        let room = Room::new("r".into(), 10, t0);
+        let room = Room::new("r".into(), 10, test_encode, t0);
         room.join(participant("alice", "s1"), 10).expect("joins");
         let much_later = t0 + Duration::from_secs(3600);
         assert!(!room.close_if_idle(Duration::ZERO, much_later));
@@ -360,7 +361,7 @@ mod tests {
     fn the_grace_period_counts_from_the_last_leave() {
         let t0 = Instant::now();
         let grace = Duration::from_secs(30);
-        let room = Room::new("r".into(), 10, t0);
+        let room = Room::new("r".into(), 10, test_encode, t0);
         room.join(participant("alice", "s1"), 10).expect("joins");
         let left = t0 + Duration::from_secs(100);
         room.leave("s1", LeaveReason::ClientLeft, left);
@@ -377,7 +378,7 @@ mod tests {
     #[test]
     fn a_join_racing_a_close_either_lands_or_is_refused() {
         for round in 0..500 {
-            let room = Room::new("r".into(), 10, Instant::now());
+            let room = Room::new("r".into(), 10, test_encode, Instant::now());
             let start = Barrier::new(2);
             let (joined, closed) = std::thread::scope(|s| {
                 let joiner = s.spawn(|| {

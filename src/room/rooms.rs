@@ -197,6 +197,7 @@ mod tests {
             &ChatConfig::default(),
             Arc::new(Metrics::new()),
             CancellationToken::new(),
+            crate::room::participant::test_encode,
         )
     }
 
