@@ -15,15 +15,15 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
 use crate::rtc::MediaEngine;
-use crate::signal::session::encode_room_event;
+use crate::signal::session::{self, encode_room_event};
 
 /// What every handler and session shares.
 #[derive(Clone)]
 pub struct AppState(Arc<AppInner>);
 
 pub struct AppInner {
-    pub config: Config,
-    pub auth: Auth,
+    pub config: Arc<Config>,
+    pub auth: Arc<Auth>,
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
     /// Cancelled once, when the server starts shutting down.
@@ -31,7 +31,9 @@ pub struct AppInner {
     /// Every signaling session, so shutdown can wait for their goodbyes.
     pub sessions: TaskTracker,
     /// The media workers.
-    pub media: MediaEngine,
+    pub media: Arc<MediaEngine>,
+    /// The parts a signaling session uses, shared by every session.
+    pub session: Arc<session::Context>,
 }
 
 impl std::ops::Deref for AppState {
@@ -54,14 +56,26 @@ impl AppState {
             shutdown.clone(),
             encode_room_event,
         );
+        let config = Arc::new(config);
+        let auth = Arc::new(Auth::new(&config.auth));
+        let media = Arc::new(media);
+        let session = Arc::new(session::Context {
+            config: config.clone(),
+            auth: auth.clone(),
+            rooms: rooms.clone(),
+            metrics: metrics.clone(),
+            media: media.clone(),
+            shutdown: shutdown.clone(),
+        });
         Ok(Self(Arc::new(AppInner {
-            auth: Auth::new(&config.auth),
+            auth,
             config,
             rooms,
             metrics,
             shutdown,
             sessions: TaskTracker::new(),
             media,
+            session,
         })))
     }
 }

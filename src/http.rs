@@ -107,10 +107,11 @@ async fn ws(
         .max(1024 * 1024)
         .max(signal.max_sdp_bytes);
     let sessions = app.sessions.clone();
+    let context = app.session.clone();
     Ok(upgrade
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, app, preauth))))
+        .on_upgrade(move |socket| sessions.track_future(session::run(socket, context, preauth))))
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {

@@ -16,13 +16,31 @@
 //!   running [`http::Server`].
 //! - [`signal`]: the protocol ([`signal::protocol`]) and one session per WebSocket.
 //! - [`room`]: the room registry, a room's participants and chat.
-//! - [`rtc`]: the media workers and everything that touches the WebRTC stack (str0m).
-//! - [`forward`]: the sans-IO forwarding core: every per-packet decision.
+//! - [`rtc`]: the media workers and everything that touches the WebRTC stack (str0m, named
+//!   nowhere else): peers, SDP, the loop that feeds packets to the core and its decisions to
+//!   the stack, panic boundaries, bounded queues to and from the control plane.
+//! - [`forward`]: the sans-IO forwarding core: every forwarding decision (a publication's
+//!   [`forward::router::Router`], its subscriptions, layer choice, allocation, dynacast).
 //! - [`metrics`]: the one Prometheus registry.
 //!
 //! Dependencies point one way: `http -> signal -> room -> model`, `signal -> rtc -> forward`;
-//! nothing imports `http` (but `main.rs` and the tests), and `room` and `rtc` never import
-//! `signal` (tests/layering.rs checks both).
+//! nothing imports `http` (but `main.rs` and the tests), `signal` takes the parts it needs
+//! ([`signal::session::Context`]) without importing `app`, and `room` and `rtc` never import
+//! `signal` (tests/layering.rs checks all of it).
+//!
+//! ## Who owns what
+//!
+//! Each fact has one owner; the others ask it or are told by it.
+//! - **Room** (`room/`): who is in a room (identity, name, grants), the track catalogue that
+//!   participants see (a track's name, source, layers and **muted** flag), and the chat. A
+//!   `mute` request changes only the room: forwarding is the same for a muted track.
+//! - **Media worker** (`rtc/`): a participant's two peer connections, each Publication's media
+//!   (where its packets come from, its format, its layers' SSRCs) and the subscriber
+//!   connection's offer/answer state. It mints a track's sid when its m-line appears and tells
+//!   the session, which adds the track to the room: the room never learns of media any other way.
+//! - **Router** (`forward/`, one per Publication): its layers' Receivers and its Subscriptions:
+//!   which layer each subscriber gets, what was forwarded, when a keyframe is due.
+//! - **Allocator** (`forward/`, one per subscriber connection): that connection's bandwidth split.
 //!
 //! This library is the server only. The load generator behind `sfu load` is a client, so it is
 //! the workspace's other crate, `sfu-load` (load/), which the `sfu` binary uses and which uses

@@ -13,14 +13,17 @@ use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::SinkExt;
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
-use crate::auth::{AuthError, Claims};
+use crate::auth::{Auth, AuthError, Claims};
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::model::{ChatSender, LeaveReason, ParticipantInfo, Permissions, Quality, RoomEvent};
 use crate::room::participant::OUTBOUND_QUEUE;
-use crate::room::{Encoded, Participant, RoomError, RoomRef, SessionEnd};
+use crate::room::{Encoded, Participant, RoomError, RoomRef, Rooms, SessionEnd};
 use crate::rtc::{
-    Command, EventSink, MediaError, MediaEvent, MediaHandle, QualityPreference, MEDIA_EVENT_QUEUE,
+    Command, EventSink, MediaEngine, MediaError, MediaEvent, MediaHandle, QualityPreference,
+    MEDIA_EVENT_QUEUE,
 };
 use crate::signal::protocol::{
     encode, parse_request, ErrorCode, Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
@@ -28,6 +31,18 @@ use crate::signal::protocol::{
 use crate::signal::rate_limit::TokenBucket;
 
 type Sink = SplitSink<WebSocket, Message>;
+
+/// What a session needs of the server: the parts it talks to, and nothing of HTTP. The app
+/// builds one and hands every session a reference.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub auth: Arc<Auth>,
+    pub rooms: Arc<Rooms>,
+    pub metrics: Arc<Metrics>,
+    pub media: Arc<MediaEngine>,
+    /// Cancelled once, when the server starts shutting down.
+    pub shutdown: CancellationToken,
+}
 
 /// Why the socket could not take a message: the session ends without a goodbye.
 struct SocketGone;
@@ -49,7 +64,7 @@ enum Next {
 }
 
 struct Session {
-    app: AppState,
+    app: Arc<Context>,
     sink: Sink,
     /// A token checked before the upgrade (`/ws?token=`), used when `join` carries none.
     preauth: Option<Claims>,
@@ -63,7 +78,7 @@ struct Session {
 }
 
 /// Runs one signaling session to its end.
-pub async fn run(socket: WebSocket, app: AppState, preauth: Option<Claims>) {
+pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) {
     let metrics = app.metrics.clone();
     metrics.signal_connections.inc();
     let (sink, mut stream) = socket.split();

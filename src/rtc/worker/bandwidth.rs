@@ -108,13 +108,18 @@ impl Worker {
         }
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             // Probe toward what the subscriber wants; keep at least what it gets now.
-            let _ = guard(|| {
+            let probed = guard(|| {
                 peer.rtc.bwe().set_bitrate(
                     Bitrate::bps(allocated),
                     Bitrate::bps(desired.max(allocated)),
                 )
             });
-            self.to_poll.insert(peer_id);
+            match probed {
+                Ok(()) => {
+                    self.to_poll.insert(peer_id);
+                }
+                Err(panic) => self.fail_peer(peer_id, "panic", &panic),
+            }
         }
     }
 

@@ -243,13 +243,15 @@ impl Worker {
             PeerTarget::Publisher => p.publisher,
             PeerTarget::Subscriber => p.subscriber,
         };
-        let Some(peer) = peer_id.and_then(|id| self.peers.get_mut(&id)) else {
+        let Some((id, peer)) = peer_id.and_then(|id| Some((id, self.peers.get_mut(&id)?))) else {
             return;
         };
         let text = candidate.strip_prefix("a=").unwrap_or(candidate);
         match Candidate::from_sdp_string(text) {
             Ok(c) => {
-                let _ = guard(|| peer.rtc.add_remote_candidate(c));
+                if let Err(panic) = guard(|| peer.rtc.add_remote_candidate(c)) {
+                    self.fail_peer(id, "panic", &panic);
+                }
             }
             Err(e) => tracing::debug!("ignoring candidate `{text}`: {e}"),
         }
