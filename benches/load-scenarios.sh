@@ -6,6 +6,8 @@
 #   bash benches/load-scenarios.sh audio 300         # 10 audio publishers, 300 subscribers
 #   bash benches/load-scenarios.sh meeting 20        # 20 people, everyone sends and receives
 #   EXTRA=--decrypt bash benches/load-scenarios.sh simulcast 300   # subscribers measure latency
+#   SERVER_BIN=/tmp/sfu-before bash benches/load-scenarios.sh simulcast 500   # another build's
+#                                    # server, measured by this build's load generator
 #
 # Prints sfu load's summary, then the server's forwarding rate measured from its own /metrics
 # over a 10 s window in the middle of the run: packet-sends per second, CPU, and their ratio.
@@ -15,6 +17,7 @@ scenario=${1:?scenario: simulcast | audio | meeting}
 n=${2:?count}
 duration=${DURATION:-25s}
 [ -x target/release/sfu ] || cargo build --release --locked
+server_bin=${SERVER_BIN:-target/release/sfu}
 
 if [ "${IN_NAMESPACE:-}" != 1 ]; then
   exec env IN_NAMESPACE=1 unshare -n bash "$0" "$@"
@@ -22,7 +25,7 @@ fi
 ip link set lo up
 
 SFU_ROOM_MAX_PARTICIPANTS=5000 SFU_RTC_PUBLIC_IPS='["127.0.0.1"]' SFU_HTTP_BIND=127.0.0.1 \
-  SFU_RTC_BIND=127.0.0.1 SFU_LOG_LEVEL=warn target/release/sfu serve --dev >/tmp/sfu-load-server.log 2>&1 &
+  SFU_RTC_BIND=127.0.0.1 SFU_LOG_LEVEL=warn "$server_bin" serve --dev >/tmp/sfu-load-server.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -sf http://127.0.0.1:7880/healthz >/dev/null && break; sleep 0.1; done
