@@ -27,7 +27,7 @@ pub const QUEUES: [&str; 2] = ["worker_commands", "media_events"];
 pub const MEDIA_ERRORS: [&str; 4] = ["timeout", "send", "write", "panic"];
 pub const KEYFRAME_REQUEST_TYPES: [&str; 2] = ["pli", "fir"];
 /// `sfu_layer_switches_total` reasons, as in `quality_changed`.
-pub const SWITCH_REASONS: [&str; 4] = ["start", "request", "bandwidth", "layer_change"];
+pub const SWITCH_REASONS: [&str; 5] = ["start", "request", "bandwidth", "publisher", "layer_lost"];
 /// ICE consent lost, DTLS/SRTP or other stack errors, a panic in the stack.
 pub const PEER_FAILURE_REASONS: [&str; 3] = ["ice", "dtls", "panic"];
 pub const DATAGRAM_DROP_REASONS: [&str; 3] = ["unknown_source", "unparseable", "rejected"];

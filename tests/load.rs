@@ -159,3 +159,35 @@ fn the_server_accepts_the_load_generators_tokens() {
         .expect("token");
     assert!(auth.verify_participant(&other).is_err());
 }
+
+/// Loose on purpose (machines running tests are noisy): a paced queue shows seconds here.
+const MAX_P99_DELAY_MS: f64 = 250.0;
+
+/// A single-layer 5 Mbit/s stream well above the subscriber's bandwidth estimate (these subscribers send
+/// no feedback, so the server's estimate stays where it starts: 800 kbit/s, paced at up to
+/// twice that) must still leave the server as it arrives: there is no smaller layer to switch
+/// to, and a queue would hold seconds of media. Latency is measured by the subscribers from the
+/// publishers' send stamps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_above_the_estimate_is_forwarded_without_queueing() {
+    let server = common::start(|_| {}).await;
+    let report = run(LoadOptions {
+        publishers: 1,
+        subscribers: 2,
+        video_bitrate_bps: 5_000_000,
+        decrypt: true,
+        duration: Duration::from_secs(5),
+        server_pid: Some(std::process::id()),
+        ..common::load_options(&server, "load-delay")
+    })
+    .await
+    .expect("load run");
+    assert_everyone_served(&report, 2, true);
+    let p99 = report.latency_p99_ms.expect("decrypting measures latency");
+    assert!(
+        p99 < MAX_P99_DELAY_MS,
+        "p99 one-way delay {p99:.1} ms is over {MAX_P99_DELAY_MS} ms: packets waited in a queue\n{}",
+        report.table()
+    );
+    server.shutdown().await;
+}

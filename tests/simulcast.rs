@@ -130,12 +130,13 @@ async fn set_quality_picks_the_layer_and_dynacast_tells_the_publisher() {
         active.is_some(),
         "alice is told every layer is needed again"
     );
-    assert!(
-        bob.recv_matching("quality_changed", PHASE, |m| layer_is(m, "f"))
-            .await
-            .is_some(),
-        "bob is back on the high layer"
-    );
+    let high = bob
+        .recv_matching("quality_changed", PHASE, |m| layer_is(m, "f"))
+        .await
+        .expect("bob is back on the high layer");
+    // The allocator lifted its cap because bob asked: the switch is the request's doing.
+    assert_eq!(high["reason"], "request", "{high}");
+    assert_eq!(high["quality"], "high", "{high}");
 
     let answer = bob
         .request(json!({"type":"set_quality","track":sid,"quality":"off"}))

@@ -25,6 +25,15 @@ pub const UPGRADE_HOLD: Duration = Duration::from_secs(2);
 /// does not move the subscription up and down with every wobble.
 pub const UPGRADE_HEADROOM: f64 = 1.15;
 
+/// An estimate that dips a little below what the current allocation costs is noise until it
+/// has stayed down this long: a down-switch costs a keyframe and a visible jump, and estimates
+/// wobble by a few percent all the time.
+pub const DOWNGRADE_AFTER: Duration = Duration::from_millis(1000);
+
+/// A dip to at least this share of what the current allocation costs is treated as noise (for
+/// [`DOWNGRADE_AFTER`]); a deeper one is real congestion and is followed at once.
+pub const DOWNGRADE_TOLERANCE: f64 = 0.85;
+
 /// Assumed bitrate of an audio track whose bitrate is not measured yet (Opus at voice rates).
 pub const DEFAULT_AUDIO_BPS: u64 = 64_000;
 
@@ -75,16 +84,19 @@ struct Held {
 }
 
 /// The Allocator of one subscriber connection. It remembers its last decision per
-/// subscription, for the hold after a downgrade.
+/// subscription, for the hold after a downgrade, and since when the estimate has been short
+/// of what that decision costs.
 #[derive(Debug)]
 pub struct Allocator<K> {
     held: HashMap<K, Held>,
+    short_since: Option<Instant>,
 }
 
 impl<K> Default for Allocator<K> {
     fn default() -> Self {
         Self {
             held: HashMap::new(),
+            short_since: None,
         }
     }
 }
@@ -110,6 +122,9 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
         demands: &[Demand<K>],
         now: Instant,
     ) -> Vec<(K, Option<LayerIndex>)> {
+        if let Some(kept) = self.ride_out_a_dip(estimate_bps, demands, now) {
+            return kept;
+        }
         let mut budget = estimate_bps as i64;
         let mut video: Vec<&Demand<K>> = Vec::new();
         for d in demands {
@@ -162,11 +177,15 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
                 cap,
                 last_downgrade: None,
             });
-            let lower = match (cap, entry.cap) {
-                (None, Some(_)) => true,
-                (Some(new), Some(old)) => new < old,
-                _ => false,
-            };
+            // Only bandwidth's cuts start the hold: a cap that follows the subscriber's own
+            // preference down must not keep it from going back up when it asks again.
+            let by_bandwidth = cap < d.best_layer();
+            let lower = by_bandwidth
+                && match (cap, entry.cap) {
+                    (None, Some(_)) => true,
+                    (Some(new), Some(old)) => new < old,
+                    _ => false,
+                };
             if lower {
                 entry.last_downgrade = Some(now);
             }
@@ -176,11 +195,51 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
         self.held.retain(|k, _| demands.iter().any(|d| d.key == *k));
         out
     }
+
+    /// The last decision again, if the estimate is only a little short of what it costs and
+    /// has not been for long (slow on noise, fast on congestion). `None`: decide afresh.
+    fn ride_out_a_dip(
+        &mut self,
+        estimate_bps: u64,
+        demands: &[Demand<K>],
+        now: Instant,
+    ) -> Option<Vec<(K, Option<LayerIndex>)>> {
+        let mut cost = 0u64;
+        let mut kept = Vec::new();
+        for d in demands {
+            match d.priority {
+                Priority::Audio => cost += d.layer_bps[0].max(DEFAULT_AUDIO_BPS),
+                _ => {
+                    // A subscription never decided, or a layer gone: nothing to keep.
+                    let cap = self.held.get(&d.key)?.cap;
+                    if cap.is_some_and(|l| d.layer_bps[usize::from(l)] == 0) {
+                        self.short_since = None;
+                        return None;
+                    }
+                    cost += d.cost(cap);
+                    kept.push((d.key.clone(), cap));
+                }
+            }
+        }
+        if estimate_bps >= cost {
+            self.short_since = None;
+            return None;
+        }
+        let since = *self.short_since.get_or_insert(now);
+        let mild = estimate_bps as f64 >= cost as f64 * DOWNGRADE_TOLERANCE;
+        if mild && now.saturating_duration_since(since) < DOWNGRADE_AFTER {
+            return Some(kept);
+        }
+        self.short_since = None;
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
 
     const LAYERS: [u64; 3] = [150_000, 500_000, 1_200_000];
 
@@ -241,6 +300,69 @@ mod tests {
         }
         let switches = caps.windows(2).filter(|w| w[0] != w[1]).count();
         assert!(switches <= 1, "switched {switches} times: {caps:?}");
+    }
+
+    #[test]
+    fn a_short_small_dip_keeps_the_layer_and_a_lasting_one_does_not() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        let demands = [camera(1, 2)];
+        assert_eq!(cap_of(&a.allocate(3_000_000, &demands, t), 1), Some(2));
+        // 10% below what the high layer costs: noise, for a while.
+        let dip = (LAYERS[2] as f64 * 0.9) as u64;
+        assert_eq!(cap_of(&a.allocate(dip, &demands, t + 100 * MS), 1), Some(2));
+        assert_eq!(cap_of(&a.allocate(dip, &demands, t + 900 * MS), 1), Some(2));
+        // Still down after DOWNGRADE_AFTER: real, follow it.
+        let later = t + 100 * MS + DOWNGRADE_AFTER;
+        assert_eq!(cap_of(&a.allocate(dip, &demands, later), 1), Some(1));
+    }
+
+    #[test]
+    fn lowering_the_preference_does_not_hold_back_raising_it_again() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        assert_eq!(
+            cap_of(&a.allocate(3_000_000, &[camera(1, 2)], t), 1),
+            Some(2)
+        );
+        // The subscriber asks for low, then high again a moment later: no hold, it was no
+        // bandwidth decision.
+        assert_eq!(
+            cap_of(&a.allocate(3_000_000, &[camera(1, 0)], t + MS), 1),
+            Some(0)
+        );
+        assert_eq!(
+            cap_of(&a.allocate(3_000_000, &[camera(1, 2)], t + 2 * MS), 1),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_deep_drop_is_followed_at_once() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        let demands = [camera(1, 2)];
+        assert_eq!(cap_of(&a.allocate(3_000_000, &demands, t), 1), Some(2));
+        assert_eq!(
+            cap_of(&a.allocate(600_000, &demands, t + 100 * MS), 1),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_dip_that_recovers_forgets_it_began() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        let demands = [camera(1, 2)];
+        a.allocate(3_000_000, &demands, t);
+        let dip = (LAYERS[2] as f64 * 0.9) as u64;
+        a.allocate(dip, &demands, t + 100 * MS);
+        a.allocate(3_000_000, &demands, t + 500 * MS);
+        // A new dip starts its own clock.
+        assert_eq!(
+            cap_of(&a.allocate(dip, &demands, t + 1200 * MS), 1),
+            Some(2)
+        );
     }
 
     #[test]

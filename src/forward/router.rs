@@ -99,6 +99,20 @@ struct Routed<R> {
     paused: bool,
     /// The element size the subscriber reported, if it chose by size.
     view: Option<(u32, u32)>,
+    /// The layer the subscriber was last told it receives (`Some(None)`: told it is off), so
+    /// it hears of each change once and of nothing else.
+    told: Option<Option<LayerIndex>>,
+}
+
+impl<R> Routed<R> {
+    /// The subscriber is to be told its video is off; false if it knows (or never had any).
+    fn tell_off(&mut self) -> bool {
+        let had_video = matches!(self.told, Some(Some(_)));
+        if had_video {
+            self.told = Some(None);
+        }
+        had_video
+    }
 }
 
 /// The Router of one publication.
@@ -203,6 +217,7 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
                 route: None,
                 paused: false,
                 view: None,
+                told: None,
             },
         );
         true
@@ -231,7 +246,8 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
     }
 
     /// What `subscriber` asks for. `None` if it is not subscribed; else whether this turned
-    /// its video off while a layer was flowing (the subscriber is told: no packet will say so).
+    /// its video off while a layer was flowing: the subscriber must be told here, as no packet
+    /// will carry the change.
     pub fn set_preference(&mut self, subscriber: &S, preference: Preference) -> Option<bool> {
         let sizes: Vec<(LayerIndex, (u16, u16))> = self
             .layers
@@ -250,9 +266,8 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
                 Some(layers::layer_for_size(width, height, &sizes))
             }
         };
-        let before = r.subscription.selector().current();
         r.subscription.set_preferred(layer);
-        Some(layer.is_none() && before.is_some())
+        Some(layer.is_none() && r.tell_off())
     }
 
     /// Hands one publisher packet to every subscription. `packet.layer` says which layer it
@@ -278,11 +293,21 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
                 continue;
             };
             match routed.subscription.on_packet(packet, now) {
-                Forward::Send(packet) => out.deliveries.push(Delivery {
-                    subscriber: *subscriber,
-                    route,
-                    packet,
-                }),
+                Forward::Send(mut packet) => {
+                    if let Some((layer, _)) = packet.switched {
+                        // Back on the layer the subscriber knows (after a pause, or the layer
+                        // came back): nothing changed for it.
+                        if routed.told == Some(Some(layer)) {
+                            packet.switched = None;
+                        }
+                        routed.told = Some(Some(layer));
+                    }
+                    out.deliveries.push(Delivery {
+                        subscriber: *subscriber,
+                        route,
+                        packet,
+                    })
+                }
                 Forward::Drop(DropReason::WaitingForKeyframe) => out.waiting_for_keyframe += 1,
                 Forward::Drop(DropReason::Late) => out.late += 1,
                 Forward::Drop(DropReason::NotSelected | DropReason::Paused) => {}
@@ -383,15 +408,26 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
     }
 
     /// The Allocator's cap for `subscriber` (`None`: no bandwidth for it). Returns the cap in
-    /// force: without simulcast there is no smaller layer to fall back to, and pausing would
-    /// only trade a congested picture for none; the publisher's own congestion control is
-    /// what adapts such a track.
-    pub fn set_cap(&mut self, subscriber: &S, cap: Option<LayerIndex>) -> Option<LayerIndex> {
+    /// force, and whether it paused video the subscriber was receiving: the subscriber must be
+    /// told (`off`, for bandwidth), or it would see a frozen picture and no reason.
+    ///
+    /// Without simulcast there is no smaller layer to fall back to, and pausing would only
+    /// trade a congested picture for none; the publisher's own congestion control is what
+    /// adapts such a track.
+    pub fn set_cap(
+        &mut self,
+        subscriber: &S,
+        cap: Option<LayerIndex>,
+    ) -> (Option<LayerIndex>, bool) {
         let cap = if self.is_simulcast() { cap } else { Some(0) };
-        if let Some(r) = self.subscriptions.get_mut(subscriber) {
-            r.subscription.set_cap(cap);
-        }
-        cap
+        let Some(r) = self.subscriptions.get_mut(subscriber) else {
+            return (cap, false);
+        };
+        r.subscription.set_cap(cap);
+        let paused = r.subscription.selector().desired().is_none()
+            && r.subscription.selector().preferred().is_some()
+            && r.tell_off();
+        (cap, paused)
     }
 
     /// The rids the publisher should send now, when that changed (dynacast; simulcast only).
@@ -688,10 +724,35 @@ mod tests {
     fn without_simulcast_the_allocator_never_pauses_the_video() {
         let mut r = single();
         routed(&mut r, 1, "x");
-        assert_eq!(r.set_cap(&1, None), Some(0));
+        assert_eq!(r.set_cap(&1, None), (Some(0), false));
         let mut s = simulcast();
         routed(&mut s, 1, "x");
-        assert_eq!(s.set_cap(&1, None), None);
+        assert_eq!(s.set_cap(&1, None), (None, false), "nothing flowed yet");
+    }
+
+    #[test]
+    fn a_pause_for_bandwidth_is_told_once_and_the_resume_too() {
+        let t = Instant::now();
+        let mut r = simulcast();
+        routed(&mut r, 1, "x");
+        let mut out = Fanout::default();
+        r.on_packet(&video(0, 1, true, t), t, &mut out);
+        assert_eq!(
+            to(&out, 1).and_then(|o| o.switched),
+            Some((0, SwitchReason::Start))
+        );
+        // No room even for the lowest layer: paused, and that must be said.
+        assert_eq!(r.set_cap(&1, None), (None, true));
+        assert_eq!(r.set_cap(&1, None), (None, false), "said once");
+        r.on_packet(&video(0, 2, true, t + MS), t + MS, &mut out);
+        assert!(out.deliveries.is_empty());
+        // Room again: the resume is a switch, for bandwidth.
+        assert_eq!(r.set_cap(&1, Some(0)), (Some(0), false));
+        r.on_packet(&video(0, 3, true, t + 2 * MS), t + 2 * MS, &mut out);
+        assert_eq!(
+            to(&out, 1).and_then(|o| o.switched),
+            Some((0, SwitchReason::Bandwidth))
+        );
     }
 
     #[test]

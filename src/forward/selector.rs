@@ -33,8 +33,11 @@ pub enum SwitchReason {
     Request,
     /// The Allocator moved it to fit the subscriber's bandwidth estimate.
     Bandwidth,
-    /// The layer being sent stopped (or a better one came back within the preference).
-    LayerChange,
+    /// The publisher started sending a better layer within the preference (its uplink grew,
+    /// or dynacast turned the layer back on).
+    Publisher,
+    /// The layer being sent stopped arriving; a lower one took its place.
+    LayerLost,
 }
 
 impl SwitchReason {
@@ -43,7 +46,8 @@ impl SwitchReason {
             SwitchReason::Start => "start",
             SwitchReason::Request => "request",
             SwitchReason::Bandwidth => "bandwidth",
-            SwitchReason::LayerChange => "layer_change",
+            SwitchReason::Publisher => "publisher",
+            SwitchReason::LayerLost => "layer_lost",
         }
     }
 }
@@ -72,6 +76,10 @@ pub struct Selector {
     /// Why the target last changed by request or allocation: what the next switch is reported
     /// as. Without one, a switch follows a layer going down or coming back.
     pending_reason: Option<SwitchReason>,
+    /// The subscriber asked for a layer it has not reached yet: every step up on the way is
+    /// the request's doing (the estimate may let it climb one layer at a time), until it gets
+    /// there or bandwidth cuts it.
+    climbing_to_request: bool,
     /// Some layer was ever forwarded.
     started: bool,
 }
@@ -85,6 +93,7 @@ impl Default for Selector {
             current: None,
             last_seen: [None; MAX_LAYERS],
             pending_reason: None,
+            climbing_to_request: false,
             started: false,
         }
     }
@@ -114,6 +123,7 @@ impl Selector {
         if self.preferred != layer {
             self.preferred = layer;
             self.pending_reason = Some(SwitchReason::Request);
+            self.climbing_to_request = true;
         }
     }
 
@@ -121,10 +131,19 @@ impl Selector {
     pub fn set_cap(&mut self, cap: Option<LayerIndex>) {
         let before = self.desired();
         self.cap = cap;
+        let after = self.desired();
         // A cap that follows the preference down (or stays above it) changes nothing the
         // subscriber sees; only a cap that moves the desired layer is a bandwidth decision.
-        if self.desired() != before {
+        // A cap that lets a requested layer through (the request raised it) is the request's
+        // doing: the subscriber sees what it asked for, and is told so.
+        let follows_request = self.pending_reason == Some(SwitchReason::Request)
+            && after.is_some()
+            && after >= before;
+        if after != before && !follows_request {
             self.pending_reason = Some(SwitchReason::Bandwidth);
+        }
+        if after < before {
+            self.climbing_to_request = false;
         }
     }
 
@@ -173,15 +192,27 @@ impl Selector {
             return Verdict::NeedKeyframe;
         }
         let reason = if self.started {
-            self.pending_reason
-                .take()
-                .unwrap_or(SwitchReason::LayerChange)
+            // Nobody asked for this switch: the publisher's layers changed under it.
+            let by_publisher = match self.current {
+                Some(current) if layer > current => SwitchReason::Publisher,
+                _ => SwitchReason::LayerLost,
+            };
+            let up = self.current.is_none_or(|c| layer > c);
+            let pending = self.pending_reason.take();
+            if self.climbing_to_request && up {
+                SwitchReason::Request
+            } else {
+                pending.unwrap_or(by_publisher)
+            }
         } else {
             self.pending_reason = None;
             SwitchReason::Start
         };
         self.started = true;
         self.current = Some(layer);
+        if self.preferred.is_none_or(|p| layer >= p) {
+            self.climbing_to_request = false;
+        }
         Verdict::Forward {
             switched: Some(reason),
         }
@@ -214,7 +245,7 @@ mod tests {
         assert_eq!(
             s.on_packet(2, true, t + 2 * MS),
             Verdict::Forward {
-                switched: Some(SwitchReason::LayerChange)
+                switched: Some(SwitchReason::Publisher)
             }
         );
     }
@@ -244,6 +275,49 @@ mod tests {
     }
 
     #[test]
+    fn every_step_up_toward_a_requested_layer_is_the_request() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.set_preferred(Some(0));
+        s.set_cap(Some(0));
+        for layer in 0..3 {
+            s.on_packet(layer, true, t);
+        }
+        assert_eq!(s.current(), Some(0));
+        s.set_preferred(Some(2));
+        // The estimate lets it climb one layer at a time.
+        s.set_cap(Some(1));
+        assert_eq!(
+            s.on_packet(1, true, t + MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Request)
+            }
+        );
+        s.set_cap(Some(2));
+        assert_eq!(
+            s.on_packet(2, true, t + 2 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Request)
+            }
+        );
+        // Arrived: from now on a step is bandwidth's again.
+        s.set_cap(Some(1));
+        assert_eq!(
+            s.on_packet(1, true, t + 3 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Bandwidth)
+            }
+        );
+        s.set_cap(Some(2));
+        assert_eq!(
+            s.on_packet(2, true, t + 4 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Bandwidth)
+            }
+        );
+    }
+
+    #[test]
     fn a_dead_layer_falls_back_to_the_best_live_one() {
         let t = Instant::now();
         let mut s = Selector::default();
@@ -256,7 +330,34 @@ mod tests {
         assert_eq!(
             s.on_packet(1, true, later + MS),
             Verdict::Forward {
-                switched: Some(SwitchReason::LayerChange)
+                switched: Some(SwitchReason::LayerLost)
+            }
+        );
+    }
+
+    #[test]
+    fn an_up_switch_after_a_request_says_request_even_when_the_cap_follows() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.set_preferred(Some(0));
+        s.set_cap(Some(0));
+        s.on_packet(0, true, t);
+        s.on_packet(2, false, t);
+        // The subscriber asks for high; the Allocator then lifts its cap to match.
+        s.set_preferred(Some(2));
+        s.set_cap(Some(2));
+        assert_eq!(
+            s.on_packet(2, true, t + MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Request)
+            }
+        );
+        // A cap that then lowers it is bandwidth's.
+        s.set_cap(Some(0));
+        assert_eq!(
+            s.on_packet(0, true, t + 2 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Bandwidth)
             }
         );
     }

@@ -177,12 +177,19 @@ pub enum MediaEvent {
     /// A track of this participant ended (its m-line went away).
     TrackUnpublished(String),
     ActiveSpeakers(Vec<Speaker>),
-    /// The layer of a track this participant receives changed (`layer`: 0 = q; `None`: off).
+    /// The layer of a track this participant receives changed (`rid`: the layer's rid, `""`
+    /// without simulcast, `"off"`).
     QualityChanged {
         track: String,
-        layer: Option<u8>,
+        quality: Quality,
         rid: String,
         reason: &'static str,
+    },
+    /// This participant's answer accepted none of `track`'s formats (`codec` is what the
+    /// publisher sends): it receives nothing of it.
+    TrackUnsupported {
+        track: String,
+        codec: String,
     },
     /// Which layers of this participant's track anyone receives (dynacast).
     PublisherLayers {

@@ -331,6 +331,8 @@ pub enum ErrorCode {
     MediaFailed,
     /// The media worker hosting the room could not take the request in time; retry later.
     ServerBusy,
+    /// The subscriber's answer accepted none of a track's formats.
+    CodecNotSupported,
     /// Something failed inside the server; the connection goes on.
     Internal,
 }
@@ -358,6 +360,7 @@ impl ErrorCode {
             ErrorCode::TrackNotFound => "track_not_found",
             ErrorCode::MediaFailed => "media_failed",
             ErrorCode::ServerBusy => "server_busy",
+            ErrorCode::CodecNotSupported => "codec_not_supported",
             ErrorCode::Internal => "internal",
         }
     }
@@ -449,8 +452,15 @@ pub enum ServerMessage {
         /// The simulcast rid now forwarded (`q`, `h`, `f`; `""` without simulcast), or
         /// `"off"` when nothing is.
         layer: String,
-        /// `start`, `request`, `bandwidth` or `layer_change`.
+        /// `start`, `request`, `bandwidth`, `publisher` or `layer_lost`.
         reason: String,
+    },
+    /// A track this subscriber cannot receive: its answer accepted none of the track's formats
+    /// (a VP8-only answer for an H.264 track). Nothing of it is forwarded.
+    SubscriptionFailed {
+        track: String,
+        code: ErrorCode,
+        message: String,
     },
     /// To a publisher: which simulcast layers of its track anyone receives. The client should
     /// stop encoding the others (dynacast) until they are listed again.
@@ -489,6 +499,7 @@ impl ServerMessage {
             ServerMessage::ActiveSpeakers { .. } => "active_speakers",
             ServerMessage::QualityChanged { .. } => "quality_changed",
             ServerMessage::PublisherLayers { .. } => "publisher_layers",
+            ServerMessage::SubscriptionFailed { .. } => "subscription_failed",
             ServerMessage::Pong { .. } => "pong",
             ServerMessage::Leave { .. } => "leave",
             ServerMessage::Error { .. } => "error",

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Auth, AuthError, Claims};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::{ChatSender, LeaveReason, ParticipantInfo, Permissions, Quality, RoomEvent};
+use crate::model::{ChatSender, LeaveReason, ParticipantInfo, Permissions, RoomEvent};
 use crate::room::participant::OUTBOUND_QUEUE;
 use crate::room::{Encoded, Participant, RoomError, RoomRef, Rooms, SessionEnd};
 use crate::rtc::{
@@ -536,15 +536,26 @@ impl Session {
             }
             MediaEvent::QualityChanged {
                 track,
-                layer,
+                quality,
                 rid,
                 reason,
             } => {
                 let message = ServerMessage::QualityChanged {
                     track,
-                    quality: Quality::of_layer(layer),
+                    quality,
                     layer: rid,
                     reason: reason.to_string(),
+                };
+                self.send(&message, None).await?;
+            }
+            MediaEvent::TrackUnsupported { track, codec } => {
+                let message = ServerMessage::SubscriptionFailed {
+                    message: format!(
+                        "your answer accepts none of the formats of track {track} ({codec}); \
+                         nothing of it is forwarded"
+                    ),
+                    track,
+                    code: ErrorCode::CodecNotSupported,
                 };
                 self.send(&message, None).await?;
             }

@@ -12,20 +12,30 @@ use super::peers::Role;
 use super::{PeerId, Worker};
 use crate::forward::allocator::Allocator;
 use crate::forward::router::Preference;
-use crate::forward::selector::MAX_LAYERS;
+use crate::forward::selector::{SwitchReason, MAX_LAYERS};
 use crate::metrics::LAYERS;
+use crate::model::Quality;
 use crate::rtc::stack::guard;
 use crate::rtc::{MediaError, MediaEvent, QualityPreference};
 
+/// How far above the subscriptions' unlimited demand the estimator is asked to probe.
+const PROBE_HEADROOM: f64 = 1.3;
+
 impl Worker {
-    /// A new downstream estimate for a subscriber connection.
-    pub(super) fn on_estimate(&mut self, peer: PeerId, bps: u64) {
+    /// A new downstream estimate for a subscriber connection: our own from its TWCC feedback
+    /// (`twcc`), or the client's REMB. A client that sends both would make the estimate jump
+    /// between two estimators: once TWCC feedback came, REMB is ignored.
+    pub(super) fn on_estimate(&mut self, peer: PeerId, bps: u64, twcc: bool) {
         let owner = match self.peers.get(&peer) {
             Some(p) if p.role == Role::Subscriber => p.owner.clone(),
             _ => return,
         };
-        self.metrics.bwe_estimate.observe(bps as f64);
         let changed = self.participants.get_mut(&owner).is_some_and(|p| {
+            p.twcc_estimates |= twcc;
+            if p.twcc_estimates && !twcc {
+                return false;
+            }
+            self.metrics.bwe_estimate.observe(bps as f64);
             let changed = p.estimate_bps != Some(bps);
             p.estimate_bps = Some(bps);
             changed
@@ -60,14 +70,7 @@ impl Worker {
             .ok_or(MediaError::TrackNotFound)?;
         if turned_off {
             // No packet will carry this change: tell the subscriber here.
-            if let Some(p) = self.participants.get(participant) {
-                p.events.send(MediaEvent::QualityChanged {
-                    track: track.to_string(),
-                    layer: None,
-                    rid: "off".into(),
-                    reason: "request",
-                });
-            }
+            self.tell_off(participant, track, SwitchReason::Request);
         }
         self.allocate(participant, Instant::now());
         self.dynacast(track);
@@ -97,22 +100,33 @@ impl Worker {
         };
         let caps = p.allocator.allocate(estimate, &demands, now);
         let mut allocated = 0u64;
+        let mut paused = Vec::new();
         for (track, cap) in caps {
             let Some(publication) = self.publications.get_mut(&track) else {
                 continue;
             };
-            let cap = publication.router.set_cap(&peer_id, cap);
+            let (cap, paused_now) = publication.router.set_cap(&peer_id, cap);
             if let (Some(cap), Some(d)) = (cap, demands.iter().find(|d| d.key == track)) {
                 allocated += d.layer_bps[usize::from(cap)];
             }
+            if paused_now {
+                paused.push(track);
+            }
+        }
+        for track in paused {
+            // Not even the lowest layer fits: a frozen picture must come with its reason.
+            self.tell_off(participant, &track, SwitchReason::Bandwidth);
         }
         if let Some(peer) = self.peers.get_mut(&peer_id) {
-            // Probe toward what the subscriber wants; keep at least what it gets now.
+            // The estimator probes up to twice this: past what every subscription would take
+            // unlimited, so the estimate can climb to show room for the next layer. No padding
+            // floor beyond str0m's own: filling the link just to measure it costs the
+            // subscriber's bandwidth all the time; probes cost it now and then.
+            let target = (desired as f64 * PROBE_HEADROOM) as u64;
             let probed = guard(|| {
-                peer.rtc.bwe().set_bitrate(
-                    Bitrate::bps(allocated),
-                    Bitrate::bps(desired.max(allocated)),
-                )
+                peer.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::ZERO, Bitrate::bps(target.max(allocated)))
             });
             match probed {
                 Ok(()) => {
@@ -120,6 +134,18 @@ impl Worker {
                 }
                 Err(panic) => self.fail_peer(peer_id, "panic", &panic),
             }
+        }
+    }
+
+    /// Tells `participant` that its video of `track` is off now, and why.
+    fn tell_off(&self, participant: &str, track: &str, reason: SwitchReason) {
+        if let Some(p) = self.participants.get(participant) {
+            p.events.send(MediaEvent::QualityChanged {
+                track: track.to_string(),
+                quality: Quality::Off,
+                rid: "off".into(),
+                reason: reason.as_str(),
+            });
         }
     }
 

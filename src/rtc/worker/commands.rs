@@ -114,6 +114,7 @@ impl Worker {
                 pending: None,
                 has_channel: false,
                 estimate_bps: None,
+                twcc_estimates: false,
                 allocator: Allocator::default(),
             },
         );

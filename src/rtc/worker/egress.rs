@@ -9,7 +9,7 @@ use super::{PeerId, Route, Worker};
 use crate::forward::router::Fanout;
 use crate::forward::selector::LayerIndex;
 use crate::forward::Packet;
-use crate::model::Speaker;
+use crate::model::{Quality, Speaker};
 use crate::rtc::stack::guard;
 use crate::rtc::MediaEvent;
 
@@ -76,6 +76,11 @@ impl Worker {
             let video = packet.codec.is_video();
             let written = guard(|| match peer.rtc.direct_api().stream_tx_by_mid(mid, None) {
                 Some(tx) => {
+                    // A forwarded packet leaves now, whatever the bandwidth estimate: the
+                    // publisher paced it already, and when it does not fit the answer is a
+                    // lower layer (the Allocator's), never seconds in a queue. (str0m paces
+                    // video to 1.1x its estimate by default; audio is unpaced already.)
+                    tx.set_unpaced(true);
                     // str0m resends only over RTX: without an RTX stream a NACK for a
                     // nackable packet would have nothing to go out on.
                     let nackable = video && tx.rtx().is_some();
@@ -120,9 +125,15 @@ impl Worker {
         else {
             return;
         };
+        // Without simulcast the one layer there is is the best there is.
+        let quality = if publication.router.rids().len() < 2 {
+            Quality::High
+        } else {
+            Quality::of_layer(Some(layer))
+        };
         participant.events.send(MediaEvent::QualityChanged {
             track: track.to_string(),
-            layer: Some(layer),
+            quality,
             rid: publication.router.rid_name(layer).to_string(),
             reason,
         });

@@ -40,9 +40,12 @@ impl Worker {
                 self.fail_peer(id, "ice", "ICE disconnected (consent timed out)");
             }
             Event::Connected => tracing::debug!(peer = id, "peer connected"),
-            Event::EgressBitrateEstimate(
-                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
-            ) => self.on_estimate(id, estimate.as_u64()),
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.on_estimate(id, estimate.as_u64(), true)
+            }
+            Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) => {
+                self.on_estimate(id, estimate.as_u64(), false)
+            }
             _ => {}
         }
     }
@@ -156,11 +159,12 @@ impl Worker {
         let Some(publication) = self.publications.get_mut(&**track) else {
             return;
         };
+        let mut refused = Vec::new();
         if publication.params.is_none() {
             publication.params = params_of(&peer.rtc, rtp.header.payload_type);
             publication.codec = codec_of(&peer.rtc, rtp.header.payload_type);
             // Subscriptions negotiated before the format was known can be routed now.
-            route_subscriptions(&self.peers, &self.participants, track, publication);
+            refused = route_subscriptions(&self.peers, &self.participants, track, publication);
         }
         let codec = publication.codec;
         let layer = rid.map_or(0, |r| publication.router.layer_index(&r));
@@ -205,6 +209,9 @@ impl Worker {
                 .observe(publication.participant.clone(), level, now);
         }
         let track = track.clone();
+        for peer in refused {
+            self.tell_unsupported(peer, &track);
+        }
         let fanout = std::mem::take(&mut self.fanout);
         self.deliver(&track, &packet, &fanout);
         self.fanout = fanout;

@@ -106,6 +106,8 @@ struct Participant {
     has_channel: bool,
     /// The subscriber connection's latest downstream bandwidth estimate.
     estimate_bps: Option<u64>,
+    /// Estimates come from TWCC feedback (then REMB is ignored).
+    twcc_estimates: bool,
     allocator: Allocator<String>,
 }
 
@@ -149,6 +151,8 @@ struct Worker {
     by_mid: HashMap<(PeerId, Mid), Arc<str>>,
     /// Peers whose output must be polled before the loop waits again.
     to_poll: HashSet<PeerId>,
+    /// Participants whose subscriber connection needs an offer before the loop waits again.
+    to_offer: HashSet<String>,
     /// Every peer's next timeout, earliest first. An entry whose time no longer matches its
     /// peer's `timeout` is stale and skipped: pushing is cheaper than finding and updating.
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
@@ -235,6 +239,7 @@ impl Worker {
             publications: HashMap::new(),
             by_mid: HashMap::new(),
             to_poll: HashSet::new(),
+            to_offer: HashSet::new(),
             timers: BinaryHeap::new(),
             counters: Counters::new(&metrics),
             metrics,
@@ -293,11 +298,27 @@ impl Worker {
         self.isolated(participant.as_deref(), |w| w.on_command(command));
     }
 
+    /// Makes the subscriber offers the input just handled called for, one per participant.
+    fn make_offers(&mut self) {
+        if self.to_offer.is_empty() {
+            return;
+        }
+        let due: Vec<String> = self.to_offer.drain().collect();
+        for participant in due {
+            self.isolated(Some(&participant), |w| w.offer(&participant));
+        }
+    }
+
     /// Drains every peer that had input until none has output left. Events can write to other
     /// peers (forwarded packets), which must then be polled in turn.
     fn flush(&mut self) {
-        // In rounds: draining one peer can give others output (forwarded packets).
-        while !self.to_poll.is_empty() {
+        // In rounds: draining one peer can give others output (forwarded packets) or call for
+        // offers (a publisher's new track).
+        loop {
+            self.make_offers();
+            if self.to_poll.is_empty() {
+                return;
+            }
             let round: Vec<PeerId> = self.to_poll.drain().collect();
             for id in round {
                 self.poll_isolated(id);

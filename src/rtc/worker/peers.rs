@@ -12,6 +12,10 @@ use super::{PeerId, Worker};
 use crate::rtc::stack::{guard, new_rtc};
 use crate::rtc::MediaEvent;
 
+/// Timeouts that are due at once handled in one poll of a peer before it waits for the loop's
+/// timer like everyone else: 256 packets is a few keyframes, and a few milliseconds of work.
+const MAX_IMMEDIATE_TIMEOUTS: u32 = 256;
+
 /// Which of a participant's two connections a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
@@ -124,6 +128,7 @@ impl Worker {
     /// Takes everything a peer has to output: datagrams go to the socket, events are handled
     /// (which may write to other peers and give them output), and its next timeout is noted.
     pub(super) fn poll_peer(&mut self, id: PeerId) {
+        let mut immediate = 0;
         loop {
             let Some(peer) = self.peers.get_mut(&id) else {
                 return;
@@ -138,12 +143,28 @@ impl Worker {
             };
             match output {
                 Output::Timeout(t) => {
+                    if !peer.rtc.is_alive() {
+                        return self.fail_peer(id, "dtls", "connection closed");
+                    }
+                    // str0m's send queue hands out one packet per timeout it asks for, at once
+                    // (1 µs later); the loop's timer wheel would round that up to the next
+                    // millisecond, so a keyframe of 60 packets would take 60 ms. Due now:
+                    // handle it now, up to a bound that lets other peers have their turn.
+                    let now = Instant::now();
+                    if t <= now && immediate < MAX_IMMEDIATE_TIMEOUTS {
+                        immediate += 1;
+                        match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
+                            Ok(Ok(())) => continue,
+                            Ok(Err(e)) => {
+                                tracing::debug!(peer = id, "timeout handling failed: {e}");
+                                self.counters.error_timeout.inc();
+                            }
+                            Err(panic) => return self.fail_peer(id, "panic", &panic),
+                        }
+                    }
                     if peer.timeout != t {
                         peer.timeout = t;
                         self.timers.push(Reverse((t, id)));
-                    }
-                    if !peer.rtc.is_alive() {
-                        self.fail_peer(id, "dtls", "connection closed");
                     }
                     return;
                 }

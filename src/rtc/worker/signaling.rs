@@ -96,8 +96,17 @@ impl Worker {
         }
     }
 
-    /// Sends a new subscriber offer if something changed and no offer is in flight.
+    /// `participant`'s subscriber connection changed: an offer goes out once the input at
+    /// hand is handled, so changes made together (a publisher's three tracks, a leaving
+    /// participant's tracks) make one renegotiation, not one each.
     pub(super) fn negotiate(&mut self, participant: &str) {
+        if !self.to_offer.contains(participant) {
+            self.to_offer.insert(participant.to_string());
+        }
+    }
+
+    /// Sends a new subscriber offer if something changed and no offer is in flight.
+    pub(super) fn offer(&mut self, participant: &str) {
         let Some(p) = self.participants.get_mut(participant) else {
             return;
         };
@@ -180,8 +189,12 @@ impl Worker {
             let Some(publication) = self.publications.get_mut(&track) else {
                 continue;
             };
-            let route = route(&self.peers, publication, peer_id, mid);
-            publication.router.set_route(&peer_id, route);
+            let routed = route(&self.peers, publication, peer_id, mid);
+            publication.router.set_route(&peer_id, routed.ok());
+            if routed == Err(NoRoute::Refused) {
+                self.tell_unsupported(peer_id, &track);
+                continue;
+            }
             // The new subscriber can decode nothing until a keyframe: ask for one now.
             let layers = publication.router.keyframe_for_targets(now);
             self.request_keyframes(&track, &layers);
@@ -190,6 +203,27 @@ impl Worker {
             self.negotiate(participant);
         }
         Ok(())
+    }
+
+    /// Tells the subscriber behind `peer` that it refused every format of `track`.
+    pub(super) fn tell_unsupported(&self, peer: PeerId, track: &str) {
+        let Some(publication) = self.publications.get(track) else {
+            return;
+        };
+        let codec = publication
+            .params
+            .map_or_else(|| "unknown".to_string(), |p| p.spec().codec.to_string());
+        tracing::info!(track, %codec, "a subscriber's answer refused the track's format");
+        if let Some(p) = self
+            .peers
+            .get(&peer)
+            .and_then(|p| self.participants.get(&p.owner))
+        {
+            p.events.send(MediaEvent::TrackUnsupported {
+                track: track.to_string(),
+                codec,
+            });
+        }
     }
 
     pub(super) fn on_publisher_offer(
@@ -258,34 +292,59 @@ impl Worker {
     }
 }
 
+/// Why a subscription has no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoRoute {
+    /// Not yet: the publisher's format is unknown (no packet yet).
+    Pending,
+    /// Never: the subscriber's answer accepted none of the publication's formats on this
+    /// m-line. Sending anyway would be packets of a payload type it never agreed to.
+    Refused,
+}
+
 /// Where packets of a publication go on subscriber peer `peer`'s m-line `mid`: the payload
-/// type it negotiated for the publisher's format. `None` while that format is unknown (no
-/// packet yet) or the subscriber cannot take it.
+/// type that m-line negotiated for the publisher's format.
 fn route(
     peers: &HashMap<PeerId, Peer>,
     publication: &Publication,
     peer: PeerId,
     mid: Mid,
-) -> Option<Route> {
-    let pt = matching_pt(&peers.get(&peer)?.rtc, publication.params.as_ref()?)?;
-    Some((mid, pt))
+) -> Result<Route, NoRoute> {
+    let (Some(params), Some(peer)) = (publication.params.as_ref(), peers.get(&peer)) else {
+        return Err(NoRoute::Pending);
+    };
+    matching_pt(&peer.rtc, params)
+        .filter(|pt| {
+            peer.rtc
+                .media(mid)
+                .is_some_and(|m| m.remote_pts().contains(pt))
+        })
+        .map(|pt| (mid, pt))
+        .ok_or(NoRoute::Refused)
 }
 
 /// Routes every subscription of `publication` (track `track`) whose m-line is negotiated: what
-/// waited for the publisher's format once its first packet is in.
+/// waited for the publisher's format once its first packet is in. Returns the subscribers
+/// that refused the format (they must be told).
 pub(super) fn route_subscriptions(
     peers: &HashMap<PeerId, Peer>,
     participants: &HashMap<String, Participant>,
     track: &str,
     publication: &mut Publication,
-) {
+) -> Vec<PeerId> {
+    let mut refused = Vec::new();
     let subscribers: Vec<PeerId> = publication.router.subscribers().collect();
     for peer in subscribers {
         let mid = peers
             .get(&peer)
             .and_then(|p| participants.get(&p.owner))
             .and_then(|p| p.negotiation.open_mid(track));
-        let route = mid.and_then(|mid| route(peers, publication, peer, mid));
-        publication.router.set_route(&peer, route);
+        let Some(mid) = mid else { continue };
+        let routed = route(peers, publication, peer, mid);
+        if routed == Err(NoRoute::Refused) {
+            refused.push(peer);
+        }
+        publication.router.set_route(&peer, routed.ok());
     }
+    refused
 }

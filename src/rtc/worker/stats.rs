@@ -23,7 +23,7 @@ pub(super) struct Counters {
     pub dropped_late: IntCounter,
     pub keyframe_requests_in: [IntCounter; 2],
     pub keyframe_requests_out: IntCounter,
-    pub switches: [IntCounter; 4],
+    pub switches: [IntCounter; 5],
     pub dropped_unknown_source: IntCounter,
     pub dropped_unparseable: IntCounter,
     pub dropped_rejected: IntCounter,
