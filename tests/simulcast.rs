@@ -66,6 +66,16 @@ async fn a_throttled_subscriber_moves_down_and_back_up() {
     assert_eq!(low["reason"], "bandwidth", "{low}");
     assert!(relay.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0);
 
+    // 80 kbit/s: not even the low layer fits. The video pauses, and bob is told why instead
+    // of looking at a frozen picture.
+    relay.limit(80_000);
+    let off = bob
+        .recv_matching("quality_changed", PHASE, |m| m["quality"] == "off")
+        .await
+        .expect("bob is told his video is paused");
+    assert_eq!(off["reason"], "bandwidth", "{off}");
+    assert_eq!(off["layer"], "off", "{off}");
+
     // Open again: back up.
     relay.limit(0);
     let up = bob
