@@ -13,6 +13,7 @@ use common::media::{
 use serde_json::json;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::track::track_local::TrackLocalWriter;
 
 async fn connected(pc: &RTCPeerConnection) {
     let ok =
@@ -593,5 +594,79 @@ async fn without_auto_subscribe_only_asked_for_tracks_arrive() {
     let bob = &bob;
     let got = common::eventually(|| async { !bob.received_of("video/vp8").is_empty() }).await;
     assert!(got, "bob receives the track he subscribed to");
+    server.shutdown().await;
+}
+
+/// `frames` H.264 frames of one NAL unit each at 30 fps, an IDR first and every 10 frames.
+async fn send_h264(track: &PublishedTrack, frames: u16) {
+    let mut tick = tokio::time::interval(Duration::from_millis(33));
+    for frame in 0..frames {
+        tick.tick().await;
+        // NAL header: type 5 (IDR slice) or 1 (non-IDR slice), nal_ref_idc 3.
+        let nal = if frame % 10 == 0 { 0x65 } else { 0x61 };
+        let mut payload = vec![nal];
+        payload.extend(std::iter::repeat_n(0x42, 500));
+        let packet = rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: true,
+                sequence_number: frame,
+                timestamp: u32::from(frame) * 3000,
+                ..Default::default()
+            },
+            payload: payload.into(),
+        };
+        let _ = track.track.write_rtp(&packet).await;
+    }
+}
+
+/// One of `send_h264`'s NAL units.
+fn is_test_h264(payload: &[u8]) -> bool {
+    payload.len() == 501 && matches!(payload[0], 0x65 | 0x61) && payload[1] == 0x42
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_refused_a_codec_is_told_and_gets_none_of_it() {
+    let server = common::start(|_| {}).await;
+    let mut alice = MediaClient::join_with_h264(&server, "r", "alice").await;
+    // Bob's client knows VP8 only: his answer refuses the H.264 track. Carol takes H.264.
+    let mut bob = MediaClient::join(&server, "r", "bob").await;
+    let carol = MediaClient::join_with_h264(&server, "r", "carol").await;
+    let cam = alice.add_h264_track("cam").await;
+    alice.negotiate_publisher().await;
+    let sid = alice.published_sid("cam").await;
+    connected(&alice.publisher).await;
+    connected(&carol.subscriber).await;
+    assert!(carol.track_open(&sid).await, "carol negotiated the track");
+    send_h264(&cam, 30).await;
+    let failed = bob
+        .recv_matching("subscription_failed", common::WAIT, |m| {
+            m["track"] == json!(sid)
+        })
+        .await
+        .expect("bob is told he cannot receive the H.264 track");
+    assert_eq!(failed["code"], "codec_not_supported", "{failed}");
+    // The control: carol gets it, so it was flowing. (Packets are recognised by their
+    // payload: the test client labels a stream with its m-line's first codec.)
+    let h264_packets = |c: &MediaClient| {
+        c.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| is_test_h264(&r.packet.payload))
+            .count()
+    };
+    let carol = &carol;
+    let flowed = common::eventually(|| async { h264_packets(carol) >= 10 }).await;
+    assert!(
+        flowed,
+        "carol receives the H.264 track: {}",
+        h264_packets(carol)
+    );
+    assert_eq!(
+        h264_packets(&bob),
+        0,
+        "bob got packets of a format he never accepted"
+    );
     server.shutdown().await;
 }

@@ -21,7 +21,7 @@ use sfu::http::Server;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::mdns::MulticastDnsMode;
@@ -132,7 +132,12 @@ impl Interceptor for TapInterceptor {
 
 /// The codecs the test client speaks: Opus, and VP8 with RTX. webrtc-rs's default set has no
 /// RTX, and the server resends lost packets only over RTX, as browsers expect.
-fn register_codecs(media: &mut MediaEngine) {
+/// The H.264 format test clients that take H.264 register (constrained baseline, the one every
+/// browser has).
+pub const H264_FMTP: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+fn register_codecs(media: &mut MediaEngine, h264: bool) {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.into(),
         parameter: parameter.into(),
@@ -166,7 +171,20 @@ fn register_codecs(media: &mut MediaEngine) {
             RTPCodecType::Video,
         ),
     ];
-    for (mime, clock_rate, channels, fmtp, payload_type, rtcp_feedback, kind) in codecs {
+    let h264 = h264.then(|| {
+        (
+            MIME_TYPE_H264,
+            90_000,
+            0,
+            H264_FMTP,
+            102,
+            vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")],
+            RTPCodecType::Video,
+        )
+    });
+    for (mime, clock_rate, channels, fmtp, payload_type, rtcp_feedback, kind) in
+        codecs.into_iter().chain(h264)
+    {
         media
             .register_codec(
                 RTCRtpCodecParameters {
@@ -188,9 +206,9 @@ fn register_codecs(media: &mut MediaEngine) {
 
 /// A peer connection set up for loopback-only tests: host candidates on 127.0.0.1, UDP4, no
 /// mDNS, Opus and VP8 with RTX, default interceptors plus the tap.
-async fn peer_connection(tap: Tap) -> Arc<RTCPeerConnection> {
+async fn peer_connection(tap: Tap, h264: bool) -> Arc<RTCPeerConnection> {
     let mut media = MediaEngine::default();
-    register_codecs(&mut media);
+    register_codecs(&mut media, h264);
     // RFC 6464 audio levels, which the server's active-speaker detection reads.
     media
         .register_header_extension(
@@ -268,6 +286,11 @@ impl MediaClient {
         Self::join_via(server, room, identity, None).await
     }
 
+    /// Joins as a client whose connections also take H.264 (the default client knows VP8 only).
+    pub async fn join_with_h264(server: &Server, room: &str, identity: &str) -> Self {
+        Self::join_inner(server, room, identity, None, true).await
+    }
+
     /// Joins with the subscriber connection's media going through `via`: `(the server's media
     /// address, the relay address to use instead)`, swapped in the server's candidates.
     pub async fn join_via(
@@ -276,14 +299,24 @@ impl MediaClient {
         identity: &str,
         via: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     ) -> Self {
+        Self::join_inner(server, room, identity, via, false).await
+    }
+
+    async fn join_inner(
+        server: &Server,
+        room: &str,
+        identity: &str,
+        via: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+        h264: bool,
+    ) -> Self {
         let url = format!("ws://{}/ws", server.local_addr);
         let (ws, _) = tokio_tungstenite::connect_async(&url)
             .await
             .expect("connect");
         let (mut sink, mut stream) = ws.split();
         let received: Tap = Arc::default();
-        let publisher = peer_connection(Arc::default()).await;
-        let subscriber = peer_connection(received.clone()).await;
+        let publisher = peer_connection(Arc::default(), h264).await;
+        let subscriber = peer_connection(received.clone(), h264).await;
         // The tap sees packets as the application reads them: read every track to its end.
         subscriber.on_track(Box::new(|track, _receiver, _transceiver| {
             Box::pin(async move {
@@ -477,19 +510,43 @@ impl MediaClient {
         }
     }
 
-    /// Adds a track to the publisher connection and declares it with `publish`.
+    /// Adds a track to the publisher connection and declares it with `publish`: VP8 video or
+    /// Opus audio.
     pub async fn add_track(&mut self, kind: &str, cid: &str) -> PublishedTrack {
-        let mime = if kind == "video" {
-            MIME_TYPE_VP8
+        let capability = if kind == "video" {
+            RTCRtpCodecCapability {
+                mime_type: MIME_TYPE_VP8.to_owned(),
+                clock_rate: 90_000,
+                ..Default::default()
+            }
         } else {
-            MIME_TYPE_OPUS
+            RTCRtpCodecCapability {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                ..Default::default()
+            }
         };
+        self.add_track_of(kind, cid, capability).await
+    }
+
+    /// Adds an H.264 video track (the client must have joined with H.264).
+    pub async fn add_h264_track(&mut self, cid: &str) -> PublishedTrack {
         let capability = RTCRtpCodecCapability {
-            mime_type: mime.to_owned(),
-            clock_rate: if kind == "video" { 90_000 } else { 48_000 },
-            channels: if kind == "video" { 0 } else { 2 },
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90_000,
+            sdp_fmtp_line: H264_FMTP.to_owned(),
             ..Default::default()
         };
+        self.add_track_of("video", cid, capability).await
+    }
+
+    async fn add_track_of(
+        &mut self,
+        kind: &str,
+        cid: &str,
+        capability: RTCRtpCodecCapability,
+    ) -> PublishedTrack {
         let track = Arc::new(TrackLocalStaticRTP::new(
             capability,
             cid.to_owned(),
