@@ -26,7 +26,11 @@
  *
  * Methods (all async ones reject with SfuError {code, message}; `code` is the server's stable
  * error code, or one of: connect_failed, not_connected, not_joined, timeout, disconnected,
- * media_unavailable):
+ * media_unavailable, browser_error). A request the server answers with `server_busy` (its media
+ * worker was overloaded and did nothing) is sent again a few times before it rejects with it.
+ * `message` is always a sentence for a person: a browser's own error (a DOMException such as
+ * "Failed to execute 'setParameters' on 'RTCRtpSender': ...") never becomes a message; it is
+ * logged to the console and kept as the SfuError's `cause`.
  *   connect(url, token)              open the WebSocket (the token is sent in `join`)
  *   join({room}?)                    join the token's room, resolves with the `joined` message
  *   publishCamera({simulcast, constraints, name}?)    -> LocalTrack
@@ -39,6 +43,7 @@
  *   subscribe(trackSid) / unsubscribe(trackSid)
  *   sendChat(text) -> chat message;  setTyping(bool);  ping()
  *   getTrackStats(trackSid) -> {width, height, fps, bitrate, rtt, layer} | null   (local or remote)
+ *   remoteLayer(trackSid) -> {quality, layer, reason} | null   the last quality_changed of a remote video
  *   getStatsReport(trackSid) -> RTCStatsReport | null   the browser's raw stats for one track
  *   leave()
  *
@@ -56,12 +61,46 @@
  *   chat                {message, own}
  *   typing              {sid, identity, typing, participant}
  *   active_speakers     {speakers: [{participant, level}]}   level 0 = loudest, 127 = silence
- *   quality_changed     {track: sid, quality, layer, reason}   the layer of a remote video we receive
- *   publisher_layers    {track: sid, active: [rid]}   which layers of our video anyone receives
+ *   quality_changed     {track: sid, quality, layer, reason, remote}   the layer of a remote video we
+ *                       receive changed (see QualityChange below). `layer: "off"` with
+ *                       `reason: "bandwidth"` means the server paused the video: our downstream
+ *                       has no room even for its lowest layer. A later quality_changed with a
+ *                       layer says it resumed.
+ *   subscription_failed {track: sid, code, message, info, participant}   a remote track we cannot
+ *                       receive; today `code` is always `codec_not_supported` (our answer
+ *                       accepted none of its formats). Nothing of it will arrive.
+ *   publisher_layers    {track: sid, active: [rid], local}   which layers of our video anyone
+ *                       receives; the client pauses the others itself (dynacast)
  *   connection_state    {target: 'publisher'|'subscriber', state}
- *   error               {error: SfuError}   (errors no request is waiting for)
+ *   error               {error: SfuError}   (errors no request is waiting for). Client-side codes:
+ *                       `browser_error` (the browser refused an operation; `cause` has its
+ *                       DOMException) and `publisher_layers_failed` (pausing or resuming our
+ *                       simulcast layers failed after retries; the video goes on)
  *   reconnecting        {attempt, maxAttempts, delay, reason, message}
  *   disconnected        {reason, message, code, error}   the session is over
+ */
+
+/**
+ * The detail of a `quality_changed` event.
+ * @typedef {object} QualityChange
+ * @property {string} track  the remote video track's sid
+ * @property {'low'|'medium'|'high'|'off'} quality  what is forwarded now; a track without
+ *   simulcast reports `high`
+ * @property {string} layer  the rid forwarded now (`q`, `h`, `f`), `""` for a track without
+ *   simulcast, or `"off"` when nothing is
+ * @property {QualityReason} reason
+ */
+
+/**
+ * Why the layer we receive changed (protocol `quality_changed.reason`):
+ *  - `start`: the first layer the server sent us;
+ *  - `request`: our setQuality took effect;
+ *  - `bandwidth`: the server's estimate of our downstream bandwidth moved (down, up, or to
+ *    `off`: paused because not even the lowest layer fits);
+ *  - `publisher`: the publisher started sending a better layer within what we asked for;
+ *  - `layer_lost`: the layer we received stopped arriving and a lower one took its place.
+ * A server older than these reasons may say `layer_change`; treat unknown reasons as neutral.
+ * @typedef {'start'|'request'|'bandwidth'|'publisher'|'layer_lost'} QualityReason
  */
 
 const PROTOCOL_VERSION = 1;
@@ -91,7 +130,31 @@ export const LEAVE_MESSAGES = {
 /** Reasons worth a reconnect: a retry can fix them. Others end the session for good. */
 const RETRYABLE = new Set(['disconnected', 'server_shutdown', 'slow_consumer', 'media_failed']);
 /** Request failures that mean "try again later" rather than "this will never work". */
-const TRANSIENT = new Set(['connect_failed', 'not_connected', 'timeout', 'disconnected', 'rate_limited', 'internal']);
+const TRANSIENT = new Set(['connect_failed', 'not_connected', 'timeout', 'disconnected', 'rate_limited', 'internal', 'server_busy']);
+
+/**
+ * `server_busy` means the room's media worker could not take the request within 5 s and did
+ * nothing, so sending it again is safe. A few tries, spaced out, give an overload spike time to
+ * pass without leaving the person waiting for long.
+ */
+const SERVER_BUSY_ATTEMPTS = 3;
+const SERVER_BUSY_BACKOFF_MS = 500;
+
+/**
+ * Applying the layers the server wants us to send (dynacast) can fail for a moment: Chrome
+ * refuses setParameters while the sender's previous change is still in flight, or before the
+ * m-line is negotiated. A fresh getParameters usually succeeds shortly after; past these tries
+ * the video still flows (with more or fewer layers than needed) and the next publisher_layers
+ * tries again.
+ */
+const LAYER_APPLY_ATTEMPTS = 4;
+const LAYER_APPLY_BACKOFF_MS = 250;
+
+/**
+ * A bitrate or frame rate is measured over at least this long: shorter intervals (two callers
+ * polling at once) would turn the browser's counters' granularity into 0 or double figures.
+ */
+const MIN_STATS_INTERVAL_MS = 500;
 
 export class SfuError extends Error {
   constructor(code, message, extra = {}) {
@@ -197,9 +260,22 @@ export class SfuClient extends EventTarget {
 
   /**
    * Sends one request. Resolves with the answer message, or rejects with an SfuError carrying
-   * the server's error `code` (or `timeout` / `not_connected` / `disconnected`).
+   * the server's error `code` (or `timeout` / `not_connected` / `disconnected`). A `server_busy`
+   * answer is retried (SERVER_BUSY_ATTEMPTS in all) before it rejects with it.
    */
-  request(type, fields = {}, timeout = this.options.requestTimeout) {
+  async request(type, fields = {}, timeout = this.options.requestTimeout) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this._requestOnce(type, fields, timeout);
+      } catch (err) {
+        if (err.code !== 'server_busy' || attempt >= SERVER_BUSY_ATTEMPTS) throw err;
+        console.info(`sfu: the server was busy with \`${type}\`; trying again (${attempt} of ${SERVER_BUSY_ATTEMPTS - 1})`);
+        await sleep(SERVER_BUSY_BACKOFF_MS * 2 ** (attempt - 1));
+      }
+    }
+  }
+
+  _requestOnce(type, fields, timeout) {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) {
       return Promise.reject(new SfuError('not_connected', `cannot send \`${type}\`: not connected to the server`, { request: type }));
@@ -416,9 +492,22 @@ export class SfuClient extends EventTarget {
         break;
       case 'quality_changed': {
         const remote = this._remote.get(msg.track);
-        // Kept even before the track's media arrives: getTrackStats reports it.
+        // Kept even before the track's media arrives: getTrackStats and remoteLayer report it.
         this._layers.set(msg.track, { quality: msg.quality, layer: msg.layer, reason: msg.reason });
         this._emit('quality_changed', { track: msg.track, quality: msg.quality, layer: msg.layer, reason: msg.reason, remote });
+        break;
+      }
+      case 'subscription_failed': {
+        // Our answer accepted none of the track's formats: the server forwards nothing of it.
+        // Not an `error`: nothing failed for the session, one track just cannot be shown here.
+        const info = this.tracks.get(msg.track);
+        this._emit('subscription_failed', {
+          track: msg.track,
+          code: msg.code,
+          message: msg.message,
+          info,
+          participant: info ? this._participant(info.participant) : undefined,
+        });
         break;
       }
       case 'publisher_layers':
@@ -428,7 +517,7 @@ export class SfuClient extends EventTarget {
         // One subscriber offer at a time, in order (the server sends the next only after our answer).
         this._subChain = this._subChain
           .then(() => this._onSubscriberOffer(msg))
-          .catch((err) => this._emitError(err, 'answering the server\'s subscriber offer failed'));
+          .catch((err) => this._emitError(err, 'setting up the media you receive failed'));
         break;
       case 'leave':
         // The server closes the socket right after; the close handler reports it.
@@ -582,7 +671,7 @@ export class SfuClient extends EventTarget {
         this.localTracks.delete(local.id);
         this._emit('local_track_removed', { local });
       }
-      throw err;
+      throw browserError(err, `publishing the ${local.source} failed`);
     }
     return local;
   }
@@ -608,6 +697,8 @@ export class SfuClient extends EventTarget {
         tr.direction = 'inactive';
         await this._negotiatePublisher();
       }
+    } catch (err) {
+      throw browserError(err, `stopping the ${local.source} failed`);
     } finally {
       this._emit('local_track_removed', { local });
     }
@@ -647,14 +738,80 @@ export class SfuClient extends EventTarget {
    * others would spend CPU and upstream bandwidth on packets the server drops. Pausing an
    * encoding keeps its RTP stream (and m-line), so turning it on again needs no renegotiation;
    * the encoder starts it again with a keyframe, which is what the server waits for to switch.
+   *
+   * Only the latest list matters, so lists that come while one is being applied are merged
+   * into the next application rather than queued.
    */
   _applyPublisherLayers(trackSid, active) {
     const local = [...this.localTracks.values()].find((l) => l.sid === trackSid);
-    const sender = local?.transceiver?.sender;
-    if (!sender || !Array.isArray(active)) return;
-    const wanted = new Set(active);
-    const params = sender.getParameters();
-    if (!params.encodings?.length) return;
+    if (!local?.transceiver || !Array.isArray(active)) return;
+    local.wantedLayers = new Set(active);
+    local.wantedLayersVersion = (local.wantedLayersVersion ?? 0) + 1;
+    this._emit('publisher_layers', { track: trackSid, active: [...local.wantedLayers], local });
+    // One application per sender and connection; an older one (for a connection torn down
+    // since) ends at its next step.
+    if (local.applyingLayers !== this._gen) {
+      local.applyingLayers = this._gen;
+      this._syncLayers(local);
+    }
+  }
+
+  /**
+   * Brings the sender's encodings to `local.wantedLayers`, one setParameters at a time.
+   *
+   * The WebRTC spec lets setParameters take only the parameters of the latest getParameters on
+   * that sender, read in the same task, and Chrome forgets that read when a setParameters
+   * completes. Two changes overlapping on one sender therefore fail ("getParameters() has never
+   * been called on this sender", "transaction_id doesn't match"): hence one change in flight
+   * per sender, each with its own fresh getParameters right before it.
+   */
+  async _syncLayers(local) {
+    const gen = this._gen;
+    const stillOurs = () => gen === this._gen && this.localTracks.get(local.id) === local && !!local.transceiver;
+    let failures = 0;
+    try {
+      for (;;) {
+        // Not in the middle of an offer/answer round: the sender may not be negotiated yet.
+        await this._pubChain;
+        if (!stillOurs()) return;
+        const version = local.wantedLayersVersion;
+        try {
+          await this._writeLayers(local);
+          failures = 0;
+          if (version === local.wantedLayersVersion) return; // the latest list is applied
+        } catch (err) {
+          failures += 1;
+          if (failures >= LAYER_APPLY_ATTEMPTS) {
+            console.warn(`sfu: could not apply the layers [${[...local.wantedLayers]}] to the ${local.source} track after ${failures} tries`, err);
+            this._emitError(new SfuError(
+              'publisher_layers_failed',
+              `Could not switch the unused quality layers of your ${local.source} on or off; the video goes on, though viewers may not get the best quality they could.`,
+              { cause: err, track: local.sid },
+            ));
+            return;
+          }
+          await sleep(LAYER_APPLY_BACKOFF_MS * 2 ** (failures - 1));
+          if (!stillOurs()) return;
+        }
+      }
+    } finally {
+      if (local.applyingLayers === gen) local.applyingLayers = null;
+    }
+  }
+
+  /**
+   * Reads the sender's parameters and, if its encodings differ from `local.wantedLayers`, sets
+   * them in the same synchronous run (see _syncLayers). Resolves when the browser applied them.
+   */
+  _writeLayers(local) {
+    const tr = local.transceiver;
+    if (!tr.currentDirection || tr.currentDirection === 'stopped' || this._pub?.signalingState !== 'stable') {
+      // Chrome gives a sender that is not negotiated yet placeholder parameters it then refuses.
+      return Promise.reject(new Error(`the ${local.source} sender is not negotiated yet`));
+    }
+    const params = tr.sender.getParameters();
+    if (!params.encodings?.length) return Promise.reject(new Error(`the ${local.source} sender has no encodings yet`));
+    const wanted = local.wantedLayers;
     let changed = false;
     for (const enc of params.encodings) {
       // Without simulcast there is one encoding without a rid; any entry at all means "send".
@@ -664,10 +821,7 @@ export class SfuClient extends EventTarget {
         changed = true;
       }
     }
-    this._emit('publisher_layers', { track: trackSid, active: [...wanted], local });
-    if (changed) {
-      sender.setParameters(params).catch((err) => this._emitError(err, 'pausing unused simulcast layers failed'));
-    }
+    return changed ? tr.sender.setParameters(params) : Promise.resolve();
   }
 
   subscribe(trackSid) {
@@ -904,7 +1058,13 @@ export class SfuClient extends EventTarget {
    * Stats for one track, local or remote: {width, height, fps, bitrate (bit/s), rtt (s), layer}.
    * `layer` is the simulcast rid the server says it forwards (remote video, once it has said).
    * Any field may be undefined (no frames yet, audio, or a browser that does not report it).
-   * The bitrate is measured since the previous call for the same track.
+   *
+   * `bitrate` and `fps` are measured here, from the growth of the byte and frame counters
+   * (bytesReceived/bytesSent, framesDecoded/framesEncoded) between two calls at least
+   * MIN_STATS_INTERVAL_MS apart; until two such calls were made they are undefined, never a
+   * made-up 0. A call sooner than that returns the previous measurement. A 0 is a measured 0:
+   * nothing arrived (or was sent) in that interval. For our own simulcast video, the size and
+   * frame rate are those of the largest layer being encoded.
    */
   async getTrackStats(trackSid) {
     const remote = this._remote.get(trackSid);
@@ -923,19 +1083,21 @@ export class SfuClient extends EventTarget {
       return null;
     }
     const out = { width: undefined, height: undefined, fps: undefined, bitrate: undefined, rtt: undefined, layer };
-    let bytes = 0;
+    /** This call's counters, per RTP stream stats id: a stream that is new has no growth yet. */
+    const counters = new Map();
     let time = 0;
+    /** RTP streams with a picture, except paused simulcast layers (they keep their last size). */
+    const pictures = [];
     let pairId;
     report.forEach((s) => {
       if (s.type === rtpType && (s.kind ?? s.mediaType) === kind) {
-        bytes += (rtpType === 'inbound-rtp' ? s.bytesReceived : s.bytesSent) ?? 0;
+        const inbound = rtpType === 'inbound-rtp';
+        counters.set(s.id, {
+          bytes: (inbound ? s.bytesReceived : s.bytesSent) ?? 0,
+          frames: inbound ? s.framesDecoded : s.framesEncoded,
+        });
         time = Math.max(time, s.timestamp);
-        // With simulcast there is one outbound-rtp per layer: report the largest.
-        if (s.frameWidth && !(out.width >= s.frameWidth)) {
-          out.width = s.frameWidth;
-          out.height = s.frameHeight;
-          out.fps = s.framesPerSecond;
-        }
+        if (s.frameWidth && s.active !== false) pictures.push(s);
       } else if (s.type === 'remote-inbound-rtp' && s.roundTripTime != null) {
         out.rtt = s.roundTripTime; // from RTCP receiver reports (publisher side)
       } else if (s.type === 'transport' && s.selectedCandidatePairId) {
@@ -949,11 +1111,57 @@ export class SfuClient extends EventTarget {
       out.rtt = pair?.currentRoundTripTime;
     }
     const prev = this._statsPrev.get(trackSid);
-    if (prev && time > prev.time && bytes >= prev.bytes) {
-      out.bitrate = ((bytes - prev.bytes) * 8) / ((time - prev.time) / 1000);
+    const largest = (streams) => streams.reduce((a, b) => (b.frameWidth > (a?.frameWidth ?? 0) ? b : a), null);
+    const show = (stream) => {
+      out.width = stream?.frameWidth;
+      out.height = stream?.frameHeight;
+    };
+    if (prev && time - prev.time < MIN_STATS_INTERVAL_MS) {
+      // Too soon to measure anything: keep the baseline, repeat the last measurement.
+      const same = pictures.find((p) => p.id === prev.shownId);
+      show(same ?? largest(pictures));
+      out.bitrate = prev.bitrate;
+      out.fps = same ? prev.fps : undefined;
+      return out;
     }
-    this._statsPrev.set(trackSid, { bytes, time });
+    // With simulcast there is one outbound-rtp per layer: show the largest whose frames still
+    // come (an encoder short of bandwidth or CPU stops its top layer and leaves its size behind).
+    const moving = pictures.filter((p) => {
+      const before = prev?.counters.get(p.id)?.frames;
+      return before != null && counters.get(p.id).frames > before;
+    });
+    const shown = largest(moving.length ? moving : pictures);
+    show(shown);
+    if (prev) {
+      const seconds = (time - prev.time) / 1000;
+      let bytes = 0;
+      let measured = false;
+      for (const [id, now] of counters) {
+        const before = prev.counters.get(id);
+        // A stream that restarted (its counters went back) is no measurement.
+        if (!before || now.bytes < before.bytes) continue;
+        bytes += now.bytes - before.bytes;
+        measured = true;
+      }
+      if (measured) out.bitrate = (bytes * 8) / seconds;
+      const framesBefore = shown && prev.counters.get(shown.id)?.frames;
+      const framesNow = shown && counters.get(shown.id)?.frames;
+      if (framesBefore != null && framesNow != null && framesNow >= framesBefore) {
+        out.fps = (framesNow - framesBefore) / seconds;
+      }
+    }
+    this._statsPrev.set(trackSid, { time, counters, bitrate: out.bitrate, fps: out.fps, shownId: shown?.id });
     return out;
+  }
+
+  /**
+   * What the server last said it forwards of a remote video (its `quality_changed`):
+   * {quality, layer, reason}, or null before it said anything. `layer` is `"off"` while the
+   * video is paused.
+   */
+  remoteLayer(trackSid) {
+    const layer = this._layers.get(trackSid);
+    return layer ? { ...layer } : null;
   }
 
   /**
@@ -1022,14 +1230,32 @@ export class SfuClient extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
+  /**
+   * Emits `error`. An SfuError's message is already for a person and gets `context` in front;
+   * anything else is the browser's own error, whose text ("Failed to execute ... on
+   * 'RTCPeerConnection': ...") means nothing to the person: it goes to the console, and the
+   * event carries `context` as a sentence with code `browser_error`.
+   */
   _emitError(err, context) {
-    const error = err instanceof SfuError ? err : new SfuError('internal', err?.message ?? String(err));
-    if (context && !error.message.startsWith(context)) error.message = `${context}: ${error.message}`;
+    const error = err instanceof SfuError ? err : browserError(err, context ?? 'something failed in the browser');
+    if (context && err instanceof SfuError && !error.message.startsWith(context)) error.message = `${context}: ${error.message}`;
     this._emit('error', { error });
   }
 }
 
 // ---------------------------------------------------------------------- module helpers
+
+/**
+ * An SfuError for an error the browser threw (a DOMException from RTCPeerConnection or
+ * RTCRtpSender): the person reads `what` failed, and the browser's text goes to the console
+ * and stays in `cause` for whoever debugs.
+ */
+function browserError(err, what) {
+  if (err instanceof SfuError) return err;
+  console.warn(`sfu: ${what}:`, err);
+  const sentence = what.charAt(0).toUpperCase() + what.slice(1);
+  return new SfuError('browser_error', `${sentence} (the browser refused; details are in the console).`, { cause: err });
+}
 
 /** Runs `publish`; if it fails, stops the tracks of `stream` (opened for it, owned by us). */
 async function releaseOnError(stream, publish) {

@@ -3,10 +3,11 @@
 // a page of the demo client (web/index.html, which exposes `window.sfu`).
 //
 // The tests run inside a loopback-only network namespace (tests/run.sh), so the server binds
-// and advertises 127.0.0.1 only.
+// and advertises 127.0.0.1 only. The pages run the web client built into the binary, or with
+// SFU_WEB=disk the one in the working tree (WEB_DIR).
 
 import { spawn } from 'node:child_process';
-import { createWriteStream, mkdirSync } from 'node:fs';
+import { createWriteStream, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -14,6 +15,32 @@ import { chromium } from 'playwright-core';
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const OUT_DIR = path.join(REPO, 'target', 'browser-screenshots');
 export const LOG_DIR = path.join(REPO, 'target', 'browser-tests');
+
+/**
+ * The web client the pages run: by default the copy the server binary embeds (what users get;
+ * tests/run.sh builds the binary from the working tree first). The binary embeds web/ when it is
+ * built, so to try web/ edits with an older binary, SFU_WEB=disk makes the pages get the files
+ * from the working tree (or from SFU_WEB_DIR) instead.
+ */
+export const WEB_DIR = process.env.SFU_WEB_DIR ?? path.join(REPO, 'web');
+const WEB_FROM_DISK = process.env.SFU_WEB === 'disk' || process.env.SFU_WEB_DIR !== undefined;
+const WEB_FILES = {
+  '/': ['index.html', 'text/html; charset=utf-8'],
+  '/index.html': ['index.html', 'text/html; charset=utf-8'],
+  '/sfu-client.js': ['sfu-client.js', 'text/javascript; charset=utf-8'],
+};
+
+/**
+ * Text a page must never show, checked on every change of its DOM from the first moment
+ * (window.__shownProblems, read with shownProblems()). `selector` narrows a check to some
+ * elements; without it, the check reads the text the page renders (innerText).
+ */
+export const NEVER_SHOWN = [
+  // A browser's own error text: the client must log it and say something a person can read.
+  { what: 'a raw browser error', source: String.raw`Failed to execute|getParameters` },
+  // The overlay leaves out figures it has not measured; "0 kbps" beside a moving picture is false.
+  { what: 'a "0 kbps" stats figure', source: String.raw`(^|[^\d.])0 kbps`, selector: '.tile-stats' },
+];
 
 /** The flags every Chromium of this project runs with (notes/helper-rules.md). */
 export const CHROMIUM_FLAGS = [
@@ -30,6 +57,9 @@ export const CHROMIUM_FLAGS = [
   '--allow-loopback-in-peer-connection',
 ];
 
+/** Variables for these tests, not for the server (which rejects unknown SFU_* variables). */
+const TEST_ONLY_ENV = new Set(['SFU_BIN', 'SFU_WEB', 'SFU_WEB_DIR']);
+
 /** How long the server gets to print its address before the test gives up on it. */
 const SERVER_START_TIMEOUT_MS = 30_000;
 
@@ -42,9 +72,11 @@ export async function startServer() {
   mkdirSync(LOG_DIR, { recursive: true });
   const logPath = path.join(LOG_DIR, 'server.log');
   const logFile = createWriteStream(logPath);
+  // The server refuses SFU_* variables that are not config keys: keep the tests' own out.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !TEST_ONLY_ENV.has(key)));
   const child = spawn(bin, ['serve', '--dev'], {
     env: {
-      ...process.env,
+      ...env,
       NO_COLOR: '1',
       RUST_LOG: process.env.RUST_LOG ?? 'info',
       SFU_HTTP_BIND: '127.0.0.1',
@@ -112,9 +144,14 @@ export async function launchChromium() {
  */
 export async function openPerson(browser, baseUrl, { room, name }) {
   const context = await browser.newContext({
-    permissions: ['camera', 'microphone'],
+    // A page the test answers itself has no server address, so Chromium counts it as a public
+    // site and blocks its WebSocket to the server on 127.0.0.1 (Local Network Access) unless
+    // the person allowed it: allow it, as that person would.
+    permissions: ['camera', 'microphone', ...(WEB_FROM_DISK ? ['local-network-access'] : [])],
     viewport: { width: 1280, height: 800 },
   });
+  if (WEB_FROM_DISK) await serveWebFromDisk(context, baseUrl);
+  await context.addInitScript(watchShownText, NEVER_SHOWN);
   const page = await context.newPage();
   const console_ = [];
   page.on('console', (m) => {
@@ -123,6 +160,88 @@ export async function openPerson(browser, baseUrl, { room, name }) {
   page.on('pageerror', (e) => console_.push(`${name} page error: ${e.message}`));
   await page.goto(`${baseUrl}/?${new URLSearchParams({ room, name })}`);
   return { name, page, context, console: console_ };
+}
+
+/** Answers the page's requests for the web client with the files in WEB_DIR (see there). */
+async function serveWebFromDisk(context, baseUrl) {
+  const origin = new URL(baseUrl).origin;
+  await context.route((url) => url.origin === origin && url.pathname in WEB_FILES, (route) => {
+    const [file, contentType] = WEB_FILES[new URL(route.request().url()).pathname];
+    return route.fulfill({ status: 200, contentType, body: readFileSync(path.join(WEB_DIR, file)) });
+  });
+}
+
+/**
+ * Whether the server's built-in web client is the one in WEB_DIR; the tests use WEB_DIR's either
+ * way (unless SFU_WEB=embedded), so a difference only means the binary needs building again.
+ */
+export async function embeddedWebIsCurrent(baseUrl) {
+  for (const [urlPath, [file]] of Object.entries(WEB_FILES)) {
+    const served = await (await fetch(new URL(urlPath, baseUrl))).text();
+    if (served !== readFileSync(path.join(WEB_DIR, file), 'utf8')) return { current: false, file, fromDisk: WEB_FROM_DISK };
+  }
+  return { current: true, fromDisk: WEB_FROM_DISK };
+}
+
+/** Runs in each page before its own scripts: records any NEVER_SHOWN text it ever shows. */
+function watchShownText(checks) {
+  const seen = [];
+  const known = new Set();
+  window.__shownProblems = seen;
+  const scan = () => {
+    if (!document.body) return;
+    for (const check of checks) {
+      const re = new RegExp(check.source);
+      const texts = check.selector
+        ? [...document.querySelectorAll(check.selector)].map((e) => e.textContent)
+        : [document.body.innerText];
+      for (const text of texts) {
+        const found = re.exec(text);
+        if (!found) continue;
+        // The words around the match: enough to recognise, short enough to read in a report.
+        const excerpt = text.slice(Math.max(0, found.index - 80), found.index + 200).replace(/\s+/g, ' ');
+        if (known.has(`${check.what}\n${excerpt}`)) continue;
+        known.add(`${check.what}\n${excerpt}`);
+        seen.push({ what: check.what, text: excerpt, at: new Date().toISOString() });
+      }
+    }
+  };
+  new MutationObserver(scan).observe(document, {
+    subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['hidden', 'class'],
+  });
+}
+
+/** What `person`'s page showed that it never should have (NEVER_SHOWN): [{what, text, at}]. */
+export function shownProblems(person) {
+  return person.page.evaluate(() => window.__shownProblems ?? []);
+}
+
+/**
+ * Hands `message` to the page's client as if the server had sent it: for situations a
+ * loopback test cannot make happen (a subscriber without bandwidth, a codec it lacks), so the
+ * page's handling of them can still be seen.
+ */
+export function serverSays(person, ...messages) {
+  return person.page.evaluate(async (messages) => {
+    // Each in a task of its own, as WebSocket messages come, one right after the other (a
+    // MessageChannel task waits for no timer).
+    const channel = new MessageChannel();
+    const nextTask = () => new Promise((resolve) => {
+      channel.port1.onmessage = resolve;
+      channel.port2.postMessage(null);
+    });
+    for (const message of messages) {
+      await nextTask();
+      // Listeners can tell these from the server's own messages while this flag is up.
+      window.__testSays = true;
+      try {
+        window.sfu._onMessage(JSON.stringify(message));
+      } finally {
+        window.__testSays = false;
+      }
+    }
+    channel.port1.close();
+  }, messages);
 }
 
 /**

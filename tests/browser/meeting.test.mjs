@@ -2,6 +2,11 @@
 // the `sfu` binary: video and audio both ways, chat, simulcast quality choice, leaving, a late
 // joiner, and screenshots under target/browser-screenshots/ for a person to look at.
 //
+// What loopback cannot produce (a subscriber without bandwidth, a codec a browser lacks, a burst
+// of dynacast lists) is handed to a page's client as if the server had sent it (serverSays), to
+// see what the page then shows. Every page is watched from its first moment for text it must
+// never show (lib.mjs NEVER_SHOWN: a browser's raw error, "0 kbps"); the last test reads that.
+//
 // Run: `npm test` in tests/browser (after `cargo build`), inside a loopback-only namespace as
 // tests/run.sh does. Asserts presence and direction only (frames decoded go up, a width goes down
 // then up, a tile is gone), never durations, apart from the issue's functional bound of 2 s for
@@ -15,11 +20,14 @@ import { after, before, describe, it } from 'node:test';
 import {
   LOG_DIR,
   OUT_DIR,
+  embeddedWebIsCurrent,
   joinAndTimeFirstFrame,
   launchChromium,
   openPerson,
   receivedFrom,
   sentLayers,
+  serverSays,
+  shownProblems,
   sleep,
   startServer,
   until,
@@ -118,11 +126,46 @@ async function chooseQuality(viewer, identity, quality, settled) {
   }, { identity, settled: settled.toString(), timeout: MEDIA_TIMEOUT_MS });
 }
 
+/** The sid of the camera track `viewer` receives from `identity`, from its tile. */
+function videoTrackOf(viewer, identity) {
+  return viewer.page.evaluate((identity) =>
+    document.querySelector(`.tile[data-identity="${CSS.escape(identity)}"]`)?.dataset.videoTrack ?? null, identity);
+}
+
+/**
+ * Hands `viewer`'s client a `quality_changed` for `identity`'s video as if the server had sent
+ * it, and reads the tile in the same task (so no real message can come in between): what its
+ * state line and note say, and whether it shows the video or the avatar.
+ */
+function qualityChangedAndLook(viewer, identity, change) {
+  return viewer.page.evaluate(({ identity, change }) => {
+    const tile = document.querySelector(`.tile[data-identity="${CSS.escape(identity)}"]`);
+    window.__testSays = true;
+    try {
+      window.sfu._onMessage(JSON.stringify({ type: 'quality_changed', track: tile.dataset.videoTrack, ...change }));
+    } finally {
+      window.__testSays = false;
+    }
+    const state = tile.querySelector('.tile-state');
+    const note = tile.querySelector('.tile-note');
+    return {
+      state: state.hidden ? null : state.textContent,
+      note: note.hidden ? null : note.textContent,
+      videoHidden: tile.classList.contains('video-unavailable'),
+    };
+  }, { identity, change });
+}
+
 describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }, () => {
   before(async () => {
     server = await startServer();
     browser = await launchChromium();
     console.log(`server ${server.url}, Chromium ${browser.version()}, room ${ROOM}`);
+    const web = await embeddedWebIsCurrent(server.url);
+    // Testing a stale client would prove nothing about web/: say how to test the current one.
+    assert.ok(web.current || web.fromDisk,
+      `the server binary's built-in ${web.file} differs from web/: build it again (cargo build), ` +
+      'or run with SFU_WEB=disk to serve web/ from the working tree');
   });
 
   after(async () => {
@@ -152,6 +195,30 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
       });
       assert.ok(preview.live && preview.width > 0, `${p.name}: the local preview shows no camera (${JSON.stringify(preview)})`);
     }
+  }));
+
+  it('a burst of publisher_layers lists reaches the camera one change at a time: the last list wins, and no error shows', () => diagnose(async () => {
+    const { Alice } = people;
+    const camera = await Alice.page.evaluate(() => {
+      window.__sfuErrors = [];
+      window.sfu.addEventListener('error', ({ detail: { error } }) => window.__sfuErrors.push({ code: error.code, message: error.message }));
+      return [...window.sfu.localTracks.values()].find((l) => l.source === 'camera')?.sid;
+    });
+    assert.ok(camera, 'Alice has no published camera');
+    // Back to back, as a server sends them when several subscribers change at once, each while
+    // the change before it may still be in flight: Chrome refuses a setParameters that overlaps
+    // the previous one on the same sender ("getParameters() has never been called on this
+    // sender"). Whether two overlap is a matter of timing, hence a few rounds.
+    const round = [['q'], ['q', 'h', 'f'], ['q'], ['q', 'h'], ['q', 'h', 'f']];
+    const lists = Array.from({ length: 12 }, () => round).flat();
+    await serverSays(Alice, ...lists.map((active) => ({ type: 'publisher_layers', track: camera, active })));
+    const layers = await until(async () => {
+      const sent = await sentLayers(Alice);
+      return ['q', 'h', 'f'].every((rid) => sent[rid]?.active === true) ? sent : null;
+    }, { timeoutMs: 10_000, what: `Alice's camera to send all three layers, the last list she was given (she sends ${JSON.stringify(await sentLayers(Alice))})` });
+    console.log(`after the burst Alice sends ${JSON.stringify(layers)}`);
+    const errors = await Alice.page.evaluate(() => window.__sfuErrors);
+    assert.deepEqual(errors, [], `applying the layers raised errors: ${JSON.stringify(errors)}`);
   }));
 
   it('a chat message typed in page A appears in page B\'s chat panel with A\'s name', () => diagnose(async () => {
@@ -216,6 +283,46 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     await Bob.page.selectOption('.tile[data-identity="Alice"] select.quality', 'auto');
   }));
 
+  it('page B\'s tile of A says "Video paused: low bandwidth" while the server pauses it, and notes only a step down for bandwidth', () => diagnose(async () => {
+    const { Bob } = people;
+    const sid = await videoTrackOf(Bob, 'Alice');
+    assert.ok(sid, 'Bob has no video of Alice');
+    // What the server really said last, to give it back at the end (messages from the test excluded).
+    await Bob.page.evaluate((sid) => {
+      window.__realLayer = window.sfu.remoteLayer(sid);
+      window.sfu.addEventListener('quality_changed', ({ detail }) => {
+        if (!window.__testSays && detail.track === sid) window.__realLayer = { quality: detail.quality, layer: detail.layer, reason: detail.reason };
+      });
+    }, sid);
+
+    // The server lowers the layer for bandwidth, below what Bob chose: worth a note.
+    await qualityChangedAndLook(Bob, 'Alice', { quality: 'high', layer: 'f', reason: 'bandwidth' });
+    const down = await qualityChangedAndLook(Bob, 'Alice', { quality: 'low', layer: 'q', reason: 'bandwidth' });
+    assert.match(down.note ?? '', /short of bandwidth/, `a step down for bandwidth shows no note: ${JSON.stringify(down)}`);
+    assert.equal(down.state, null);
+    // Going up again as the estimate grows is not news of a short connection, even below "high".
+    const up = await qualityChangedAndLook(Bob, 'Alice', { quality: 'medium', layer: 'h', reason: 'bandwidth' });
+    assert.equal(up.note, null, `a step up for bandwidth still shows a note: ${JSON.stringify(up)}`);
+
+    // No room even for the lowest layer: the server pauses the video.
+    const paused = await qualityChangedAndLook(Bob, 'Alice', { quality: 'off', layer: 'off', reason: 'bandwidth' });
+    assert.equal(paused.state, 'Video paused: low bandwidth');
+    assert.ok(paused.videoHidden, 'the paused tile still shows the frozen picture');
+    await screenshot(Bob, 'bob-alice-paused-low-bandwidth');
+    // The stats overlay agrees, unless the real server changed the layer meanwhile.
+    const overlay = await Bob.page.waitForFunction((sid) => {
+      const stats = document.querySelector('.tile[data-identity="Alice"] .tile-stats').textContent;
+      if (stats === 'paused') return 'paused';
+      return window.sfu.remoteLayer(sid)?.layer !== 'off' ? `overridden by the server (${stats})` : null;
+    }, sid, { timeout: 10_000 });
+    console.log(`Bob's overlay on Alice's paused video: ${await overlay.jsonValue()}`);
+
+    // It resumes: the state goes, and coming back from nothing is no bandwidth note either.
+    const real = await Bob.page.evaluate(() => window.__realLayer) ?? { quality: 'high', layer: 'f', reason: 'bandwidth' };
+    const resumed = await qualityChangedAndLook(Bob, 'Alice', real);
+    assert.deepEqual(resumed, { state: null, note: null, videoHidden: false }, `after resuming: ${JSON.stringify(resumed)}`);
+  }));
+
   it('a third page joining late sees both others and the chat history', () => diagnose(async () => {
     const carol = await join('Carol', { expectRemoteVideo: true });
     metrics.join_to_first_remote_frame_ms.push(Math.round(carol.joinToFirstFrameMs));
@@ -236,7 +343,8 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
   it('screenshots of the meeting are written under target/browser-screenshots', () => diagnose(async () => {
     for (const p of [people.Alice, people.Bob, people.Carol]) {
       // The stats overlay updates once a second: let it show numbers first.
-      await p.page.waitForFunction(() => [...document.querySelectorAll('#tiles .tile .tile-stats')].every((s) => /\d+x\d+/.test(s.textContent)), null, { timeout: 10_000 });
+      // Bitrate and frame rate are measured between two readings, so they come a moment later.
+      await p.page.waitForFunction(() => [...document.querySelectorAll('#tiles .tile .tile-stats')].every((s) => /\d+x\d+ · \d+ fps · \d+ kbps/.test(s.textContent)), null, { timeout: 10_000 });
       const file = await screenshot(p, `meeting-${p.name.toLowerCase()}`);
       assert.ok(readFileSync(file).length > 10_000, `${file} is suspiciously small`);
       console.log(`screenshot: ${path.relative(process.cwd(), file)}`);
@@ -268,5 +376,30 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     assert.ok(carolState.joined && carolState.kind !== 'error', `Carol, alone in the room, is in trouble: ${JSON.stringify(carolState)}`);
     await join('Dave', { expectRemoteVideo: true });
     await Promise.all([assertReceiving(Carol, 'Dave'), assertReceiving(people.Dave, 'Carol')]);
+  }));
+
+  it('a tile says so when this browser cannot play a track (subscription_failed)', () => diagnose(async () => {
+    const { Carol } = people;
+    const sid = await videoTrackOf(Carol, 'Dave');
+    assert.ok(sid, 'Carol has no video of Dave');
+    await serverSays(Carol, {
+      type: 'subscription_failed',
+      track: sid,
+      code: 'codec_not_supported',
+      message: 'the answer accepted none of the formats of this track (VP9)',
+    });
+    const state = Carol.page.locator('.tile[data-identity="Dave"] .tile-state');
+    await state.waitFor({ state: 'visible', timeout: 5_000 });
+    assert.equal(await state.textContent(), 'Can\'t play this video: codec not supported');
+    assert.equal(await Carol.page.locator('.tile[data-identity="Dave"].video-unavailable').count(), 1, 'the tile still shows the video element');
+    await screenshot(Carol, 'carol-dave-codec-not-supported');
+  }));
+
+  it('no page ever showed a raw browser error, or "0 kbps" in a stats overlay', () => diagnose(async () => {
+    const problems = [];
+    for (const p of Object.values(people)) {
+      for (const problem of await shownProblems(p)) problems.push(`${p.name} showed ${problem.what} at ${problem.at}: "${problem.text}"`);
+    }
+    assert.deepEqual(problems, []);
   }));
 });
