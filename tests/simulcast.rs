@@ -192,3 +192,58 @@ async fn set_quality_picks_the_layer_and_dynacast_tells_the_publisher() {
     let _ = sender.await;
     server.shutdown().await;
 }
+
+/// Estimates above `bound` bits per second so far (observations past that bucket bound).
+async fn estimates_above(server: &sfu::http::Server, bound: &str) -> f64 {
+    let count = common::metric(server, "sfu_bwe_estimate_bps_count").await;
+    let below = common::metric(
+        server,
+        &format!("sfu_bwe_estimate_bps_bucket{{le=\"{bound}\"}}"),
+    )
+    .await;
+    count.unwrap_or(0.0) - below.unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probing_lifts_the_estimate_to_what_the_subscriptions_want() {
+    // Bob first asks for the low layer of a 3-layer camera (q ≈ 150 kbit/s), then for the
+    // top one (f ≈ 1.2 Mbit/s): above the 800 kbit/s an estimate starts at, and far above
+    // what flows. His webrtc-rs client sends TWCC feedback; nothing limits the loopback link.
+    // An estimator only learns of room it is shown: unless the server probes past what it
+    // sends, the estimate stays put and the camera never reaches its top layer.
+    let server = common::start(|_| {}).await;
+    let mut alice = MediaClient::join(&server, "r", "alice").await;
+    let mut bob = MediaClient::join(&server, "r", "bob").await;
+    let layers = alice.add_simulcast_video("cam").await;
+    alice.negotiate_publisher().await;
+    let cam = alice.published_sid("cam").await;
+    let answer = bob
+        .request(json!({"type":"set_quality","track":cam,"quality":"low"}))
+        .await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn(send_simulcast(layers.map(|l| l.track), stop.clone()));
+    bob.recv_matching("quality_changed", PHASE, |m| layer_is(m, "q"))
+        .await
+        .expect("bob receives the low layer");
+
+    let answer = bob
+        .request(json!({"type":"set_quality","track":cam,"quality":"high"}))
+        .await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    let asked = tokio::time::Instant::now();
+    let high = bob
+        .recv_matching("quality_changed", PHASE, |m| layer_is(m, "f"))
+        .await;
+    assert!(
+        high.is_some(),
+        "the camera never reached its top layer (estimates above 1 Mbit/s: {})",
+        estimates_above(&server, "1000000").await
+    );
+    eprintln!("top layer {:?} after asking", asked.elapsed());
+    assert!(estimates_above(&server, "1000000").await > 0.0);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    server.shutdown().await;
+}
