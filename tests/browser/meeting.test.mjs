@@ -374,8 +374,16 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
       kind: document.querySelector('#status').dataset.kind,
     }));
     assert.ok(carolState.joined && carolState.kind !== 'error', `Carol, alone in the room, is in trouble: ${JSON.stringify(carolState)}`);
+    const mediaLines = () => Carol.page.evaluate(() =>
+      (window.sfu._sub?.remoteDescription?.sdp ?? '').split('\r\n').filter((l) => /^m=(audio|video) /.test(l)).length);
+    const linesAlone = await mediaLines();
     await join('Dave', { expectRemoteVideo: true });
     await Promise.all([assertReceiving(Carol, 'Dave'), assertReceiving(people.Dave, 'Carol')]);
+    // Dave's audio and camera took the m-lines Alice's and Bob's tracks left: Carol's
+    // subscriber SDP does not grow with every track she ever received.
+    const linesWithDave = await mediaLines();
+    assert.ok(linesAlone >= 2 && linesWithDave === linesAlone,
+      `Carol's subscriber offer had ${linesAlone} media m-lines alone and ${linesWithDave} with Dave`);
   }));
 
   it('a tile says so when this browser cannot play a track (subscription_failed)', () => diagnose(async () => {

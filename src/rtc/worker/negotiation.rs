@@ -5,6 +5,10 @@
 //! A track goes `ToAdd` → `Offered` → `Open` (packets flow) → `ToRemove` → `Removing` → gone.
 //! Changes made while an offer is in flight wait, and a new offer follows the answer.
 //!
+//! A removed track's m-line goes inactive and, once the client answered that, is free: the
+//! next track of its media kind takes it instead of a new m-line. A long meeting's SDP so has
+//! as many m-lines as tracks were ever received at once, not as tracks ever received.
+//!
 //! Generic over the m-line id `M`, so it is tested without a WebRTC stack; the worker passes
 //! str0m's `Mid` and does the SDP work in the [`MediaLines`] it hands to [`Negotiation::offer`].
 
@@ -24,16 +28,33 @@ enum TrackState<M> {
     Removing(M),
 }
 
-/// The SDP side of an offer: puts a track on a new m-line, or takes an m-line away.
+/// The SDP side of an offer: puts a track on an m-line, or takes it off.
 pub trait MediaLines<M> {
+    /// Puts `track` on a new m-line.
     fn add(&mut self, track: &str) -> M;
-    fn stop(&mut self, mid: M);
+    /// Puts `track` on the free m-line `mid` if that line's media kind suits it.
+    fn reuse(&mut self, track: &str, mid: M) -> bool;
+    /// Takes the track off `mid`: the line stays, inactive.
+    fn deactivate(&mut self, mid: M);
+}
+
+/// What the client's answer settled.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answered<M> {
+    /// Tracks whose m-line is negotiated now: packets may flow.
+    pub opened: Vec<(String, M)>,
+    /// m-lines whose track is gone: free for a later track.
+    pub freed: Vec<M>,
+    /// Something changed while the offer was in flight: another offer is due.
+    pub offer_again: bool,
 }
 
 /// The tracks of one subscriber connection, by track sid, and where each stands.
 #[derive(Debug)]
 pub struct Negotiation<M> {
     tracks: HashMap<String, TrackState<M>>,
+    /// Inactive m-lines, oldest first, for the next tracks to take.
+    free: Vec<M>,
     /// An offer is waiting for the client's answer.
     in_flight: bool,
     /// Something changed while an offer was in flight: offer again after the answer.
@@ -44,6 +65,7 @@ impl<M> Default for Negotiation<M> {
     fn default() -> Self {
         Self {
             tracks: HashMap::new(),
+            free: Vec::new(),
             in_flight: false,
             offer_again: false,
         }
@@ -119,20 +141,38 @@ impl<M: Copy + Eq> Negotiation<M> {
         self.in_flight
     }
 
-    /// Writes what changed since the last offer into `lines`: new tracks on new m-lines,
-    /// removed ones stopped. The caller then makes the offer and reports it with [`sent`].
+    /// The inactive m-lines free for new tracks.
+    pub fn free(&self) -> &[M] {
+        &self.free
+    }
+
+    /// Writes what changed since the last offer into `lines`: new tracks on free m-lines (or
+    /// new ones), removed ones deactivated. The caller then makes the offer and reports it
+    /// with [`sent`].
     ///
     /// [`sent`]: Negotiation::sent
     pub fn offer(&mut self, lines: &mut impl MediaLines<M>) {
+        // Removals first, adds in a stable order: offers are reproducible.
+        let mut adds = Vec::new();
         for (track, state) in self.tracks.iter_mut() {
             match *state {
-                TrackState::ToAdd => *state = TrackState::Offered(lines.add(track)),
+                TrackState::ToAdd => adds.push(track.clone()),
                 TrackState::ToRemove(mid) => {
-                    lines.stop(mid);
+                    lines.deactivate(mid);
                     *state = TrackState::Removing(mid);
                 }
                 _ => {}
             }
+        }
+        adds.sort();
+        for track in adds {
+            let reused = self
+                .free
+                .iter()
+                .position(|&mid| lines.reuse(&track, mid))
+                .map(|i| self.free.remove(i));
+            let mid = reused.unwrap_or_else(|| lines.add(&track));
+            self.tracks.insert(track, TrackState::Offered(mid));
         }
         self.offer_again = false;
     }
@@ -148,21 +188,30 @@ impl<M: Copy + Eq> Negotiation<M> {
         self.in_flight
     }
 
-    /// The client answered the offer in flight: offered tracks open, removed ones go. Returns
-    /// the tracks that opened, and whether another offer is due.
-    pub fn answered(&mut self) -> (Vec<(String, M)>, bool) {
+    /// The client answered the offer in flight: offered tracks open, removed ones go and
+    /// free their m-lines.
+    pub fn answered(&mut self) -> Answered<M> {
         self.in_flight = false;
         let mut opened = Vec::new();
+        let mut freed = Vec::new();
         self.tracks.retain(|track, state| match *state {
             TrackState::Offered(mid) => {
                 *state = TrackState::Open(mid);
                 opened.push((track.clone(), mid));
                 true
             }
-            TrackState::Removing(_) => false,
+            TrackState::Removing(mid) => {
+                freed.push(mid);
+                false
+            }
             _ => true,
         });
-        (opened, self.offer_again)
+        self.free.extend_from_slice(&freed);
+        Answered {
+            opened,
+            freed,
+            offer_again: self.offer_again,
+        }
     }
 }
 
@@ -170,19 +219,28 @@ impl<M: Copy + Eq> Negotiation<M> {
 mod tests {
     use super::*;
 
-    /// A fake SDP side: hands out m-line ids and records what was stopped.
+    /// A fake SDP side: m-lines with the media kind of their first track (the track name's
+    /// first letter: "a…" audio, "v…" video), and what was done to them.
     #[derive(Default)]
     struct Sdp {
-        next: u32,
+        kinds: Vec<char>,
         stopped: Vec<u32>,
+        reused: Vec<u32>,
     }
 
     impl MediaLines<u32> for Sdp {
-        fn add(&mut self, _track: &str) -> u32 {
-            self.next += 1;
-            self.next
+        fn add(&mut self, track: &str) -> u32 {
+            self.kinds.push(track.chars().next().unwrap_or('v'));
+            self.kinds.len() as u32
         }
-        fn stop(&mut self, mid: u32) {
+        fn reuse(&mut self, track: &str, mid: u32) -> bool {
+            let suits = self.kinds[mid as usize - 1] == track.chars().next().unwrap_or('v');
+            if suits {
+                self.reused.push(mid);
+            }
+            suits
+        }
+        fn deactivate(&mut self, mid: u32) {
             self.stopped.push(mid);
         }
     }
@@ -192,9 +250,9 @@ mod tests {
         if n.busy() {
             return false;
         }
-        let before = (sdp.next, sdp.stopped.len());
+        let before = (sdp.kinds.len(), sdp.stopped.len(), sdp.reused.len());
         n.offer(sdp);
-        let made = before != (sdp.next, sdp.stopped.len());
+        let made = before != (sdp.kinds.len(), sdp.stopped.len(), sdp.reused.len());
         n.sent(made);
         made
     }
@@ -214,9 +272,9 @@ mod tests {
         assert!(offer(&mut n, &mut sdp));
         assert_eq!(sorted(n.offered()), vec![("a".into(), 1)]);
         assert_eq!(n.open_mid("a"), None, "not before the answer");
-        let (opened, again) = n.answered();
-        assert_eq!(opened, vec![("a".to_string(), 1)]);
-        assert!(!again);
+        let answered = n.answered();
+        assert_eq!(answered.opened, vec![("a".to_string(), 1)]);
+        assert!(!answered.offer_again);
         assert_eq!(n.open_mid("a"), Some(1));
         assert_eq!(n.track_at(1), Some("a"));
     }
@@ -230,17 +288,17 @@ mod tests {
         n.add("b");
         assert!(!offer(&mut n, &mut sdp), "one offer in flight");
         assert_eq!(sorted(n.offered()), vec![("a".into(), 1)]);
-        let (opened, again) = n.answered();
-        assert_eq!(opened.len(), 1);
-        assert!(again, "b still needs an offer");
+        let answered = n.answered();
+        assert_eq!(answered.opened.len(), 1);
+        assert!(answered.offer_again, "b still needs an offer");
         assert!(offer(&mut n, &mut sdp));
-        let (opened, again) = n.answered();
-        assert_eq!(opened, vec![("b".to_string(), 2)]);
-        assert!(!again);
+        let answered = n.answered();
+        assert_eq!(answered.opened, vec![("b".to_string(), 2)]);
+        assert!(!answered.offer_again);
     }
 
     #[test]
-    fn removal_stops_the_m_line_and_forgets_the_track_on_answer() {
+    fn removal_deactivates_the_m_line_and_frees_it_on_answer() {
         let mut n = Negotiation::default();
         let mut sdp = Sdp::default();
         n.add("a");
@@ -251,13 +309,89 @@ mod tests {
         assert_eq!(n.open_mid("a"), None);
         assert!(offer(&mut n, &mut sdp));
         assert_eq!(sdp.stopped, vec![1]);
-        n.answered();
+        assert!(n.free().is_empty(), "not free before the client agreed");
+        let answered = n.answered();
+        assert_eq!(answered.freed, vec![1]);
         assert!(n.is_empty());
-        // And it may come back, on a new m-line.
+        // And it may come back, on its old m-line.
         n.add("a");
         offer(&mut n, &mut sdp);
         n.answered();
-        assert_eq!(n.open_mid("a"), Some(2));
+        assert_eq!(n.open_mid("a"), Some(1));
+        assert_eq!(sdp.kinds.len(), 1, "no new m-line");
+    }
+
+    #[test]
+    fn a_new_track_takes_a_free_m_line_of_its_kind() {
+        let mut n = Negotiation::default();
+        let mut sdp = Sdp::default();
+        n.add("a1");
+        n.add("v1");
+        offer(&mut n, &mut sdp);
+        n.answered();
+        n.remove("a1");
+        n.remove("v1");
+        offer(&mut n, &mut sdp);
+        n.answered();
+        n.add("v2");
+        offer(&mut n, &mut sdp);
+        let answered = n.answered();
+        assert_eq!(
+            answered.opened,
+            vec![("v2".to_string(), 2)],
+            "the video line"
+        );
+        n.add("v3");
+        offer(&mut n, &mut sdp);
+        n.answered();
+        assert_eq!(
+            n.open_mid("v3"),
+            Some(3),
+            "the free audio line does not suit video"
+        );
+        assert_eq!(n.free(), &[1]);
+    }
+
+    #[test]
+    fn a_line_freed_in_the_same_offer_is_not_taken_before_the_answer() {
+        let mut n = Negotiation::default();
+        let mut sdp = Sdp::default();
+        n.add("v1");
+        offer(&mut n, &mut sdp);
+        n.answered();
+        // One offer takes v1 away and brings v2: the client still shows v1 on line 1 until
+        // it answers, so v2 needs a line of its own.
+        n.remove("v1");
+        n.add("v2");
+        offer(&mut n, &mut sdp);
+        n.answered();
+        assert_eq!(n.open_mid("v2"), Some(2));
+    }
+
+    #[test]
+    fn tracks_coming_and_going_need_no_more_lines_than_were_ever_live_at_once() {
+        let mut n = Negotiation::default();
+        let mut sdp = Sdp::default();
+        // 20 video tracks, each live alongside the next (at most 2 at once), plus audio.
+        n.add("a0");
+        offer(&mut n, &mut sdp);
+        n.answered();
+        for i in 0..20 {
+            n.add(&format!("v{i}"));
+            offer(&mut n, &mut sdp);
+            n.answered();
+            if i > 0 {
+                n.remove(&format!("v{}", i - 1));
+                offer(&mut n, &mut sdp);
+                n.answered();
+            }
+        }
+        assert_eq!(
+            sdp.kinds.len(),
+            3,
+            "audio + two video lines: {:?}",
+            sdp.kinds
+        );
     }
 
     #[test]
@@ -279,9 +413,12 @@ mod tests {
         offer(&mut n, &mut sdp);
         n.remove("a");
         assert!(!offer(&mut n, &mut sdp));
-        let (opened, again) = n.answered();
-        assert!(opened.is_empty(), "it was taken back before opening");
-        assert!(again);
+        let answered = n.answered();
+        assert!(
+            answered.opened.is_empty(),
+            "it was taken back before opening"
+        );
+        assert!(answered.offer_again);
         offer(&mut n, &mut sdp);
         assert_eq!(sdp.stopped, vec![1]);
         n.answered();

@@ -20,22 +20,32 @@ use crate::rtc::{MediaError, MediaEvent};
 const SUBSCRIBER_CHANNEL: &str = "sfu";
 
 /// str0m's side of a subscriber offer: each track on a send-only m-line named after the
-/// publisher (its stream id) and the track (its track id), as clients match them.
+/// publisher (its stream id) and the track (its track id), as clients match them. A removed
+/// track's line goes inactive and a later track of the same kind takes it.
 struct Lines<'a> {
     changes: SdpApi<'a>,
     publications: &'a HashMap<String, Publication>,
+    /// The media kind of each free (inactive) m-line.
+    free: Vec<(Mid, MediaKind)>,
+}
+
+impl Lines<'_> {
+    fn kind_of(&self, track: &str) -> MediaKind {
+        self.publications
+            .get(track)
+            .map_or(MediaKind::Video, |p| p.kind)
+    }
 }
 
 impl MediaLines<Mid> for Lines<'_> {
     fn add(&mut self, track: &str) -> Mid {
-        let (kind, publisher) = self
+        let publisher = self
             .publications
             .get(track)
-            .map_or((MediaKind::Video, String::new()), |p| {
-                (p.kind, p.participant.clone())
-            });
+            .map(|p| p.participant.clone())
+            .unwrap_or_default();
         self.changes.add_media(
-            kind,
+            self.kind_of(track),
             Direction::SendOnly,
             Some(publisher),
             Some(track.to_string()),
@@ -43,8 +53,16 @@ impl MediaLines<Mid> for Lines<'_> {
         )
     }
 
-    fn stop(&mut self, mid: Mid) {
-        self.changes.stop_media(mid);
+    fn reuse(&mut self, track: &str, mid: Mid) -> bool {
+        let suits = self.free.contains(&(mid, self.kind_of(track)));
+        if suits {
+            self.changes.set_direction(mid, Direction::SendOnly);
+        }
+        suits
+    }
+
+    fn deactivate(&mut self, mid: Mid) {
+        self.changes.set_direction(mid, Direction::Inactive);
     }
 }
 
@@ -119,9 +137,16 @@ impl Worker {
         if p.negotiation.busy() {
             return;
         }
+        let free = p
+            .negotiation
+            .free()
+            .iter()
+            .filter_map(|&mid| Some((mid, peer.rtc.media(mid)?.kind())))
+            .collect();
         let mut lines = Lines {
             changes: peer.rtc.sdp_api(),
             publications: &self.publications,
+            free,
         };
         if !p.has_channel {
             // An m-line that is never stopped. When the last track goes, its m-line is
@@ -142,7 +167,7 @@ impl Worker {
             return;
         };
         p.pending = Some(pending);
-        let tracks = p
+        let tracks: Vec<OfferedTrack> = p
             .negotiation
             .offered()
             .filter_map(|(track, mid)| {
@@ -154,7 +179,7 @@ impl Worker {
             })
             .collect();
         p.events.send(MediaEvent::SubscriberOffer {
-            sdp: offer.to_sdp_string(),
+            sdp: name_lines(&offer.to_sdp_string(), &tracks),
             tracks,
         });
         self.to_poll.insert(peer_id);
@@ -183,9 +208,17 @@ impl Worker {
             }
         }
         self.to_poll.insert(peer_id);
-        let (opened, offer_again) = p.negotiation.answered();
+        let answered = p.negotiation.answered();
+        for &mid in &answered.freed {
+            // The next track on this line starts afresh: a new SSRC, so the client's receiver
+            // sees a new stream rather than a jump in the old one.
+            if let Err(panic) = guard(|| renew_ssrc(&mut peer.rtc, mid)) {
+                self.fail_peer(peer_id, "panic", &panic);
+                return Err(MediaError::BadSdp("the answer broke the connection".into()));
+            }
+        }
         let now = Instant::now();
-        for (track, mid) in opened {
+        for (track, mid) in answered.opened {
             let Some(publication) = self.publications.get_mut(&track) else {
                 continue;
             };
@@ -199,7 +232,7 @@ impl Worker {
             let layers = publication.router.keyframe_for_targets(now);
             self.request_keyframes(&track, &layers);
         }
-        if offer_again {
+        if answered.offer_again {
             self.negotiate(participant);
         }
         Ok(())
@@ -292,6 +325,65 @@ impl Worker {
     }
 }
 
+/// Gives the send stream of m-line `mid` a new SSRC (and RTX SSRC if it has one).
+fn renew_ssrc(rtc: &mut str0m::Rtc, mid: Mid) {
+    let mut api = rtc.direct_api();
+    let Some(has_rtx) = api.stream_tx_by_mid(mid, None).map(|tx| tx.rtx().is_some()) else {
+        return;
+    };
+    let (ssrc, rtx) = (api.new_ssrc(), api.new_ssrc());
+    api.reset_stream_tx(mid, None, ssrc, has_rtx.then_some(rtx));
+}
+
+/// Names each offered m-line after the track it carries now: `a=msid` and the `a=ssrc` msid
+/// and cname lines. str0m names a line after its first track for good, and a reused line
+/// carries another; clients that match by msid must see the current one.
+fn name_lines(sdp: &str, tracks: &[OfferedTrack]) -> String {
+    let mut out = String::with_capacity(sdp.len() + 256);
+    // Sections start at each `m=` line; the session part before the first has no `a=mid`.
+    let mut sections = sdp.split("\r\nm=");
+    let mut first = true;
+    for section in sections.by_ref() {
+        if !first {
+            out.push_str("\r\nm=");
+        }
+        first = false;
+        let named = section
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .and_then(|mid| tracks.iter().find(|t| t.mid == mid));
+        let Some(t) = named else {
+            out.push_str(section);
+            continue;
+        };
+        for (i, line) in section.split("\r\n").enumerate() {
+            if i > 0 {
+                out.push_str("\r\n");
+            }
+            out.push_str(&name_line(line, &t.participant, &t.track));
+        }
+    }
+    out
+}
+
+/// One SDP line with its msid or cname set to `stream`/`track`; other lines as they are.
+fn name_line(line: &str, stream: &str, track: &str) -> String {
+    if line.starts_with("a=msid:") {
+        return format!("a=msid:{stream} {track}");
+    }
+    if let Some(rest) = line.strip_prefix("a=ssrc:") {
+        if let Some((ssrc, attr)) = rest.split_once(' ') {
+            if attr.starts_with("msid:") {
+                return format!("a=ssrc:{ssrc} msid:{stream} {track}");
+            }
+            if attr.starts_with("cname:") {
+                return format!("a=ssrc:{ssrc} cname:{track}");
+            }
+        }
+    }
+    line.to_string()
+}
+
 /// Why a subscription has no route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum NoRoute {
@@ -347,4 +439,52 @@ pub(super) fn route_subscriptions(
         publication.router.set_route(&peer, routed.ok());
     }
     refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0 1\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+        a=msid:PA_old TR_old\r\na=ssrc:11 cname:TR_old\r\na=ssrc:11 msid:PA_old TR_old\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\n\
+        a=msid:PA_b TR_b\r\na=ssrc:22 cname:TR_b\r\na=ssrc:22 msid:PA_b TR_b\r\n";
+
+    fn offered(mid: &str, participant: &str, track: &str) -> OfferedTrack {
+        OfferedTrack {
+            mid: mid.into(),
+            track: track.into(),
+            participant: participant.into(),
+        }
+    }
+
+    #[test]
+    fn a_reused_line_is_named_after_the_track_it_carries_now() {
+        let tracks = [
+            offered("0", "PA_new", "TR_new"),
+            offered("1", "PA_b", "TR_b"),
+        ];
+        let sdp = name_lines(OFFER, &tracks);
+        let audio = &sdp[sdp.find("m=audio").unwrap()..sdp.find("m=video").unwrap()];
+        assert!(audio.contains("a=msid:PA_new TR_new\r\n"), "{audio}");
+        assert!(audio.contains("a=ssrc:11 cname:TR_new\r\n"), "{audio}");
+        assert!(
+            audio.contains("a=ssrc:11 msid:PA_new TR_new\r\n"),
+            "{audio}"
+        );
+        assert!(!sdp.contains("old"), "{sdp}");
+        assert_eq!(
+            sdp.replace("PA_new TR_new", "PA_old TR_old")
+                .replace("cname:TR_new", "cname:TR_old"),
+            OFFER,
+            "nothing else changes"
+        );
+    }
+
+    #[test]
+    fn lines_not_offered_stay_as_they_are() {
+        assert_eq!(name_lines(OFFER, &[]), OFFER);
+    }
 }
