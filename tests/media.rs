@@ -721,3 +721,67 @@ async fn tracks_that_come_and_go_reuse_the_subscribers_m_lines() {
     assert!(got, "bob receives the last camera");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_candidate_trickled_first_does_not_break_the_connection() {
+    // Chromium trickles `127.0.0.1 9 typ host tcptype active` candidates, sometimes before any
+    // UDP one and before its first connectivity check. The server takes UDP only: such a
+    // candidate must not leave its ICE agent with candidates but no pair (it then gave up
+    // and ended the participant with media_failed).
+    let server = common::start(|_| {}).await;
+    let mut alice = MediaClient::join(&server, "r", "alice").await;
+    let mut bob = MediaClient::join(&server, "r", "bob").await;
+    let video = alice.add_track("video", "cam").await;
+    // An offer with no candidates in it (they would be trickled), as browsers send.
+    let offer = alice.publisher.create_offer(None).await.expect("offer");
+    alice
+        .publisher
+        .set_local_description(offer.clone())
+        .await
+        .expect("local offer");
+    let answer = alice.request(json!({"type":"offer","sdp":offer.sdp})).await;
+    assert_eq!(answer["type"], "answer", "{answer}");
+    let ack = alice
+        .request(json!({
+            "type": "candidate",
+            "target": "publisher",
+            "candidate": "candidate:3 1 tcp 1518280447 127.0.0.1 9 typ host tcptype active generation 0",
+        }))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    // Give the server's ICE agent time to judge its pairs before alice's checks arrive (they
+    // start once she applies the answer): a failure shows within a few of its ticks.
+    let ice_failed = common::eventually_within(Duration::from_secs(1), || async {
+        common::metric(&server, "sfu_peer_failures_total{reason=\"ice\"}")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
+    assert!(!ice_failed, "the TCP candidate failed alice's connection");
+    let sdp = answer["sdp"].as_str().expect("answer sdp").to_string();
+    alice
+        .publisher
+        .set_remote_description(
+            webrtc::peer_connection::sdp::session_description::RTCSessionDescription::answer(sdp)
+                .expect("answer"),
+        )
+        .await
+        .expect("remote answer");
+    connected(&alice.publisher).await;
+    let sid = alice.published_sid("cam").await;
+    assert!(bob.track_open(&sid).await, "bob gets alice's camera");
+    send_vp8(&video, 30, 2, 10, 1, 0, 0).await;
+    let got = common::eventually(|| async { !bob.received_of("video/vp8").is_empty() }).await;
+    assert!(got, "alice's video reaches bob");
+    // Still there: not ended for a failed connection.
+    let failed = bob
+        .recv_matching("participant_left", Duration::from_millis(500), |_| true)
+        .await;
+    assert!(failed.is_none(), "alice was dropped: {failed:?}");
+    assert_eq!(
+        alice.publisher.connection_state(),
+        RTCPeerConnectionState::Connected
+    );
+    server.shutdown().await;
+}

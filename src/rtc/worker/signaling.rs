@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpApi, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::Protocol;
 use str0m::Candidate;
 
 use super::negotiation::MediaLines;
@@ -315,9 +316,19 @@ impl Worker {
         };
         let text = candidate.strip_prefix("a=").unwrap_or(candidate);
         match Candidate::from_sdp_string(text) {
+            // The server takes media over UDP only. Browsers trickle TCP candidates too (often
+            // first, as `127.0.0.1 9 typ host tcptype active`); one that pairs with nothing
+            // left ICE with a candidate and no pair, and it gave the connection up.
+            Ok(c) if c.proto() != Protocol::Udp => {
+                tracing::debug!("ignoring non-UDP candidate `{text}`");
+            }
             Ok(c) => {
-                if let Err(panic) = guard(|| peer.rtc.add_remote_candidate(c)) {
-                    self.fail_peer(id, "panic", &panic);
+                match guard(|| peer.rtc.add_remote_candidate(c)) {
+                    // A new candidate may change ICE's state: poll, as after any input.
+                    Ok(()) => {
+                        self.to_poll.insert(id);
+                    }
+                    Err(panic) => self.fail_peer(id, "panic", &panic),
                 }
             }
             Err(e) => tracing::debug!("ignoring candidate `{text}`: {e}"),
