@@ -9,7 +9,9 @@
 //! Estimates wobble. A layer whose bitrate sits near the estimate would be switched up and down
 //! every few hundred milliseconds, each switch costing a keyframe and a visible jump. So an
 //! upgrade needs [`UPGRADE_HEADROOM`] above the layer's cost, and never comes sooner than
-//! [`UPGRADE_HOLD`] after a downgrade of the same subscription.
+//! [`UPGRADE_HOLD`] after a downgrade of the same subscription. A video being received is
+//! paused (no room even for its lowest layer) only once the shortfall has lasted
+//! [`PAUSE_AFTER`]; until then it keeps its lowest layer.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -33,6 +35,12 @@ pub const DOWNGRADE_AFTER: Duration = Duration::from_millis(1000);
 /// A dip to at least this share of what the current allocation costs is treated as noise (for
 /// [`DOWNGRADE_AFTER`]); a deeper one is real congestion and is followed at once.
 pub const DOWNGRADE_TOLERANCE: f64 = 0.85;
+
+/// A subscription that receives video keeps its lowest layer this long after the estimate
+/// stopped leaving room for it, and is paused only if the shortfall lasts: a pause is the most
+/// visible change there is, the lowest layer costs little, and an estimate that plunged for a
+/// moment (a busy machine's delay spike) is back within a second or two.
+pub const PAUSE_AFTER: Duration = Duration::from_secs(2);
 
 /// Assumed bitrate of an audio track whose bitrate is not measured yet (Opus at voice rates).
 pub const DEFAULT_AUDIO_BPS: u64 = 64_000;
@@ -81,6 +89,8 @@ impl<K> Demand<K> {
 struct Held {
     cap: Option<LayerIndex>,
     last_downgrade: Option<Instant>,
+    /// Since when the estimate has left no room even for the lowest layer.
+    starved_since: Option<Instant>,
 }
 
 /// The Allocator of one subscriber connection. It remembers its last decision per
@@ -172,11 +182,23 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
             }
         }
         let mut out = Vec::with_capacity(video.len());
-        for (d, cap) in video.iter().zip(caps) {
+        for (d, mut cap) in video.iter().zip(caps) {
             let entry = self.held.entry(d.key.clone()).or_insert(Held {
                 cap,
                 last_downgrade: None,
+                starved_since: None,
             });
+            let lowest = d.lowest_layer();
+            if cap.is_none() && lowest.is_some() && entry.cap.is_some() {
+                // No room for video it is receiving: keep the lowest layer until the
+                // shortfall has lasted.
+                let since = *entry.starved_since.get_or_insert(now);
+                if now.saturating_duration_since(since) < PAUSE_AFTER {
+                    cap = lowest;
+                }
+            } else {
+                entry.starved_since = None;
+            }
             // Only bandwidth's cuts start the hold: a cap that follows the subscriber's own
             // preference down must not keep it from going back up when it asks again.
             let by_bandwidth = cap < d.best_layer();
@@ -335,6 +357,41 @@ mod tests {
             cap_of(&a.allocate(3_000_000, &[camera(1, 2)], t + 2 * MS), 1),
             Some(2)
         );
+    }
+
+    #[test]
+    fn a_plunge_shorter_than_the_pause_delay_keeps_the_lowest_layer() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        let demands = [camera(1, 2)];
+        assert_eq!(cap_of(&a.allocate(3_000_000, &demands, t), 1), Some(2));
+        // The estimate plunges below the lowest layer for 1.5 s: down to it, never off.
+        for ms in (100..1600).step_by(250) {
+            let cap = cap_of(&a.allocate(50_000, &demands, t + MS * ms), 1);
+            assert_eq!(cap, Some(0), "at {ms} ms");
+        }
+        assert_eq!(
+            cap_of(&a.allocate(3_000_000, &demands, t + MS * 1700), 1),
+            Some(0)
+        );
+        // A second plunge counts afresh, and one that lasts pauses the video.
+        let start = t + MS * 2000;
+        assert_eq!(cap_of(&a.allocate(50_000, &demands, start), 1), Some(0));
+        assert_eq!(
+            cap_of(&a.allocate(50_000, &demands, start + MS * 1900), 1),
+            Some(0)
+        );
+        assert_eq!(
+            cap_of(&a.allocate(50_000, &demands, start + PAUSE_AFTER), 1),
+            None
+        );
+    }
+
+    #[test]
+    fn a_video_never_received_is_not_started_without_room() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        assert_eq!(cap_of(&a.allocate(50_000, &[camera(1, 2)], t), 1), None);
     }
 
     #[test]
