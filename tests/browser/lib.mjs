@@ -65,12 +65,13 @@ const SERVER_START_TIMEOUT_MS = 30_000;
 
 /**
  * Starts `sfu serve --dev` on free ports (HTTP and media both chosen by the kernel) and resolves
- * with {url, log, stop}. Its output goes to target/browser-tests/server.log.
+ * with {url, pid, logPath, output, exited, stop}. Its output goes to target/browser-tests/`logName`.
+ * `env` adds server variables or overrides the ones set here (e.g. the media addresses).
  */
-export async function startServer() {
+export async function startServer({ env: extraEnv = {}, logName = 'server.log' } = {}) {
   const bin = process.env.SFU_BIN ?? path.join(REPO, 'target', 'debug', 'sfu');
   mkdirSync(LOG_DIR, { recursive: true });
-  const logPath = path.join(LOG_DIR, 'server.log');
+  const logPath = path.join(LOG_DIR, logName);
   const logFile = createWriteStream(logPath);
   // The server refuses SFU_* variables that are not config keys: keep the tests' own out.
   const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !TEST_ONLY_ENV.has(key)));
@@ -84,6 +85,7 @@ export async function startServer() {
       SFU_RTC_BIND: '127.0.0.1',
       SFU_RTC_UDP_PORT: '0',
       SFU_RTC_PUBLIC_IPS: '["127.0.0.1"]',
+      ...extraEnv,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -114,6 +116,7 @@ export async function startServer() {
   }
   return {
     url: `http://127.0.0.1:${port}`,
+    pid: child.pid,
     logPath,
     /** The server's output so far (for failure reports). */
     output: () => output,
@@ -130,11 +133,16 @@ export async function startServer() {
   };
 }
 
-export async function launchChromium() {
+/**
+ * Launches the machine's Chromium with CHROMIUM_FLAGS. Its fake camera runs at 20 fps unless
+ * `fakeCameraFps` says otherwise (getUserMedia can lower a frame rate, never raise it).
+ */
+export async function launchChromium({ fakeCameraFps } = {}) {
+  const fakeDevice = '--use-fake-device-for-media-stream';
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
-    args: CHROMIUM_FLAGS,
+    args: CHROMIUM_FLAGS.map((flag) => (flag === fakeDevice && fakeCameraFps ? `${fakeDevice}=fps=${fakeCameraFps}` : flag)),
   });
 }
 
