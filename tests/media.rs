@@ -785,3 +785,47 @@ async fn a_tcp_candidate_trickled_first_does_not_break_the_connection() {
     );
     server.shutdown().await;
 }
+
+/// Loose on purpose: a shared, noisy machine. A stream held in a pacer at the estimate took
+/// seconds here; forwarded at once it takes a few milliseconds.
+const MAX_P99_DELAY: Duration = Duration::from_millis(250);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_layer_stream_above_the_start_estimate_reaches_a_twcc_subscriber_without_delay() {
+    // 1.4 Mbit/s of single-layer VP8 (10 packets a frame, 30 fps): above the 800 kbit/s a
+    // subscriber's estimate starts at. Bob's webrtc-rs client sends TWCC feedback, so the
+    // server's estimator and pacer are at work, as with browsers. Every packet's one-way delay
+    // is measured from the moment alice wrote it to the moment bob's stack handed it out.
+    let server = common::start(|_| {}).await;
+    let (alice, video, sid, subs) = publishing_room(&server, &["bob"]).await;
+    let bob = &subs[0];
+    assert!(bob.track_open(&sid).await);
+    send_vp8(&video, 150, 10, 60, 1, 0, 0).await;
+    let total = 150 * 10;
+    let arrived =
+        common::eventually(|| async { bob.received_of("video/vp8").len() >= total * 95 / 100 })
+            .await;
+    let sent_at = video.sent_at.lock().unwrap().clone();
+    let mut delays: Vec<Duration> = bob
+        .arrivals_of("video/vp8")
+        .iter()
+        .filter_map(|(p, at)| {
+            let sent = sent_at.get(&counter_of(&p.payload)?)?;
+            Some(at.saturating_duration_since(*sent))
+        })
+        .collect();
+    assert!(arrived, "only {} of {total} packets arrived", delays.len());
+    delays.sort();
+    let p50 = delays[delays.len() / 2];
+    let p99 = delays[delays.len() * 99 / 100];
+    eprintln!(
+        "one-way delay over {} packets: p50 {p50:?}, p99 {p99:?}",
+        delays.len()
+    );
+    assert!(
+        p99 < MAX_P99_DELAY,
+        "p99 one-way delay {p99:?} (p50 {p50:?}): packets waited in a queue"
+    );
+    drop(alice);
+    server.shutdown().await;
+}

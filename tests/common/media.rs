@@ -45,6 +45,8 @@ const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 pub struct Received {
     pub mime: String,
     pub packet: rtp::packet::Packet,
+    /// When the packet came out of the peer connection's receive path.
+    pub at: std::time::Instant,
 }
 
 /// Every RTP packet a peer connection receives, RTX repair packets included.
@@ -85,6 +87,7 @@ impl RTPReader for TapReader {
             tap.push(Received {
                 mime: self.mime.clone(),
                 packet: packet.clone(),
+                at: std::time::Instant::now(),
             });
         }
         Ok((packet, attributes))
@@ -279,6 +282,8 @@ pub struct PublishedTrack {
     pub track: Arc<TrackLocalStaticRTP>,
     /// Payloads by the counter stamped in them.
     pub sent: Arc<Mutex<HashMap<u32, Bytes>>>,
+    /// When `send_vp8` wrote each packet, by counter.
+    pub sent_at: Arc<Mutex<HashMap<u32, std::time::Instant>>>,
 }
 
 impl MediaClient {
@@ -497,6 +502,7 @@ impl MediaClient {
             cid: cid.to_string(),
             track,
             sent: Arc::default(),
+            sent_at: Arc::default(),
         })
     }
 
@@ -580,6 +586,7 @@ impl MediaClient {
             cid: cid.to_string(),
             track,
             sent: Arc::default(),
+            sent_at: Arc::default(),
         }
     }
 
@@ -640,6 +647,17 @@ impl MediaClient {
     }
 
     /// Received packets of one codec (lowercase mime, e.g. "video/vp8"), in arrival order.
+    /// The packets of `mime` received, with when each arrived.
+    pub fn arrivals_of(&self, mime: &str) -> Vec<(rtp::packet::Packet, std::time::Instant)> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.mime == mime)
+            .map(|r| (r.packet.clone(), r.at))
+            .collect()
+    }
+
     pub fn received_of(&self, mime: &str) -> Vec<rtp::packet::Packet> {
         self.received
             .lock()
@@ -756,6 +774,11 @@ pub async fn send_vp8(
                 },
                 payload,
             };
+            track
+                .sent_at
+                .lock()
+                .unwrap()
+                .insert(counter, std::time::Instant::now());
             let _ = track.track.write_rtp(&packet).await;
             seq = seq.wrapping_add(1);
             counter += 1;
