@@ -201,6 +201,8 @@ fn allocator(c: &mut Criterion) {
             preferred: Some((i % 3) as u8),
             area: 320 * 180 * (1 + i % 4),
             layer_bps: [150_000, 500_000, 1_200_000],
+            // What browsers send: every layer with three temporal layers.
+            temporal_layers: 3,
         })
         .collect();
     let mut a = Allocator::default();

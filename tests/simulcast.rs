@@ -11,6 +11,8 @@ use std::time::Duration;
 use common::media::{send_simulcast, MediaClient};
 use common::relay::Relay;
 use serde_json::{json, Value};
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::TrackLocalWriter;
 
 /// Bandwidth estimates move over seconds, and a machine running other tests is slow: give each
 /// phase time. These are deadlines for something to happen, not measurements.
@@ -245,5 +247,185 @@ async fn probing_lifts_the_estimate_to_what_the_subscriptions_want() {
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sender.await;
+    server.shutdown().await;
+}
+
+/// A VP8 payload with the descriptor browsers send: 15-bit picture ID, TL0PICIDX and TID; on a
+/// frame's first packet the VP8 key/delta bit; then `counter`, then padding to `size`.
+fn l1t3_payload(counter: u32, pid: u16, tl0: u8, tid: u8, first: bool, key: bool) -> Vec<u8> {
+    let mut p = vec![
+        0x80 | if first { 0x10 } else { 0 },
+        0x80 | 0x40 | 0x20,
+        0x80 | (pid >> 8) as u8,
+        pid as u8,
+        tl0,
+        tid << 6,
+    ];
+    if first {
+        p.push(if key { 0x00 } else { 0x01 });
+    }
+    p.extend_from_slice(&counter.to_be_bytes());
+    p.resize(1000, 0x55);
+    p
+}
+
+/// What a test reads back from a forwarded L1T3 packet: (picture ID, TL0PICIDX, TID).
+fn l1t3_fields(payload: &[u8]) -> Option<(u16, u8, u8)> {
+    let d = payload.get(..6)?;
+    Some((
+        u16::from(d[2] & 0x7f) << 8 | u16::from(d[3]),
+        d[4],
+        d[5] >> 6,
+    ))
+}
+
+/// Sends one VP8 layer with three temporal layers (TIDs 0 2 1 2 …) at 30 fps, 5 packets of
+/// 1000 bytes a frame (1.2 Mbit/s), a keyframe every 60 frames, until `stop`.
+async fn send_l1t3(track: Arc<TrackLocalStaticRTP>, stop: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(33));
+    let (mut seq, mut counter) = (0u16, 0u32);
+    for frame in 0u32.. {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        tick.tick().await;
+        let tid = [0, 2, 1, 2][frame as usize % 4];
+        let (pid, tl0) = (frame as u16 & 0x7fff, (frame / 4) as u8);
+        for i in 0..5u32 {
+            let payload = l1t3_payload(counter, pid, tl0, tid, i == 0, frame % 60 == 0);
+            let packet = rtp::packet::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker: i == 4,
+                    sequence_number: seq,
+                    timestamp: frame * 3000,
+                    ..Default::default()
+                },
+                payload: payload.into(),
+            };
+            let _ = track.write_rtp(&packet).await;
+            seq = seq.wrapping_add(1);
+            counter += 1;
+        }
+    }
+}
+
+/// The (seq, picture ID, TL0PICIDX, TID) of each VP8 packet bob got, in arrival order.
+fn l1t3_received(bob: &MediaClient) -> Vec<(u16, u16, u8, u8)> {
+    bob.received_of("video/vp8")
+        .iter()
+        .filter_map(|p| {
+            let (pid, tl0, tid) = l1t3_fields(&p.payload)?;
+            Some((p.header.sequence_number, pid, tl0, tid))
+        })
+        .collect()
+}
+
+/// Waits until the last 12 frames bob got have TIDs within `max_tid` (and at least one of
+/// exactly `max_tid` when `exact`); returns how many packets he had then.
+async fn frames_settle(bob: &MediaClient, max_tid: u8, exact: bool) -> Option<usize> {
+    let mut at = None;
+    let settled = common::eventually_within(PHASE, || {
+        let got = l1t3_received(bob);
+        let mut frames: Vec<(u16, u8)> = got.iter().map(|p| (p.1, p.3)).collect();
+        frames.dedup();
+        let tail = &frames[frames.len().saturating_sub(12)..];
+        let ok = tail.len() == 12
+            && tail.iter().all(|f| f.1 <= max_tid)
+            && (!exact || tail.iter().any(|f| f.1 == max_tid));
+        if ok {
+            at = Some(got.len());
+        }
+        async move { ok }
+    })
+    .await;
+    settled.then_some(at).flatten()
+}
+
+/// No gap in sequence numbers or picture IDs from packet `from` on: frames left out of the
+/// stream must not look like losses to the subscriber.
+fn assert_continuous(got: &[(u16, u16, u8, u8)], from: usize, what: &str) {
+    for w in got[from..].windows(2) {
+        let (a, b) = (w[0], w[1]);
+        assert_eq!(
+            b.0,
+            a.0.wrapping_add(1),
+            "{what}: sequence gap {a:?} -> {b:?}"
+        );
+        if b.1 != a.1 {
+            assert_eq!(
+                b.1,
+                (a.1 + 1) & 0x7fff,
+                "{what}: picture ID gap {a:?} -> {b:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_bandwidth_lowers_the_frame_rate_with_no_gap_in_the_numbering() {
+    // A single-layer camera with three temporal layers, as browsers send VP8. Bob says (REMB)
+    // how much he can take: at 800 kbit/s the 1.2 Mbit/s stream fits at half its frame rate,
+    // at 300 kbit/s not even that (a single layer is never paused: a quarter then); with room
+    // again, everything. Frames left out must leave no gap in sequence numbers or picture IDs.
+    let server = common::start(|_| {}).await;
+    let mut alice = MediaClient::join(&server, "r", "alice").await;
+    let bob = MediaClient::join_remb_only(&server, "r", "bob").await;
+    let cam = alice.add_track("video", "cam").await;
+    alice.negotiate_publisher().await;
+    let sid = alice.published_sid("cam").await;
+    assert!(bob.track_open(&sid).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn(send_l1t3(cam.track.clone(), stop.clone()));
+    let remb = Arc::new(std::sync::atomic::AtomicU32::new(800_000));
+    let remb_task = {
+        let (remb, stop) = (remb.clone(), stop.clone());
+        let bob_sub = bob.subscriber.clone();
+        tokio::spawn(async move {
+            // Browsers send REMB about once a second, more often when it changes.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let bps = remb.load(std::sync::atomic::Ordering::Relaxed) as f32;
+                let mut ssrcs = Vec::new();
+                for t in bob_sub.get_transceivers().await {
+                    for track in t.receiver().await.tracks().await {
+                        ssrcs.push(track.ssrc());
+                    }
+                }
+                let packet = rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate {
+                    sender_ssrc: 1,
+                    bitrate: bps,
+                    ssrcs,
+                };
+                let _ = bob_sub.write_rtcp(&[Box::new(packet)]).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    let half = frames_settle(&bob, 1, true)
+        .await
+        .expect("at 800 kbit/s bob gets TIDs 0 and 1 only");
+    remb.store(300_000, std::sync::atomic::Ordering::Relaxed);
+    let quarter = frames_settle(&bob, 0, true)
+        .await
+        .expect("at 300 kbit/s bob gets TID 0 only");
+    remb.store(5_000_000, std::sync::atomic::Ordering::Relaxed);
+    let full = frames_settle(&bob, 2, true)
+        .await
+        .expect("with room bob gets every frame again");
+    let got = l1t3_received(&bob);
+    assert!(half < quarter && quarter < full);
+    // Across every change: half rate, down to a quarter, back up to all.
+    assert_continuous(
+        &got,
+        half.saturating_sub(40),
+        "lowered and raised frame rates",
+    );
+    let left_out = got[half..quarter].iter().filter(|p| p.3 == 2).count();
+    assert_eq!(left_out, 0, "TID 2 frames forwarded at half rate");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    let _ = remb_task.await;
     server.shutdown().await;
 }

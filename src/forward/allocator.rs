@@ -6,6 +6,11 @@
 //! cameras, larger video elements before smaller. Each video first gets its lowest layer, in
 //! priority order; what is left lifts them, in the same order, as high as their preference.
 //!
+//! A step down lowers the frame rate before the resolution where the stream has temporal
+//! layers (VP8 `L1T3`, what browsers send): a layer at half its frame rate comes between that
+//! layer and the one below it, and the lowest layer can drop to a quarter before it pauses.
+//! People notice fewer frames less than a blurred picture.
+//!
 //! Estimates wobble. A layer whose bitrate sits near the estimate would be switched up and down
 //! every few hundred milliseconds, each switch costing a keyframe and a visible jump. So an
 //! upgrade needs [`UPGRADE_HEADROOM`] above the layer's cost, and never comes sooner than
@@ -18,6 +23,7 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use crate::forward::selector::{LayerIndex, MAX_LAYERS};
+use crate::forward::temporal::{temporal_cost, ALL_TEMPORAL};
 
 /// After a downgrade, no upgrade of that subscription for this long: the estimate that just
 /// fell must prove itself before we spend a keyframe going back up.
@@ -64,6 +70,26 @@ pub struct Demand<K> {
     pub area: u32,
     /// Measured bitrate of each layer, bits per second; 0 for a layer that is not being sent.
     pub layer_bps: [u64; MAX_LAYERS],
+    /// Temporal layers each layer has (0 or 1: none to leave out).
+    pub temporal_layers: u8,
+}
+
+/// What one video subscription is given: a layer, and the highest temporal layer of it
+/// forwarded ([`ALL_TEMPORAL`]: the full frame rate). Ordered from worst to best.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cap {
+    pub layer: LayerIndex,
+    pub max_tid: u8,
+}
+
+impl Cap {
+    /// A layer at its full frame rate.
+    pub fn full(layer: LayerIndex) -> Self {
+        Self {
+            layer,
+            max_tid: ALL_TEMPORAL,
+        }
+    }
 }
 
 impl<K> Demand<K> {
@@ -80,14 +106,45 @@ impl<K> Demand<K> {
         (0..=preferred.min(MAX_LAYERS as LayerIndex - 1)).find(|&l| self.layer_bps[l as usize] > 0)
     }
 
-    fn cost(&self, layer: Option<LayerIndex>) -> u64 {
-        layer.map_or(0, |l| self.layer_bps[l as usize])
+    /// Bits per second `cap` takes (0 for none).
+    pub fn cost(&self, cap: Option<Cap>) -> u64 {
+        cap.map_or(0, |c| {
+            temporal_cost(
+                self.layer_bps[usize::from(c.layer)],
+                self.temporal_layers,
+                c.max_tid,
+            )
+        })
+    }
+
+    /// The steps of `layer`, best first: full frame rate, then half (with temporal layers),
+    /// then (the lowest layer only, with three) a quarter.
+    fn steps(&self, layer: LayerIndex) -> impl Iterator<Item = Cap> {
+        let n = self.temporal_layers;
+        let half = (n >= 2).then(|| n - 2);
+        let quarter = (n >= 3 && Some(layer) == self.lowest_layer()).then_some(0);
+        std::iter::once(ALL_TEMPORAL)
+            .chain(half)
+            .chain(quarter)
+            .map(move |max_tid| Cap { layer, max_tid })
+    }
+
+    /// Every step from the best within the preference down to the lowest, best first.
+    fn ladder(&self) -> Vec<Cap> {
+        let (Some(low), Some(best)) = (self.lowest_layer(), self.best_layer()) else {
+            return Vec::new();
+        };
+        (low..=best)
+            .rev()
+            .filter(|&l| self.layer_bps[usize::from(l)] > 0)
+            .flat_map(|l| self.steps(l))
+            .collect()
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Held {
-    cap: Option<LayerIndex>,
+    cap: Option<Cap>,
     last_downgrade: Option<Instant>,
     /// Since when the estimate has left no room even for the lowest layer.
     starved_since: Option<Instant>,
@@ -119,7 +176,7 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
             .iter()
             .map(|d| match d.priority {
                 Priority::Audio => d.layer_bps[0].max(DEFAULT_AUDIO_BPS),
-                _ => d.cost(d.best_layer()),
+                _ => d.cost(d.best_layer().map(Cap::full)),
             })
             .sum()
     }
@@ -131,7 +188,7 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
         estimate_bps: u64,
         demands: &[Demand<K>],
         now: Instant,
-    ) -> Vec<(K, Option<LayerIndex>)> {
+    ) -> Vec<(K, Option<Cap>)> {
         if let Some(kept) = self.ride_out_a_dip(estimate_bps, demands, now) {
             return kept;
         }
@@ -144,14 +201,17 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
             }
         }
         video.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.area.cmp(&a.area)));
-        let mut caps: Vec<Option<LayerIndex>> = vec![None; video.len()];
-        // Everyone's lowest layer first, in priority order.
+        let ladders: Vec<Vec<Cap>> = video.iter().map(|d| d.ladder()).collect();
+        let mut caps: Vec<Option<Cap>> = vec![None; video.len()];
+        // Everyone's lowest layer first, in priority order: at its full frame rate if it fits,
+        // else at a lower one.
         for (i, d) in video.iter().enumerate() {
-            let low = d.lowest_layer();
-            let cost = d.cost(low) as i64;
-            if low.is_some() && cost <= budget {
-                caps[i] = low;
-                budget -= cost;
+            let Some(low) = d.lowest_layer() else {
+                continue;
+            };
+            if let Some(step) = d.steps(low).find(|&c| d.cost(Some(c)) as i64 <= budget) {
+                caps[i] = Some(step);
+                budget -= d.cost(Some(step)) as i64;
             }
         }
         // Then lift each as far as the rest allows.
@@ -162,20 +222,16 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
             let hold_over = held
                 .and_then(|h| h.last_downgrade)
                 .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
-            let Some(best) = d.best_layer() else { continue };
-            for layer in (from + 1..=best).rev() {
-                if d.layer_bps[layer as usize] == 0 {
-                    continue;
-                }
-                let extra = d.cost(Some(layer)) as i64 - d.cost(Some(from)) as i64;
-                let upgrade = previous.is_none_or(|p| layer > p);
+            for &step in ladders[i].iter().take_while(|&&c| c > from) {
+                let extra = d.cost(Some(step)) as i64 - d.cost(Some(from)) as i64;
+                let upgrade = previous.is_none_or(|p| step > p);
                 let fits = if upgrade {
                     hold_over && (extra as f64) * UPGRADE_HEADROOM <= budget as f64
                 } else {
                     extra <= budget
                 };
                 if fits {
-                    caps[i] = Some(layer);
+                    caps[i] = Some(step);
                     budget -= extra;
                     break;
                 }
@@ -188,7 +244,8 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
                 last_downgrade: None,
                 starved_since: None,
             });
-            let lowest = d.lowest_layer();
+            // The cheapest step: the lowest layer at its lowest frame rate.
+            let lowest = d.lowest_layer().and_then(|l| d.steps(l).last());
             if cap.is_none() && lowest.is_some() && entry.cap.is_some() {
                 // No room for video it is receiving: keep the lowest layer until the
                 // shortfall has lasted.
@@ -201,7 +258,7 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
             }
             // Only bandwidth's cuts start the hold: a cap that follows the subscriber's own
             // preference down must not keep it from going back up when it asks again.
-            let by_bandwidth = cap < d.best_layer();
+            let by_bandwidth = cap < d.best_layer().map(Cap::full);
             let lower = by_bandwidth
                 && match (cap, entry.cap) {
                     (None, Some(_)) => true,
@@ -225,7 +282,7 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
         estimate_bps: u64,
         demands: &[Demand<K>],
         now: Instant,
-    ) -> Option<Vec<(K, Option<LayerIndex>)>> {
+    ) -> Option<Vec<(K, Option<Cap>)>> {
         let mut cost = 0u64;
         let mut kept = Vec::new();
         for d in demands {
@@ -234,7 +291,7 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
                 _ => {
                     // A subscription never decided, or a layer gone: nothing to keep.
                     let cap = self.held.get(&d.key)?.cap;
-                    if cap.is_some_and(|l| d.layer_bps[usize::from(l)] == 0) {
+                    if cap.is_some_and(|c| d.layer_bps[usize::from(c.layer)] == 0) {
                         self.short_since = None;
                         return None;
                     }
@@ -272,11 +329,80 @@ mod tests {
             preferred: Some(preferred),
             area: 640 * 360,
             layer_bps: LAYERS,
+            temporal_layers: 0,
         }
     }
 
-    fn cap_of(out: &[(u32, Option<LayerIndex>)], key: u32) -> Option<LayerIndex> {
+    /// A camera whose layers each have three temporal layers, as browsers send.
+    fn l1t3_camera(key: u32, preferred: LayerIndex) -> Demand<u32> {
+        Demand {
+            temporal_layers: 3,
+            ..camera(key, preferred)
+        }
+    }
+
+    /// The layer given to `key`.
+    fn cap_of(out: &[(u32, Option<Cap>)], key: u32) -> Option<LayerIndex> {
+        step_of(out, key).map(|c| c.layer)
+    }
+
+    fn step_of(out: &[(u32, Option<Cap>)], key: u32) -> Option<Cap> {
         out.iter().find(|(k, _)| *k == key).and_then(|(_, c)| *c)
+    }
+
+    fn at(layer: LayerIndex, max_tid: u8) -> Option<Cap> {
+        Some(Cap { layer, max_tid })
+    }
+
+    #[test]
+    fn the_frame_rate_goes_down_before_the_resolution() {
+        let t = Instant::now();
+        let demands = [l1t3_camera(1, 2)];
+        // h costs 500k at full rate, 300k at half; q 150k. 400k: h at half rate, not q.
+        let mut a = Allocator::default();
+        assert_eq!(step_of(&a.allocate(400_000, &demands, t), 1), at(1, 1));
+        // f at half rate (720k) comes before h at full rate (500k).
+        let mut a = Allocator::default();
+        assert_eq!(step_of(&a.allocate(1_000_000, &demands, t), 1), at(2, 1));
+        let mut a = Allocator::default();
+        assert_eq!(
+            step_of(&a.allocate(3_000_000, &demands, t), 1),
+            Some(Cap::full(2))
+        );
+        // The lowest layer drops to half (90k), then a quarter (60k) of its rate before
+        // anything pauses.
+        let mut a = Allocator::default();
+        assert_eq!(step_of(&a.allocate(100_000, &demands, t), 1), at(0, 1));
+        let mut a = Allocator::default();
+        assert_eq!(step_of(&a.allocate(70_000, &demands, t), 1), at(0, 0));
+        let mut a = Allocator::default();
+        assert_eq!(step_of(&a.allocate(50_000, &demands, t), 1), None);
+    }
+
+    #[test]
+    fn a_starved_video_keeps_the_cheapest_step_until_the_pause() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        let demands = [l1t3_camera(1, 2)];
+        assert_eq!(
+            step_of(&a.allocate(3_000_000, &demands, t), 1),
+            Some(Cap::full(2))
+        );
+        assert_eq!(step_of(&a.allocate(10_000, &demands, t + MS), 1), at(0, 0));
+        assert_eq!(
+            step_of(&a.allocate(10_000, &demands, t + MS + PAUSE_AFTER), 1),
+            None
+        );
+    }
+
+    #[test]
+    fn without_temporal_layers_there_are_no_frame_rate_steps() {
+        let t = Instant::now();
+        let mut a = Allocator::default();
+        assert_eq!(
+            step_of(&a.allocate(400_000, &[camera(1, 2)], t), 1),
+            Some(Cap::full(0))
+        );
     }
 
     #[test]
@@ -432,6 +558,7 @@ mod tests {
             preferred: Some(0),
             area: 0,
             layer_bps: [50_000, 0, 0],
+            temporal_layers: 0,
         };
         let mut screen = camera(1, 2);
         screen.priority = Priority::Screen;
@@ -461,6 +588,7 @@ mod tests {
                     preferred: Some(0),
                     area: 0,
                     layer_bps: [50_000, 0, 0],
+                    temporal_layers: 0,
                 },
             ],
             t,

@@ -18,6 +18,7 @@
 //! - [`layers`]: rid ↔ layer index, element size → layer, assumed layer costs.
 //! - [`dynacast`]: which layers anyone needs, so the publisher can stop the others.
 //! - [`vp8`]: VP8 payload descriptor reading and picture ID / TL0PICIDX continuity.
+//! - [`temporal`]: which frames a subscription forwards at a lowered frame rate (VP8 TIDs).
 //!
 //! The retransmission cache the design map lists as `packet_cache.rs` is str0m's: each outgoing
 //! stream keeps what it sent and answers NACKs over RTX, and each incoming stream NACKs its
@@ -34,6 +35,7 @@ pub mod receiver;
 pub mod router;
 pub mod selector;
 pub mod subscription;
+pub mod temporal;
 pub mod vp8;
 
 pub use packet::{Codec, Packet};

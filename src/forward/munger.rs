@@ -3,8 +3,9 @@
 //! A subscription's source can change under it: the publisher restarts its encoder (new SSRC or
 //! a jump in sequence numbers), or (with simulcast) the subscription switches layers. The
 //! subscriber's decoder must see none of that: its sequence numbers go up by one per packet
-//! forwarded, and its timestamps keep moving forward at the pace of real time. Only the offset
-//! arithmetic lives here, with its wrap-around rules.
+//! forwarded, and its timestamps keep moving forward at the pace of real time. Packets left out
+//! on purpose (frames of a temporal layer the subscriber does not get) leave no gap it would
+//! NACK ([`Munger::skip`]). Only the offset arithmetic lives here, with its wrap-around rules.
 
 use std::time::Instant;
 
@@ -26,7 +27,13 @@ pub struct Munger {
     state: Option<State>,
     /// Treat the next packet as the start of a new source (after a gap we chose to make).
     restart_next: bool,
+    /// Input sequence numbers skipped lately, oldest first: a late packet from before a skip
+    /// must not take the skip's shift.
+    skipped: std::collections::VecDeque<u64>,
 }
+
+/// Skips remembered for late packets: more than a jitter buffer reorders.
+const SKIPS_REMEMBERED: usize = 256;
 
 #[derive(Debug, Clone, Copy)]
 struct State {
@@ -55,6 +62,28 @@ impl Munger {
     /// keyframe) and must leave no gap the subscriber would NACK.
     pub fn restart_next(&mut self) {
         self.restart_next = true;
+    }
+
+    /// The packet `seq` of `ssrc` is not forwarded on purpose: later packets are numbered as
+    /// if it never existed, so the subscriber sees no loss.
+    pub fn skip(&mut self, ssrc: u32, seq: u64) {
+        let Some(state) = &mut self.state else {
+            return;
+        };
+        if self.restart_next || ssrc != state.ssrc || seq <= state.highest_in_seq {
+            // A new source renumbers anyway; a late packet's successors are numbered already
+            // (it stays a gap).
+            return;
+        }
+        if seq > state.highest_in_seq + MAX_SEQ_JUMP {
+            return;
+        }
+        state.highest_in_seq = seq;
+        state.seq_offset -= 1;
+        if self.skipped.len() == SKIPS_REMEMBERED {
+            self.skipped.pop_front();
+        }
+        self.skipped.push_back(seq);
     }
 
     /// The last sequence number sent, if any.
@@ -105,6 +134,7 @@ impl Munger {
             let ticks = ticks.clamp(1, u64::from(u32::MAX / 2)) as u32;
             let out_seq = state.last_out_seq + 1;
             let out_ts = state.last_out_ts.wrapping_add(ticks);
+            self.skipped.clear();
             *state = State {
                 ssrc,
                 first_in_seq: seq,
@@ -123,7 +153,13 @@ impl Munger {
         if seq < state.first_in_seq {
             return Rewrite::Drop;
         }
-        let out_seq = (i128::from(seq) + state.seq_offset) as u64;
+        // A late packet's number leaves out only the skips that came before it.
+        let undo = if seq < state.highest_in_seq {
+            self.skipped.iter().filter(|&&s| s > seq).count() as i128
+        } else {
+            0
+        };
+        let out_seq = (i128::from(seq) + state.seq_offset + undo) as u64;
         let out_ts = timestamp.wrapping_add(state.ts_offset);
         if seq > state.highest_in_seq {
             state.highest_in_seq = seq;
@@ -206,6 +242,24 @@ mod tests {
         assert_eq!(ts, (u32::MAX - 10).wrapping_add(90));
         let (_, ts) = send(m.rewrite(2, 1001, 60, 90_000, t));
         assert_eq!(ts, (u32::MAX - 10).wrapping_add(100));
+    }
+
+    #[test]
+    fn skipped_packets_leave_no_gap_and_late_ones_keep_their_place() {
+        let mut m = Munger::new();
+        let t = Instant::now();
+        assert_eq!(send(m.rewrite(1, 100, 0, 90_000, t)).0, 100);
+        m.skip(1, 101);
+        m.skip(1, 102);
+        assert_eq!(send(m.rewrite(1, 103, 0, 90_000, t)).0, 101);
+        // 104 is late: it will come after 106, and keeps the number between 103's and 106's.
+        m.skip(1, 105);
+        assert_eq!(send(m.rewrite(1, 106, 0, 90_000, t)).0, 103);
+        assert_eq!(send(m.rewrite(1, 104, 0, 90_000, t)).0, 102);
+        assert_eq!(send(m.rewrite(1, 107, 0, 90_000, t)).0, 104);
+        // A late skip changes nothing.
+        m.skip(1, 99);
+        assert_eq!(send(m.rewrite(1, 108, 0, 90_000, t)).0, 105);
     }
 
     #[test]

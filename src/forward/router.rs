@@ -16,13 +16,14 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Instant;
 
-use crate::forward::allocator::{Demand, Priority};
+use crate::forward::allocator::{Cap, Demand, Priority};
 use crate::forward::dynacast::Dynacast;
 use crate::forward::layers::{self, ASSUMED_LAYER_BPS};
 use crate::forward::packet::{Codec, Packet};
 use crate::forward::receiver::Receiver;
 use crate::forward::selector::{LayerIndex, MAX_LAYERS};
 use crate::forward::subscription::{DropReason, Forward, Outgoing, Subscription};
+use crate::forward::temporal::ALL_TEMPORAL;
 
 /// What a subscriber asks for one video track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +127,8 @@ pub struct Router<S, R> {
     layers: [Option<LayerState>; MAX_LAYERS],
     subscriptions: HashMap<S, Routed<R>>,
     dynacast: Dynacast,
+    /// Temporal layers seen in the publisher's packets (highest TID + 1; 0 without).
+    temporal_layers: u8,
 }
 
 impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
@@ -138,6 +141,7 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
             layers: [None, None, None],
             subscriptions: HashMap::new(),
             dynacast: Dynacast::default(),
+            temporal_layers: 0,
         }
     }
 
@@ -287,6 +291,9 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
         if let Some(size) = packet.vp8.and_then(|v| v.keyframe_size) {
             layer.size = Some(size);
         }
+        if let Some(tid) = packet.vp8.and_then(|v| v.tid) {
+            self.temporal_layers = self.temporal_layers.max(tid.saturating_add(1));
+        }
         out.lost = layer.receiver.on_packet(packet, now);
         for (subscriber, routed) in self.subscriptions.iter_mut() {
             let Some(route) = routed.route else {
@@ -404,6 +411,7 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
             preferred,
             area,
             layer_bps,
+            temporal_layers: self.temporal_layers,
         })
     }
 
@@ -413,17 +421,22 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
     ///
     /// Without simulcast there is no smaller layer to fall back to, and pausing would only
     /// trade a congested picture for none; the publisher's own congestion control is what
-    /// adapts such a track.
-    pub fn set_cap(
-        &mut self,
-        subscriber: &S,
-        cap: Option<LayerIndex>,
-    ) -> (Option<LayerIndex>, bool) {
-        let cap = if self.is_simulcast() { cap } else { Some(0) };
+    /// adapts such a track. Its frame rate may still be lowered, to the lowest with no room.
+    pub fn set_cap(&mut self, subscriber: &S, cap: Option<Cap>) -> (Option<Cap>, bool) {
+        let cap = if self.is_simulcast() {
+            cap
+        } else {
+            Some(Cap {
+                layer: 0,
+                max_tid: cap.map_or(0, |c| c.max_tid),
+            })
+        };
         let Some(r) = self.subscriptions.get_mut(subscriber) else {
             return (cap, false);
         };
-        r.subscription.set_cap(cap);
+        r.subscription.set_cap(cap.map(|c| c.layer));
+        r.subscription
+            .set_max_temporal(cap.map_or(ALL_TEMPORAL, |c| c.max_tid));
         let paused = r.subscription.selector().desired().is_none()
             && r.subscription.selector().preferred().is_some()
             && r.tell_off();
@@ -724,7 +737,17 @@ mod tests {
     fn without_simulcast_the_allocator_never_pauses_the_video() {
         let mut r = single();
         routed(&mut r, 1, "x");
-        assert_eq!(r.set_cap(&1, None), (Some(0), false));
+        assert_eq!(
+            r.set_cap(&1, None),
+            (
+                Some(Cap {
+                    layer: 0,
+                    max_tid: 0
+                }),
+                false
+            ),
+            "kept, at its lowest frame rate"
+        );
         let mut s = simulcast();
         routed(&mut s, 1, "x");
         assert_eq!(s.set_cap(&1, None), (None, false), "nothing flowed yet");
@@ -747,7 +770,10 @@ mod tests {
         r.on_packet(&video(0, 2, true, t + MS), t + MS, &mut out);
         assert!(out.deliveries.is_empty());
         // Room again: the resume is a switch, for bandwidth.
-        assert_eq!(r.set_cap(&1, Some(0)), (Some(0), false));
+        assert_eq!(
+            r.set_cap(&1, Some(Cap::full(0))),
+            (Some(Cap::full(0)), false)
+        );
         r.on_packet(&video(0, 3, true, t + 2 * MS), t + 2 * MS, &mut out);
         assert_eq!(
             to(&out, 1).and_then(|o| o.switched),
@@ -778,10 +804,10 @@ mod tests {
         assert_eq!(r.dynacast(), Some(vec!["q".to_string(), "h".to_string()]));
         assert_eq!(r.dynacast(), None, "told once");
         // The one wanting h is capped to q by its bandwidth.
-        r.set_cap(&2, Some(0));
+        r.set_cap(&2, Some(Cap::full(0)));
         assert_eq!(r.dynacast(), Some(vec!["q".to_string()]));
         // A paused subscription wants nothing.
-        r.set_cap(&2, Some(2));
+        r.set_cap(&2, Some(Cap::full(2)));
         r.set_preference(&2, Preference::Layer(Some(2)));
         r.set_paused(&2, true);
         assert_eq!(r.dynacast(), None);

@@ -3,7 +3,9 @@
 //! It decides per packet whether to forward it and with which sequence number, timestamp and
 //! (VP8) picture ID (the decision is a value; the worker sends it). Video gets every packet of
 //! every simulcast layer offered and forwards one layer, chosen by its [`Selector`]; it starts
-//! and switches only at a keyframe: anything else would show the subscriber garbage.
+//! and switches only at a keyframe: anything else would show the subscriber garbage. Within
+//! that layer, a [`TemporalFilter`] may leave out the frames of upper temporal layers (a lower
+//! frame rate), with no gap in the numbering.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +13,7 @@ use std::time::Instant;
 use crate::forward::munger::{Munger, Rewrite};
 use crate::forward::packet::{Codec, Packet};
 use crate::forward::selector::{LayerIndex, Selector, SwitchReason, Verdict};
+use crate::forward::temporal::{Admit, TemporalFilter};
 use crate::forward::vp8::{PictureIdMunger, Vp8Rewrite};
 
 /// What to do with one packet for this subscriber.
@@ -38,7 +41,7 @@ pub enum DropReason {
     /// Video of the layer to forward, before its keyframe; the caller should ask the
     /// publisher for a keyframe of this packet's layer.
     WaitingForKeyframe,
-    /// A simulcast layer this subscriber does not receive now.
+    /// A simulcast layer, or a temporal layer, this subscriber does not receive now.
     NotSelected,
     /// Older than the current source, or a duplicate.
     Late,
@@ -53,6 +56,7 @@ pub struct Subscription {
     munger: Munger,
     selector: Selector,
     picture_ids: PictureIdMunger,
+    temporal: TemporalFilter,
     waiting_for_keyframe: bool,
     paused: bool,
     pub forwarded: u64,
@@ -65,6 +69,7 @@ impl Subscription {
             munger: Munger::new(),
             selector: Selector::default(),
             picture_ids: PictureIdMunger::default(),
+            temporal: TemporalFilter::default(),
             waiting_for_keyframe: codec.is_video(),
             paused: false,
             forwarded: 0,
@@ -89,6 +94,15 @@ impl Subscription {
     /// The Allocator caps this subscription at `layer` (`None`: no bandwidth for it).
     pub fn set_cap(&mut self, layer: Option<LayerIndex>) {
         self.selector.set_cap(layer);
+    }
+
+    /// Forward temporal layers up to `max_tid` (`temporal::ALL_TEMPORAL`: all of them).
+    pub fn set_max_temporal(&mut self, max_tid: u8) {
+        self.temporal.set_target(max_tid);
+    }
+
+    pub fn max_temporal(&self) -> u8 {
+        self.temporal.target()
     }
 
     /// True until video has seen its first keyframe: the caller asks the publisher for one.
@@ -119,6 +133,7 @@ impl Subscription {
                     // A new layer, or the same one after a pause: a new source for the
                     // subscriber, which must see neither a gap nor time going back.
                     self.waiting_for_keyframe = false;
+                    self.temporal.restart();
                     if self.forwarded > 0 {
                         self.munger.restart_next();
                         self.picture_ids.switch_source();
@@ -132,6 +147,16 @@ impl Subscription {
                     self.waiting_for_keyframe = true;
                     return Forward::Drop(DropReason::Paused);
                 }
+            }
+            let vp8 = packet.vp8.as_ref();
+            if let Admit::Skip { first } =
+                self.temporal.admit(packet.timestamp, vp8, packet.keyframe)
+            {
+                self.munger.skip(packet.ssrc, packet.seq);
+                if first {
+                    self.picture_ids.skip(vp8.and_then(|v| v.picture_id));
+                }
+                return Forward::Drop(DropReason::NotSelected);
             }
         }
         match self.munger.rewrite(
@@ -225,6 +250,48 @@ mod tests {
         );
         // The subscriber sees no gap where packets were held back.
         assert!(matches!(s.on_packet(&vp8(4, true), t), Forward::Send(o) if o.seq == 2));
+    }
+
+    #[test]
+    fn a_lowered_frame_rate_leaves_no_gap_in_numbers() {
+        // One L1T3 layer, two packets a frame: TIDs 0 2 1 2 0 2 1 2 ...
+        let t = Instant::now();
+        let mut s = Subscription::new(Codec::Vp8);
+        let mut out = Vec::new();
+        for frame in 0u32..16 {
+            if frame == 4 {
+                s.set_max_temporal(0);
+            }
+            if frame == 9 {
+                s.set_max_temporal(crate::forward::temporal::ALL_TEMPORAL);
+            }
+            let tid = [0, 2, 1, 2][frame as usize % 4];
+            for i in 0..2u64 {
+                let mut p = vp8(u64::from(frame) * 2 + i + 1, frame == 0);
+                p.timestamp = frame * 3000;
+                p.vp8 = Some(crate::forward::vp8::Vp8Info {
+                    picture_id: Some((100 + frame as u16, true)),
+                    tl0_pic_idx: Some((frame / 4) as u8),
+                    tid: Some(tid),
+                    frame_start: i == 0,
+                    ..Default::default()
+                });
+                if let Forward::Send(o) = s.on_packet(&p, t) {
+                    let pid = o
+                        .vp8
+                        .and_then(|v| v.picture_id)
+                        .unwrap_or(100 + frame as u16);
+                    out.push((frame, o.seq, pid));
+                }
+            }
+        }
+        let frames: Vec<u32> = out.iter().step_by(2).map(|o| o.0).collect();
+        // Frames 4..8 at TID 0 only (4 and 8); back to all at the next TID 0 frame (12).
+        assert_eq!(frames, vec![0, 1, 2, 3, 4, 8, 12, 13, 14, 15]);
+        let seqs: Vec<u64> = out.iter().map(|o| o.1).collect();
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "no sequence gap");
+        let pids: Vec<u16> = out.iter().step_by(2).map(|o| o.2).collect();
+        assert_eq!(pids, (100..110).collect::<Vec<_>>(), "no picture ID gap");
     }
 
     /// A synthetic 3-layer VP8 simulcast publisher: each layer its own SSRC, sequence numbers,
@@ -495,10 +562,14 @@ mod tests {
             preferred,
             area: 640 * 360,
             layer_bps: [150_000, 500_000, 1_200_000],
+            temporal_layers: 0,
         };
         let key = |layer: usize, n: u32| n % 40 == 10 * layer as u32;
         let (mut out, mut req) = (Vec::new(), Vec::new());
-        let cap = |a: &mut Allocator<u32>, bps, at| a.allocate(bps, &[demand(Some(2))], at)[0].1;
+        let cap_layer = |c: Option<crate::forward::allocator::Cap>| c.map(|c| c.layer);
+        let cap = |a: &mut Allocator<u32>, bps, at| {
+            cap_layer(a.allocate(bps, &[demand(Some(2))], at)[0].1)
+        };
         s.set_cap(cap(&mut a, 3_000_000, t));
         run(&mut s, &mut src, 0..30, [true; 3], key, &mut out, &mut req);
         assert_eq!(out.last().unwrap().layer, 2);
@@ -534,7 +605,9 @@ mod tests {
         assert_continuous(&out);
         // Never above the preference, whatever the estimate.
         s.set_preferred(Some(1));
-        s.set_cap(a.allocate(50_000_000, &[demand(Some(1))], up_at)[0].1);
+        s.set_cap(cap_layer(
+            a.allocate(50_000_000, &[demand(Some(1))], up_at)[0].1,
+        ));
         let before = out.len();
         run(
             &mut s,

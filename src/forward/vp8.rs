@@ -4,7 +4,8 @@
 //! with its own picture ID and TL0PICIDX sequence. The receiver's jitter buffer uses both to find
 //! frame boundaries and references; a jump backwards looks like a stream restart or reordering.
 //! So the forwarder rewrites them to one continuous sequence ([`PictureIdMunger`]), and the
-//! keyframe's header tells the layer's resolution without decoding anything.
+//! keyframe's header tells the layer's resolution without decoding anything. Frames of a
+//! temporal layer the subscriber does not get leave no gap either ([`PictureIdMunger::skip`]).
 
 /// Picture IDs are 15 bits on the wire in their long form.
 const PICTURE_ID_MODULO: u16 = 1 << 15;
@@ -17,6 +18,9 @@ pub struct Vp8Info {
     pub tl0_pic_idx: Option<u8>,
     /// Temporal layer index (TID), when the descriptor carries one.
     pub tid: Option<u8>,
+    /// Layer sync (Y bit): this frame depends only on the base temporal layer, so forwarding
+    /// of its temporal layer may start here.
+    pub layer_sync: bool,
     /// Start of a VP8 frame (S bit with partition 0).
     pub frame_start: bool,
     /// Width and height from a keyframe's header, on the packet that starts a keyframe.
@@ -54,6 +58,7 @@ impl Vp8Info {
                 let b = *p.get(i)?;
                 if x & 0x20 != 0 {
                     info.tid = Some(b >> 6);
+                    info.layer_sync = b & 0x20 != 0;
                 }
                 i += 1;
             }
@@ -90,13 +95,42 @@ pub struct PictureIdMunger {
     last_tl0: Option<u8>,
     /// The next packet starts a new source.
     switching: bool,
+    /// Input picture IDs of frames skipped lately, oldest first: a late packet of a frame
+    /// from before a skip must not take the skip's shift.
+    skipped: std::collections::VecDeque<u16>,
+    /// Highest input picture ID seen from the current source.
+    highest_in: Option<u16>,
 }
+
+/// Skips remembered for late packets: far more frames than a jitter buffer reorders.
+const SKIPS_REMEMBERED: usize = 64;
 
 impl PictureIdMunger {
     /// The next packet (a keyframe) comes from a new source: continue its numbering after
     /// what the subscriber last saw.
     pub fn switch_source(&mut self) {
         self.switching = true;
+        self.skipped.clear();
+        self.highest_in = None;
+    }
+
+    /// The frame with input picture ID `pid` is not forwarded (a temporal layer the
+    /// subscriber does not get): later frames are numbered as if it never existed.
+    pub fn skip(&mut self, picture_id: Option<(u16, bool)>) {
+        // Only the 15-bit form is renumbered (what browsers send); a 7-bit one keeps its gap.
+        let Some((pid, true)) = picture_id else {
+            return;
+        };
+        if self.switching || self.highest_in.is_some_and(|h| !is_newer_pid(h, pid)) {
+            // A late frame: those after it are numbered already; it stays a gap.
+            return;
+        }
+        self.highest_in = Some(pid);
+        self.pid_offset = self.pid_offset.wrapping_sub(1) % PICTURE_ID_MODULO;
+        if self.skipped.len() == SKIPS_REMEMBERED {
+            self.skipped.pop_front();
+        }
+        self.skipped.push_back(pid);
     }
 
     pub fn rewrite(&mut self, info: &Vp8Info) -> Vp8Rewrite {
@@ -110,7 +144,25 @@ impl PictureIdMunger {
             }
         }
         let picture_id = info.picture_id.map(|(pid, long)| {
-            let out = pid.wrapping_add(self.pid_offset) % PICTURE_ID_MODULO;
+            let late = match self.highest_in {
+                Some(h) if long && !is_newer_pid(h, pid) => true,
+                _ => {
+                    if long {
+                        self.highest_in = Some(pid);
+                    }
+                    false
+                }
+            };
+            // A late frame's number leaves out only the skips that came before it.
+            let undo = if late {
+                self.skipped
+                    .iter()
+                    .filter(|&&s| is_newer_pid(pid, s))
+                    .count() as u16
+            } else {
+                0
+            };
+            let out = pid.wrapping_add(self.pid_offset).wrapping_add(undo) % PICTURE_ID_MODULO;
             // Keep the last sent in the long form; a 7-bit descriptor carries the low bits.
             self.last_pid = Some(match self.last_pid {
                 Some(prev) if is_newer_pid(prev, out) || !long => out,
@@ -139,7 +191,7 @@ impl PictureIdMunger {
 
     /// True when nothing has been shifted yet: outgoing fields equal incoming ones.
     pub fn is_identity(&self) -> bool {
-        self.pid_offset == 0 && self.tl0_offset == 0 && !self.switching
+        self.pid_offset == 0 && self.tl0_offset == 0 && !self.switching && self.skipped.is_empty()
     }
 }
 
@@ -186,6 +238,39 @@ mod tests {
         assert_eq!(delta.keyframe_size, None);
         assert!(Vp8Info::parse(&[]).is_none());
         assert!(Vp8Info::parse(&[0x80, 0x80, 0x81]).is_none(), "truncated");
+    }
+
+    #[test]
+    fn reads_the_layer_sync_bit() {
+        let mut p = payload(7, 1, 1, None);
+        assert!(!Vp8Info::parse(&p).unwrap().layer_sync);
+        p[5] |= 0x20;
+        let info = Vp8Info::parse(&p).unwrap();
+        assert!(info.layer_sync);
+        assert_eq!(info.tid, Some(1));
+    }
+
+    fn pid_out(m: &mut PictureIdMunger, pid: u16) -> u16 {
+        let info = Vp8Info::parse(&payload(pid, 0, 0, None)).unwrap();
+        m.rewrite(&info).picture_id.unwrap()
+    }
+
+    #[test]
+    fn skipped_frames_leave_no_gap_and_late_frames_keep_their_place() {
+        let mut m = PictureIdMunger::default();
+        assert_eq!(pid_out(&mut m, 0x7ffd), 0x7ffd);
+        m.skip(Some((0x7ffe, true)));
+        assert_eq!(pid_out(&mut m, 0x7fff), 0x7ffe);
+        m.skip(Some((0, true)));
+        // Across the wrap, two skips behind.
+        assert_eq!(pid_out(&mut m, 1), 0x7fff);
+        assert_eq!(pid_out(&mut m, 2), 0);
+        assert!(!m.is_identity());
+        // A late packet of the frame before the first skip keeps its own number.
+        assert_eq!(pid_out(&mut m, 0x7ffd), 0x7ffd);
+        // A late skip (its successors are out already) changes nothing.
+        m.skip(Some((0x7fff, true)));
+        assert_eq!(pid_out(&mut m, 3), 1);
     }
 
     #[test]

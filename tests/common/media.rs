@@ -208,8 +208,9 @@ fn register_codecs(media: &mut MediaEngine, h264: bool) {
 }
 
 /// A peer connection set up for loopback-only tests: host candidates on 127.0.0.1, UDP4, no
-/// mDNS, Opus and VP8 with RTX, default interceptors plus the tap.
-async fn peer_connection(tap: Tap, h264: bool) -> Arc<RTCPeerConnection> {
+/// mDNS, Opus and VP8 with RTX, default interceptors (without TWCC if `!twcc`: a client whose
+/// only bandwidth feedback is the REMB it sends itself) plus the tap.
+async fn peer_connection(tap: Tap, h264: bool, twcc: bool) -> Arc<RTCPeerConnection> {
     let mut media = MediaEngine::default();
     register_codecs(&mut media, h264);
     // RFC 6464 audio levels, which the server's active-speaker detection reads.
@@ -238,7 +239,12 @@ async fn peer_connection(tap: Tap, h264: bool) -> Arc<RTCPeerConnection> {
             .expect("simulcast header extensions");
     }
     let mut registry = Registry::new();
-    registry = register_default_interceptors(registry, &mut media).expect("interceptors");
+    registry = if twcc {
+        register_default_interceptors(registry, &mut media).expect("interceptors")
+    } else {
+        let registry = webrtc::api::interceptor_registry::configure_nack(registry, &mut media);
+        webrtc::api::interceptor_registry::configure_rtcp_reports(registry)
+    };
     registry.add(Box::new(TapBuilder { tap }));
     let mut settings = SettingEngine::default();
     settings.set_include_loopback_candidate(true);
@@ -293,7 +299,13 @@ impl MediaClient {
 
     /// Joins as a client whose connections also take H.264 (the default client knows VP8 only).
     pub async fn join_with_h264(server: &Server, room: &str, identity: &str) -> Self {
-        Self::join_inner(server, room, identity, None, true).await
+        Self::join_inner(server, room, identity, None, true, true).await
+    }
+
+    /// Joins as a client that sends no TWCC feedback: the server learns its bandwidth only
+    /// from the REMB the test sends (`send_remb`).
+    pub async fn join_remb_only(server: &Server, room: &str, identity: &str) -> Self {
+        Self::join_inner(server, room, identity, None, false, false).await
     }
 
     /// Joins with the subscriber connection's media going through `via`: `(the server's media
@@ -304,7 +316,7 @@ impl MediaClient {
         identity: &str,
         via: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     ) -> Self {
-        Self::join_inner(server, room, identity, via, false).await
+        Self::join_inner(server, room, identity, via, false, true).await
     }
 
     async fn join_inner(
@@ -313,6 +325,7 @@ impl MediaClient {
         identity: &str,
         via: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
         h264: bool,
+        twcc: bool,
     ) -> Self {
         let url = format!("ws://{}/ws", server.local_addr);
         let (ws, _) = tokio_tungstenite::connect_async(&url)
@@ -320,8 +333,8 @@ impl MediaClient {
             .expect("connect");
         let (mut sink, mut stream) = ws.split();
         let received: Tap = Arc::default();
-        let publisher = peer_connection(Arc::default(), h264).await;
-        let subscriber = peer_connection(received.clone(), h264).await;
+        let publisher = peer_connection(Arc::default(), h264, true).await;
+        let subscriber = peer_connection(received.clone(), h264, twcc).await;
         // The tap sees packets as the application reads them: read every track to its end.
         subscriber.on_track(Box::new(|track, _receiver, _transceiver| {
             Box::pin(async move {

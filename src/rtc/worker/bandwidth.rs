@@ -106,8 +106,8 @@ impl Worker {
                 continue;
             };
             let (cap, paused_now) = publication.router.set_cap(&peer_id, cap);
-            if let (Some(cap), Some(d)) = (cap, demands.iter().find(|d| d.key == track)) {
-                allocated += d.layer_bps[usize::from(cap)];
+            if let Some(d) = demands.iter().find(|d| d.key == track) {
+                allocated += d.cost(cap);
             }
             if paused_now {
                 paused.push(track);
