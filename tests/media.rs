@@ -39,6 +39,16 @@ fn assert_continuous(seqs: &[u16], what: &str) {
     }
 }
 
+/// Whether `client` gets a VP8 packet stamped `counter` or later, past the first `before`.
+async fn receives_from(client: &MediaClient, before: usize, counter: u32) -> bool {
+    common::eventually(|| async {
+        client.received_of("video/vp8")[before..]
+            .iter()
+            .any(|p| counter_of(&p.payload).is_some_and(|c| c >= counter))
+    })
+    .await
+}
+
 /// Alice publishes a VP8 camera; the given others join first and are connected to receive it.
 async fn publishing_room(
     server: &sfu::http::Server,
@@ -546,13 +556,10 @@ async fn the_last_one_in_a_room_still_receives_whoever_publishes_next() {
         "the server never had bob's answer to the offer with carol's track"
     );
     send_vp8(&cam, 20, 2, 10, 1, 5000, 0).await;
-    let got = common::eventually(|| async {
-        bob.received_of("video/vp8")[before..]
-            .iter()
-            .any(|p| counter_of(&p.payload).is_some_and(|c| c >= 5000))
-    })
-    .await;
-    assert!(got, "bob receives carol's video after being alone");
+    assert!(
+        receives_from(bob, before, 5000).await,
+        "bob receives carol's video after being alone"
+    );
     server.shutdown().await;
 }
 
@@ -712,13 +719,10 @@ async fn tracks_that_come_and_go_reuse_the_subscribers_m_lines() {
     let cam = last.expect("a camera");
     let before = bob.received_of("video/vp8").len();
     send_vp8(&cam, 20, 2, 10, 1, 90_000, 0).await;
-    let got = common::eventually(|| async {
-        bob.received_of("video/vp8")[before..]
-            .iter()
-            .any(|p| counter_of(&p.payload).is_some_and(|c| c >= 90_000))
-    })
-    .await;
-    assert!(got, "bob receives the last camera");
+    assert!(
+        receives_from(&bob, before, 90_000).await,
+        "bob receives the last camera"
+    );
     server.shutdown().await;
 }
 
