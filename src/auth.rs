@@ -13,7 +13,8 @@ use crate::config::AuthConfig;
 
 /// Clock skew tolerated between the token's minter and this server.
 const LEEWAY_SECONDS: u64 = 10;
-/// Longest identity or room name, in bytes: they appear in every event and log line.
+/// Longest identity, display name or room name, in bytes: they appear in every event and log
+/// line.
 pub const MAX_NAME_BYTES: usize = 128;
 
 /// What a participant may do in its room.
@@ -58,6 +59,9 @@ pub struct Claims {
     pub grants: Grants,
     /// Issued at, seconds since the Unix epoch.
     pub iat: u64,
+    /// Not valid before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Expires at, seconds since the Unix epoch.
     pub exp: u64,
 }
@@ -78,6 +82,8 @@ pub enum AuthError {
     Missing,
     #[error("the access token has expired")]
     Expired,
+    #[error("the access token is not valid yet")]
+    NotYetValid,
     #[error("the access token is not valid: {0}")]
     Invalid(String),
     #[error("the access token is not an admin token")]
@@ -91,6 +97,7 @@ pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    max_ttl: Duration,
 }
 
 impl Auth {
@@ -99,12 +106,26 @@ impl Auth {
         validation.leeway = LEEWAY_SECONDS;
         validation.set_issuer(&[config.api_key.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.validate_nbf = true;
         Self {
             api_key: config.api_key.clone(),
             encoding: EncodingKey::from_secret(config.api_secret.as_bytes()),
             decoding: DecodingKey::from_secret(config.api_secret.as_bytes()),
             validation,
+            max_ttl: config.max_token_ttl,
         }
+    }
+
+    /// Refuses to mint a token valid for longer than this server would accept.
+    fn check_ttl(&self, ttl: Duration) -> Result<(), AuthError> {
+        if ttl > self.max_ttl {
+            return Err(AuthError::Invalid(format!(
+                "a token valid for {} is longer than auth.max_token_ttl ({})",
+                humantime::format_duration(ttl),
+                humantime::format_duration(self.max_ttl)
+            )));
+        }
+        Ok(())
     }
 
     /// Mints a participant token for `room`.
@@ -116,6 +137,7 @@ impl Auth {
         grants: Grants,
         ttl: Duration,
     ) -> Result<String, AuthError> {
+        self.check_ttl(ttl)?;
         let now = unix_now();
         self.sign(&Claims {
             iss: self.api_key.clone(),
@@ -127,12 +149,14 @@ impl Auth {
                 ..grants
             },
             iat: now,
+            nbf: None,
             exp: now + ttl.as_secs(),
         })
     }
 
     /// Mints an admin token for the HTTP API.
     pub fn admin_token(&self, ttl: Duration) -> Result<String, AuthError> {
+        self.check_ttl(ttl)?;
         let now = unix_now();
         self.sign(&Claims {
             iss: self.api_key.clone(),
@@ -146,6 +170,7 @@ impl Auth {
                 admin: true,
             },
             iat: now,
+            nbf: None,
             exp: now + ttl.as_secs(),
         })
     }
@@ -156,7 +181,8 @@ impl Auth {
             .map_err(|e| AuthError::Invalid(e.to_string()))
     }
 
-    /// Checks a token's signature, issuer and expiry.
+    /// Checks a token's signature, issuer, times (expiry, not-before, issued-at, lifetime) and
+    /// names.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -164,6 +190,7 @@ impl Auth {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                     AuthError::Invalid("bad signature".into())
                 }
@@ -173,9 +200,28 @@ impl Auth {
                 _ => AuthError::Invalid(e.to_string()),
             })?;
         let claims = data.claims;
+        let now = unix_now();
+        if claims.iat > now + LEEWAY_SECONDS {
+            return Err(AuthError::Invalid("issued in the future (iat)".into()));
+        }
+        if claims.exp > now + self.max_ttl.as_secs() + LEEWAY_SECONDS {
+            return Err(AuthError::Invalid(format!(
+                "valid for longer than this server allows ({}, auth.max_token_ttl)",
+                humantime::format_duration(self.max_ttl)
+            )));
+        }
         if claims.sub.is_empty() || claims.sub.len() > MAX_NAME_BYTES {
             return Err(AuthError::Invalid(format!(
                 "identity must be 1 to {MAX_NAME_BYTES} bytes"
+            )));
+        }
+        if claims
+            .name
+            .as_ref()
+            .is_some_and(|n| n.len() > MAX_NAME_BYTES)
+        {
+            return Err(AuthError::Invalid(format!(
+                "display name must be at most {MAX_NAME_BYTES} bytes"
             )));
         }
         Ok(claims)
@@ -220,6 +266,7 @@ mod tests {
         Auth::new(&AuthConfig {
             api_key: "key".into(),
             api_secret: secret.into(),
+            ..AuthConfig::default()
         })
     }
 
@@ -265,10 +312,80 @@ mod tests {
                 room: Some("r".into()),
                 grants: Grants::default(),
                 iat: 1,
+                nbf: None,
                 exp: unix_now() - 3600,
             })
             .unwrap();
         assert_eq!(a.verify(&t), Err(AuthError::Expired));
+    }
+
+    fn claims(iat: u64, nbf: Option<u64>, exp: u64, name: Option<String>) -> Claims {
+        Claims {
+            iss: "key".into(),
+            sub: "a".into(),
+            name,
+            room: Some("r".into()),
+            grants: Grants::default(),
+            iat,
+            nbf,
+            exp,
+        }
+    }
+
+    #[test]
+    fn token_times_are_checked_with_a_small_leeway() {
+        let a = auth(SECRET);
+        let now = unix_now();
+        let verify = |c: Claims| a.verify(&a.sign(&c).unwrap());
+        assert!(verify(claims(now, None, now + 60, None)).is_ok());
+        // Not before: an hour from now is refused, a few seconds of clock skew are not.
+        assert_eq!(
+            verify(claims(now, Some(now + 3600), now + 7200, None)),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(verify(claims(now, Some(now + 5), now + 60, None)).is_ok());
+        // Issued a year ahead.
+        let year = 365 * 24 * 3600;
+        assert!(matches!(
+            verify(claims(now + year, None, now + year + 60, None)),
+            Err(AuthError::Invalid(m)) if m.contains("future")
+        ));
+        // Valid for longer than auth.max_token_ttl (24 h by default), however it is dated.
+        assert!(matches!(
+            verify(claims(now, None, now + 2 * 24 * 3600, None)),
+            Err(AuthError::Invalid(m)) if m.contains("max_token_ttl")
+        ));
+        assert!(verify(claims(now - 3600, None, now + 23 * 3600, None)).is_ok());
+    }
+
+    #[test]
+    fn tokens_longer_than_the_maximum_are_not_minted() {
+        let a = auth(SECRET);
+        let day = Duration::from_secs(24 * 3600);
+        assert!(a.admin_token(day).is_ok());
+        assert!(matches!(
+            a.participant_token("r", "a", None, Grants::default(), day * 2),
+            Err(AuthError::Invalid(m)) if m.contains("max_token_ttl")
+        ));
+    }
+
+    #[test]
+    fn a_long_display_name_is_refused() {
+        let a = auth(SECRET);
+        let now = unix_now();
+        let long = "x".repeat(45_000);
+        let t = a.sign(&claims(now, None, now + 60, Some(long))).unwrap();
+        assert!(matches!(a.verify(&t), Err(AuthError::Invalid(m)) if m.contains("display name")));
+        let t = a
+            .participant_token(
+                "r",
+                "a",
+                Some(&"é".repeat(64)),
+                Grants::default(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(a.verify(&t).is_ok(), "128 bytes is allowed");
     }
 
     #[test]

@@ -90,13 +90,27 @@ pub struct RtcConfig {
     pub auto_subscribe: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Identifies the key pair; tokens carry it as `iss`.
     pub api_key: String,
     /// Signs and verifies access tokens (HS256). At least 32 bytes.
     pub api_secret: String,
+    /// Longest a token may be valid: one whose expiry is further from now is refused, so a
+    /// leaked token cannot be used for ever.
+    #[serde(with = "humantime_serde")]
+    pub max_token_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            api_secret: String::new(),
+            max_token_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,9 +132,11 @@ pub struct ChatConfig {
     pub max_message_bytes: usize,
     /// Messages kept per room and sent to each participant on join.
     pub history: usize,
-    /// Sustained chat messages per second per participant.
+    /// At most this many bytes of chat text go to a joiner (the newest messages that fit).
+    pub history_max_bytes: usize,
+    /// Sustained chat messages per second per identity in a room (rejoining does not reset it).
     pub rate_per_second: f64,
-    /// Chat messages a participant may send in a burst above the sustained rate.
+    /// Chat messages an identity may send in a burst above the sustained rate.
     pub burst: u32,
 }
 
@@ -141,6 +157,10 @@ pub struct SignalConfig {
     /// A client silent for this long (no message, no pong) is disconnected.
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
+    /// A client that does not take a message within this long (it stopped reading) is
+    /// disconnected.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Sustained signaling messages per second per client, all kinds together.
     pub rate_per_second: f64,
     /// Signaling messages a client may send in a burst above the sustained rate.
@@ -201,6 +221,7 @@ impl Default for ChatConfig {
         Self {
             max_message_bytes: 4096,
             history: 100,
+            history_max_bytes: 65536,
             rate_per_second: 2.0,
             burst: 10,
         }
@@ -215,6 +236,7 @@ impl Default for SignalConfig {
             join_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
             rate_per_second: 50.0,
             burst: 200,
         }
@@ -251,14 +273,20 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
+        let bind_chosen = table
+            .get("http")
+            .and_then(|http| http.get("bind"))
+            .is_some();
         let mut config = Self::from_table(table)?;
         config.dev = dev;
         if dev {
-            if config.auth.api_key.is_empty() {
-                config.auth.api_key = DEV_API_KEY.into();
-            }
-            if config.auth.api_secret.is_empty() {
-                config.auth.api_secret = DEV_API_SECRET.into();
+            // Dev mode prints its secret and hands out tokens to anyone at /api/dev/token: it
+            // signs with the public dev secret only, never one from the file or environment,
+            // and listens on loopback unless told where.
+            config.auth.api_key = DEV_API_KEY.into();
+            config.auth.api_secret = DEV_API_SECRET.into();
+            if !bind_chosen {
+                config.http.bind = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
             }
         }
         config.validate()?;
@@ -488,6 +516,31 @@ mod tests {
         let config = Config::load(None, env(&[]), true).expect("dev config");
         assert_eq!(config.auth.api_key, DEV_API_KEY);
         assert_eq!(config.http.port, 7880);
+    }
+
+    #[test]
+    fn dev_mode_never_uses_a_real_secret_and_listens_on_loopback() {
+        let real = "a-production-secret-of-at-least-32-bytes";
+        let config = Config::load(
+            None,
+            env(&[("SFU_AUTH_API_KEY", "prod"), ("SFU_AUTH_API_SECRET", real)]),
+            true,
+        )
+        .expect("dev config");
+        assert_eq!(config.auth.api_key, DEV_API_KEY);
+        assert_eq!(config.auth.api_secret, DEV_API_SECRET);
+        assert_eq!(config.http.bind, IpAddr::from([127, 0, 0, 1]));
+        // Asked for, it listens elsewhere; without --dev the default stays every interface.
+        let config = Config::load(None, env(&[("SFU_HTTP_BIND", "0.0.0.0")]), true).unwrap();
+        assert_eq!(config.http.bind, IpAddr::from([0, 0, 0, 0]));
+        let config = Config::load(
+            None,
+            env(&[("SFU_AUTH_API_KEY", "prod"), ("SFU_AUTH_API_SECRET", real)]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(config.http.bind, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(config.auth.api_secret, real);
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl From<AuthError> for ApiError {
             AuthError::Expired => {
                 ApiError(StatusCode::UNAUTHORIZED, "token_expired", e.to_string())
             }
-            AuthError::Missing | AuthError::Invalid(_) => {
+            AuthError::Missing | AuthError::NotYetValid | AuthError::Invalid(_) => {
                 ApiError(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
             }
         }

@@ -54,7 +54,7 @@ enum Command {
         /// Display name (defaults to the identity).
         #[arg(long)]
         name: Option<String>,
-        /// How long the token is valid, e.g. 6h, 30m, 7d.
+        /// How long the token is valid, e.g. 6h, 30m (at most auth.max_token_ttl, 24h by default).
         #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
         ttl: Duration,
         /// The participant may not publish tracks.

@@ -473,12 +473,14 @@ async fn bad_tokens_are_refused_with_their_reason() {
             room: Some("r".into()),
             grants: Grants::default(),
             iat: 1,
+            nbf: None,
             exp: 2,
         })
         .unwrap();
     let other = sfu::auth::Auth::new(&sfu::config::AuthConfig {
         api_key: server.state.config.auth.api_key.clone(),
         api_secret: "a-completely-different-secret-of-32b".into(),
+        ..Default::default()
     });
     let forged = other
         .participant_token("r", "a", None, Grants::default(), Duration::from_secs(60))
@@ -595,5 +597,203 @@ async fn health_metrics_and_web_page_are_served() {
         (claims.room.as_deref(), claims.display_name()),
         (Some("demo"), "Zoe")
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn rejoining_does_not_refill_the_chat_limit() {
+    // The chat limit is the identity's in its room: a new connection as the same identity
+    // finds it where the old one left it (it was 214 messages/s by reconnecting).
+    let server = common::start(|c| {
+        c.chat.burst = 3;
+        c.chat.rate_per_second = 0.1;
+    })
+    .await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let mut sent = 0;
+    while alice.request(json!({"type":"chat","text":"spam"})).await["type"] == "chat" {
+        sent += 1;
+    }
+    assert_eq!(sent, 3, "the burst");
+    alice.close().await;
+    let (mut again, _) = Client::join(&server, "r", "alice").await;
+    let answer = again.request(json!({"type":"chat","text":"more"})).await;
+    assert_eq!(answer["code"], "rate_limited", "{answer}");
+    // Someone else in the room has a limit of their own.
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    assert_eq!(
+        bob.request(json!({"type":"chat","text":"hi"})).await["type"],
+        "chat"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn typing_indicators_are_rate_limited() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+    let mut relayed = 0;
+    let mut limited = 0;
+    for i in 0..40 {
+        let answer = alice
+            .request(json!({"type":"typing","typing": i % 2 == 0}))
+            .await;
+        match answer["type"].as_str() {
+            Some("ack") => relayed += 1,
+            _ => {
+                assert_eq!(answer["code"], "rate_limited", "{answer}");
+                limited += 1;
+            }
+        }
+    }
+    assert!(relayed <= 8, "{relayed} of 40 typing indicators relayed");
+    assert!(limited >= 32);
+    for _ in 0..relayed {
+        bob.recv_type("typing").await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_chat_history_does_not_make_joined_huge() {
+    let server = common::start(|c| {
+        c.chat.burst = 1000;
+        c.chat.history_max_bytes = 16 * 1024;
+    })
+    .await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    for i in 0..100 {
+        let text = format!("{i:04}").repeat(1000);
+        assert_eq!(
+            alice.request(json!({"type":"chat","text":text})).await["type"],
+            "chat"
+        );
+    }
+    let (_bob, joined) = Client::join(&server, "r", "bob").await;
+    let history = joined["chat_history"].as_array().expect("history");
+    assert_eq!(history.len(), 4, "the newest 4 KB messages within 16 KiB");
+    assert!(history[3]["text"].as_str().unwrap().starts_with("0099"));
+    let size = joined.to_string().len();
+    assert!(size < 20 * 1024, "joined is {size} bytes");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    // Bob joins, then reads nothing more while the room's chat pours in. The server's writes
+    // to him stall; after write_timeout he is gone from the room (he stayed for ever when a
+    // stalled write kept his session waiting).
+    let server = common::start(|c| {
+        c.signal.write_timeout = Duration::from_secs(1);
+        c.chat.max_message_bytes = 60_000;
+        c.chat.burst = 100_000;
+        c.signal.burst = 100_000;
+        c.chat.history = 0;
+    })
+    .await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let mut bob = Client::connect_small_buffer(&server).await;
+    let joined = bob
+        .request(json!({"type":"join","token":common::token(&server, "r", "bob")}))
+        .await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    alice.recv_type("participant_joined").await;
+    let participants = || async { common::metric(&server, "sfu_participants").await };
+    assert_eq!(participants().await, Some(2.0));
+    let text = "x".repeat(50_000);
+    for i in 0..2000 {
+        let answer = alice.request(json!({"type":"chat","text":text})).await;
+        assert_eq!(answer["type"], "chat", "{answer}");
+        if i % 50 == 49 && participants().await == Some(1.0) {
+            break;
+        }
+    }
+    let gone = common::eventually_within(Duration::from_secs(15), || async {
+        participants().await == Some(1.0)
+    })
+    .await;
+    assert!(gone, "bob, who reads nothing, is still in the room");
+    let slow = common::metric(&server, "sfu_signal_slow_consumers_total").await;
+    assert!(
+        slow.unwrap_or(0.0) >= 1.0,
+        "counted as a slow consumer: {slow:?}"
+    );
+    drop(bob);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn offers_and_declared_tracks_are_bounded() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    // 2,000 m-lines took a media worker 0.76 s and stalled every room on it: refused before
+    // any parsing.
+    let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n");
+    for i in 0..2000 {
+        sdp.push_str(&format!("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:{i}\r\n"));
+    }
+    let answer = alice.request(json!({"type":"offer","sdp":sdp})).await;
+    assert_eq!(answer["code"], "bad_sdp", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2000 m-lines"),
+        "{answer}"
+    );
+    // Offers come at most once a second, bursts of 5: the burst (one spent above) runs out.
+    let mut limited = 0;
+    for _ in 0..10 {
+        let answer = alice.request(json!({"type":"offer","sdp":"v=0"})).await;
+        if answer["code"] == "rate_limited" {
+            limited += 1;
+        } else {
+            assert_eq!(answer["code"], "bad_sdp", "{answer}");
+        }
+    }
+    assert!(limited >= 5, "{limited} of 10 offers rate limited");
+
+    // Declared tracks: 16 may wait for their m-lines, each with a bounded cid.
+    for i in 0..16 {
+        let answer = alice
+            .request(json!({"type":"publish","cid":format!("cam{i}"),"kind":"video"}))
+            .await;
+        assert_eq!(answer["type"], "ack", "{answer}");
+    }
+    let answer = alice
+        .request(json!({"type":"publish","cid":"one-too-many","kind":"video"}))
+        .await;
+    assert_eq!(answer["code"], "track_limit", "{answer}");
+    // Declaring one again is no new track.
+    let answer = alice
+        .request(json!({"type":"publish","cid":"cam3","kind":"video","name":"Camera"}))
+        .await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    let answer = alice
+        .request(json!({"type":"publish","cid":"x".repeat(60_000),"kind":"video"}))
+        .await;
+    assert_eq!(answer["code"], "bad_request", "{answer}");
+    let answer = alice
+        .request(json!({"type":"publish","cid":"mic","kind":"audio","name":"n".repeat(200)}))
+        .await;
+    assert_eq!(answer["code"], "bad_request", "{answer}");
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_frames_close_with_the_code_for_what_was_wrong() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    bob.send_frame(1, vec![b'{', 0xff, 0xfe, b'}']).await;
+    assert_eq!(bob.closed().await, Closed::Code(1007), "invalid UTF-8");
+    let (mut carol, _) = Client::join(&server, "r", "carol").await;
+    carol.send_frame(3, b"{}".to_vec()).await;
+    assert_eq!(carol.closed().await, Closed::Code(1002), "reserved opcode");
+    // The room goes on.
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
     server.shutdown().await;
 }

@@ -39,9 +39,17 @@ impl ChatLog {
         message
     }
 
-    /// The kept messages, oldest first.
-    pub fn history(&self) -> Vec<ChatMessage> {
-        self.history.iter().cloned().collect()
+    /// The newest kept messages whose texts add up to at most `max_bytes`, oldest first: what
+    /// a joiner gets, bounded so a full history cannot make every `joined` huge.
+    pub fn history(&self, max_bytes: usize) -> Vec<ChatMessage> {
+        let mut total = 0usize;
+        let newest = self.history.iter().rev().take_while(|m| {
+            total += m.text.len();
+            total <= max_bytes
+        });
+        let mut out: Vec<ChatMessage> = newest.cloned().collect();
+        out.reverse();
+        out
     }
 }
 
@@ -63,7 +71,22 @@ mod tests {
         for i in 0..5 {
             log.post(sender(), format!("m{i}"), i);
         }
-        let texts: Vec<_> = log.history().into_iter().map(|m| (m.id, m.text)).collect();
+        let texts: Vec<_> = log
+            .history(usize::MAX)
+            .into_iter()
+            .map(|m| (m.id, m.text))
+            .collect();
         assert_eq!(texts, vec![(4, "m3".into()), (5, "m4".into())]);
+    }
+
+    #[test]
+    fn history_for_a_joiner_is_bounded_in_bytes_newest_first() {
+        let mut log = ChatLog::new(100);
+        for i in 0..100 {
+            log.post(sender(), format!("{i:04}").repeat(1000), i);
+        }
+        let kept = log.history(10_000);
+        assert_eq!(kept.len(), 2, "4000 bytes each");
+        assert_eq!((kept[0].id, kept[1].id), (99, 100));
     }
 }

@@ -8,9 +8,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::config::ChatConfig;
 use crate::model::{ChatMessage, ChatSender, LeaveReason, ParticipantInfo, RoomEvent, TrackInfo};
 use crate::room::chat::ChatLog;
 use crate::room::participant::{EncodeEvent, Participant};
+use crate::room::rate_limit::TokenBucket;
+
+/// Typing indicators an identity may send per second, and in a burst above that: a client
+/// sends one when typing starts or stops, not per key.
+const TYPING_PER_SECOND: f64 = 2.0;
+const TYPING_BURST: u32 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RoomError {
@@ -20,6 +27,18 @@ pub enum RoomError {
     TooManyRooms(usize),
     #[error("the room has closed")]
     Closed,
+}
+
+/// Too many chat messages or typing indicators from one identity: not relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many messages from this identity; slow down")]
+pub struct Throttled;
+
+/// What one identity may still send in this room. Kept by identity, not by connection, so
+/// leaving and joining again does not refill it.
+struct Limits {
+    chat: TokenBucket,
+    typing: TokenBucket,
 }
 
 /// What a participant gets back from joining.
@@ -54,6 +73,11 @@ struct RoomState {
     participants: Vec<Participant>,
     by_identity: HashMap<String, usize>,
     chat: ChatLog,
+    /// Chat history a joiner gets, at most, in bytes of text.
+    history_bytes: usize,
+    /// Chat messages per second and burst, per identity.
+    chat_rate: (f64, u32),
+    limits: HashMap<String, Limits>,
     /// Published tracks, in publication order.
     tracks: Vec<TrackInfo>,
     closed: bool,
@@ -63,6 +87,25 @@ struct RoomState {
 }
 
 impl RoomState {
+    fn limits_of(&mut self, identity: &str) -> &mut Limits {
+        // Identities that left are forgotten only once there are many of them: one that comes
+        // back soon must find its limits where it left them.
+        if !self.limits.contains_key(identity)
+            && self.limits.len() >= 2 * self.participants.len() + 64
+        {
+            let present = &self.by_identity;
+            self.limits.retain(|id, _| present.contains_key(id));
+        }
+        let (rate, burst) = self.chat_rate;
+        self.limits.entry(identity.to_string()).or_insert_with(|| {
+            let now = Instant::now();
+            Limits {
+                chat: TokenBucket::new(rate, burst, now),
+                typing: TokenBucket::new(TYPING_PER_SECOND, TYPING_BURST, now),
+            }
+        })
+    }
+
     fn reindex(&mut self) {
         self.by_identity = self
             .participants
@@ -116,14 +159,17 @@ impl RoomState {
 }
 
 impl Room {
-    pub fn new(name: String, chat_history: usize, encode: EncodeEvent, now: Instant) -> Self {
+    pub fn new(name: String, chat: &ChatConfig, encode: EncodeEvent, now: Instant) -> Self {
         Self {
             name,
             created: now,
             state: Mutex::new(RoomState {
                 participants: Vec::new(),
                 by_identity: HashMap::new(),
-                chat: ChatLog::new(chat_history),
+                chat: ChatLog::new(chat.history),
+                history_bytes: chat.history_max_bytes,
+                chat_rate: (chat.rate_per_second, chat.burst),
+                limits: HashMap::new(),
                 tracks: Vec::new(),
                 closed: false,
                 empty_since: Some(now),
@@ -166,7 +212,7 @@ impl Room {
             None,
         );
         let others = state.participants.iter().map(|p| p.info.clone()).collect();
-        let chat_history = state.chat.history();
+        let chat_history = state.chat.history(state.history_bytes);
         let tracks = state.tracks.clone();
         state.participants.push(participant);
         state.reindex();
@@ -259,12 +305,46 @@ impl Room {
         state.participants.get(index).cloned()
     }
 
-    /// Stamps and relays a chat message to everyone but its sender, whose session answers it.
-    pub fn chat(&self, sender: ChatSender, text: String, time_ms: u64) -> ChatMessage {
+    /// Stamps and relays a chat message to everyone but its sender, whose session answers it;
+    /// refused past the sender identity's rate.
+    pub fn chat(
+        &self,
+        sender: ChatSender,
+        text: String,
+        time_ms: u64,
+    ) -> Result<ChatMessage, Throttled> {
         let mut state = self.state();
+        if !state
+            .limits_of(&sender.identity)
+            .chat
+            .try_take(Instant::now())
+        {
+            return Err(Throttled);
+        }
         let message = state.chat.post(sender, text, time_ms);
         state.broadcast(&RoomEvent::Chat(message.clone()), Some(&message.sender.sid));
-        message
+        Ok(message)
+    }
+
+    /// Relays that `sender` started or stopped typing; refused past its identity's rate.
+    pub fn typing(&self, sender: &ChatSender, typing: bool) -> Result<(), Throttled> {
+        let mut state = self.state();
+        if !state
+            .limits_of(&sender.identity)
+            .typing
+            .try_take(Instant::now())
+        {
+            return Err(Throttled);
+        }
+        state.broadcast(
+            &RoomEvent::Typing {
+                sid: sender.sid.clone(),
+                identity: sender.identity.clone(),
+                typing,
+            },
+            Some(&sender.sid),
+        );
+        Ok(())
     }
 
     /// Tells everyone but `except_sid` about `event`.
@@ -331,10 +411,17 @@ mod tests {
         Participant::detached(identity, sid)
     }
 
+    fn chat_config() -> ChatConfig {
+        ChatConfig {
+            history: 10,
+            ..ChatConfig::default()
+        }
+    }
+
     #[test]
     fn a_closed_room_refuses_joins_and_stays_empty() {
         let t0 = Instant::now();
-        let room = Room::new("r".into(), 10, test_encode, t0);
+        let room = Room::new("r".into(), &chat_config(), test_encode, t0);
         assert!(room.close_if_idle(Duration::ZERO, t0));
         assert_eq!(
             room.join(participant("alice", "s1"), 10).map(|_| ()),
@@ -350,7 +437,7 @@ mod tests {
     #[test]
     fn a_room_with_someone_in_it_does_not_close() {
         let t0 = Instant::now();
-        let room = Room::new("r".into(), 10, test_encode, t0);
+        let room = Room::new("r".into(), &chat_config(), test_encode, t0);
         room.join(participant("alice", "s1"), 10).expect("joins");
         let much_later = t0 + Duration::from_secs(3600);
         assert!(!room.close_if_idle(Duration::ZERO, much_later));
@@ -361,7 +448,7 @@ mod tests {
     fn the_grace_period_counts_from_the_last_leave() {
         let t0 = Instant::now();
         let grace = Duration::from_secs(30);
-        let room = Room::new("r".into(), 10, test_encode, t0);
+        let room = Room::new("r".into(), &chat_config(), test_encode, t0);
         room.join(participant("alice", "s1"), 10).expect("joins");
         let left = t0 + Duration::from_secs(100);
         room.leave("s1", LeaveReason::ClientLeft, left);
@@ -378,7 +465,7 @@ mod tests {
     #[test]
     fn a_join_racing_a_close_either_lands_or_is_refused() {
         for round in 0..500 {
-            let room = Room::new("r".into(), 10, test_encode, Instant::now());
+            let room = Room::new("r".into(), &chat_config(), test_encode, Instant::now());
             let start = Barrier::new(2);
             let (joined, closed) = std::thread::scope(|s| {
                 let joiner = s.spawn(|| {

@@ -22,7 +22,7 @@ pub struct Rooms {
     /// Rooms in the map; kept apart because `DashMap::len` locks every shard.
     count: AtomicUsize,
     room_config: RoomConfig,
-    chat_history: usize,
+    chat: ChatConfig,
     /// How room events become messages (the signaling layer's encoder).
     encode: EncodeEvent,
     metrics: Arc<Metrics>,
@@ -42,7 +42,7 @@ impl Rooms {
             rooms: DashMap::new(),
             count: AtomicUsize::new(0),
             room_config,
-            chat_history: chat_config.history,
+            chat: chat_config.clone(),
             encode,
             metrics,
             shutdown,
@@ -97,7 +97,7 @@ impl Rooms {
                 created = true;
                 Arc::new(Room::new(
                     name.to_string(),
-                    self.chat_history,
+                    &self.chat,
                     self.encode,
                     Instant::now(),
                 ))

@@ -11,9 +11,11 @@
 //! - `worker/`: one worker's loop and its jobs (peers, negotiation, ingress, egress, ...).
 //! - `stack`: one `Rtc` as we configure it, and the panic boundary around str0m calls.
 //! - `demux`: which peer a datagram on a worker's shared socket belongs to.
+//! - [`sdp`]: client SDP, bounded and parsed before it reaches a worker.
 
 mod demux;
 pub mod engine;
+pub mod sdp;
 mod stack;
 mod worker;
 
@@ -61,7 +63,14 @@ pub enum MediaError {
     WorkerGone,
     #[error("the media worker is overloaded; try again")]
     WorkerBusy,
+    #[error(
+        "{MAX_DECLARED_TRACKS} declared tracks already wait for their m-lines; send the offer"
+    )]
+    TooManyTracks,
 }
+
+/// Tracks a participant may declare with `publish` before its offer brings their m-lines.
+pub const MAX_DECLARED_TRACKS: usize = 16;
 
 /// A fault a test injects into a worker (see [`Command::InjectFault`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,17 +103,18 @@ pub enum Command {
         kind: TrackKind,
         source: Option<TrackSource>,
         name: Option<String>,
+        reply: oneshot::Sender<Result<(), MediaError>>,
     },
     /// The client's publisher offer; the reply is the server's answer SDP.
     PublisherOffer {
         participant: String,
-        sdp: String,
+        sdp: sdp::ClientOffer,
         reply: oneshot::Sender<Result<String, MediaError>>,
     },
     /// The client's answer to the last subscriber offer.
     SubscriberAnswer {
         participant: String,
-        sdp: String,
+        sdp: sdp::ClientAnswer,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
     /// A trickled client candidate.

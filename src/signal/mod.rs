@@ -4,5 +4,4 @@
 //! room events into messages.
 
 pub mod protocol;
-pub mod rate_limit;
 pub mod session;

@@ -333,6 +333,8 @@ pub enum ErrorCode {
     ServerBusy,
     /// The subscriber's answer accepted none of a track's formats.
     CodecNotSupported,
+    /// More tracks declared with `publish` than a participant may have waiting.
+    TrackLimit,
     /// Something failed inside the server; the connection goes on.
     Internal,
 }
@@ -361,6 +363,7 @@ impl ErrorCode {
             ErrorCode::MediaFailed => "media_failed",
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::CodecNotSupported => "codec_not_supported",
+            ErrorCode::TrackLimit => "track_limit",
             ErrorCode::Internal => "internal",
         }
     }

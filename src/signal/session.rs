@@ -15,12 +15,14 @@ use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Auth, AuthError, Claims};
+use crate::auth::{Auth, AuthError, Claims, MAX_NAME_BYTES};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{ChatSender, LeaveReason, ParticipantInfo, Permissions, RoomEvent};
 use crate::room::participant::OUTBOUND_QUEUE;
+use crate::room::rate_limit::TokenBucket;
 use crate::room::{Encoded, Participant, RoomError, RoomRef, Rooms, SessionEnd};
+use crate::rtc::sdp::{ClientAnswer, ClientOffer};
 use crate::rtc::{
     Command, EventSink, MediaEngine, MediaError, MediaEvent, MediaHandle, QualityPreference,
     MEDIA_EVENT_QUEUE,
@@ -28,9 +30,15 @@ use crate::rtc::{
 use crate::signal::protocol::{
     encode, parse_request, ErrorCode, Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
 };
-use crate::signal::rate_limit::TokenBucket;
 
 type Sink = SplitSink<WebSocket, Message>;
+
+/// Publisher offers a client may send per second, and in a burst above that: a browser offers
+/// when its tracks change, not in a loop.
+const OFFERS_PER_SECOND: f64 = 1.0;
+/// Longest track `cid`: an msid track id is at most 64 characters (RFC 8830).
+const MAX_CID_BYTES: usize = 64;
+const OFFER_BURST: u32 = 5;
 
 /// What a session needs of the server: the parts it talks to, and nothing of HTTP. The app
 /// builds one and hands every session a reference.
@@ -72,7 +80,8 @@ struct Session {
     end: Arc<SessionEnd>,
     outbound_tx: mpsc::Sender<Encoded>,
     limiter: TokenBucket,
-    chat_limiter: TokenBucket,
+    /// Publisher offers: each costs its media worker time in proportion to its m-lines.
+    offer_limiter: TokenBucket,
     /// Given to the media worker at join; events come back on the session's receiver.
     media_events: EventSink,
 }
@@ -89,7 +98,7 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
     let signal = &app.config.signal;
     let mut session = Session {
         limiter: TokenBucket::new(signal.rate_per_second, signal.burst, now),
-        chat_limiter: TokenBucket::new(app.config.chat.rate_per_second, app.config.chat.burst, now),
+        offer_limiter: TokenBucket::new(OFFERS_PER_SECOND, OFFER_BURST, now),
         app: app.clone(),
         sink,
         preauth,
@@ -145,9 +154,10 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Err(e)) => {
-                        // Most often a frame over the size limit; say so if the socket lets us.
                         tracing::debug!(error = %e, "websocket read failed");
-                        session.close(close_code::SIZE, "message too big").await;
+                        if let Some((code, reason)) = close_for(e) {
+                            session.close(code, reason).await;
+                        }
                         break None;
                     }
                 }
@@ -157,7 +167,7 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
                     tracing::info!("signaling client silent past ping_timeout, disconnecting");
                     break None;
                 }
-                if session.sink.send(Message::Ping(Default::default())).await.is_err() {
+                if session.write(Message::Ping(Default::default())).await.is_err() {
                     break None;
                 }
             }
@@ -210,10 +220,23 @@ impl Session {
             .with_label_values(&[message.kind()])
             .inc();
         let text = encode(message, request_id);
-        self.sink
-            .send(Message::Text(text.into()))
-            .await
-            .map_err(|_| SocketGone)
+        self.write(Message::Text(text.into())).await
+    }
+
+    /// Writes one frame, giving up after `signal.write_timeout`: a client that stops reading
+    /// fills its socket, and a write that never ends would keep the session (and the
+    /// participant) alive for ever, its room events piling up.
+    async fn write(&mut self, message: Message) -> Result<(), SocketGone> {
+        let timeout = self.app.config.signal.write_timeout;
+        match tokio::time::timeout(timeout, self.sink.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SocketGone),
+            Err(_) => {
+                tracing::info!("signaling client not reading past write_timeout, disconnecting");
+                self.app.metrics.signal_slow_consumers.inc();
+                Err(SocketGone)
+            }
+        }
     }
 
     async fn send_encoded(&mut self, event: &Encoded) -> Result<(), SocketGone> {
@@ -222,10 +245,8 @@ impl Session {
             .signal_messages_sent
             .with_label_values(&[event.kind])
             .inc();
-        self.sink
-            .send(Message::Text(Utf8Bytes::from(&*event.text)))
+        self.write(Message::Text(Utf8Bytes::from(&*event.text)))
             .await
-            .map_err(|_| SocketGone)
     }
 
     async fn error(
@@ -240,14 +261,14 @@ impl Session {
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let _ = self
-            .sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            })))
-            .await;
-        let _ = self.sink.close().await;
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        if self.write(frame).await.is_ok() {
+            let timeout = self.app.config.signal.write_timeout;
+            let _ = tokio::time::timeout(timeout, self.sink.close()).await;
+        }
     }
 
     async fn on_text(&mut self, text: &str) -> Result<Next, SocketGone> {
@@ -361,13 +382,32 @@ impl Session {
                         )
                         .await;
                 }
+                if cid.is_empty() || cid.len() > MAX_CID_BYTES {
+                    return self
+                        .error(
+                            ErrorCode::BadRequest,
+                            format!("`cid` must be 1 to {MAX_CID_BYTES} bytes (an msid track id)"),
+                            id,
+                        )
+                        .await;
+                }
+                if name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
+                    return self
+                        .error(
+                            ErrorCode::BadRequest,
+                            format!("a track `name` is at most {MAX_NAME_BYTES} bytes"),
+                            id,
+                        )
+                        .await;
+                }
                 media
-                    .send(Command::Publish {
+                    .ask(|reply| Command::Publish {
                         participant,
                         cid,
                         kind,
                         source,
                         name,
+                        reply,
                     })
                     .await
                     .map(|()| None)
@@ -382,23 +422,39 @@ impl Session {
                         )
                         .await;
                 }
-                media
-                    .ask(|reply| Command::PublisherOffer {
+                if !self.offer_limiter.try_take(Instant::now()) {
+                    return self
+                        .error(
+                            ErrorCode::RateLimited,
+                            "too many offers; renegotiate when your tracks change",
+                            id,
+                        )
+                        .await;
+                }
+                // Parsed here, on this session's time: a media worker serves other rooms too.
+                match ClientOffer::parse(&sdp) {
+                    Ok(sdp) => media
+                        .ask(|reply| Command::PublisherOffer {
+                            participant,
+                            sdp,
+                            reply,
+                        })
+                        .await
+                        .map(|sdp| Some(ServerMessage::Answer { sdp })),
+                    Err(e) => Err(e),
+                }
+            }
+            Request::Answer { sdp, .. } => match ClientAnswer::parse(&sdp) {
+                Ok(sdp) => media
+                    .ask(|reply| Command::SubscriberAnswer {
                         participant,
                         sdp,
                         reply,
                     })
                     .await
-                    .map(|sdp| Some(ServerMessage::Answer { sdp }))
-            }
-            Request::Answer { sdp, .. } => media
-                .ask(|reply| Command::SubscriberAnswer {
-                    participant,
-                    sdp,
-                    reply,
-                })
-                .await
-                .map(|()| None),
+                    .map(|()| None),
+                Err(e) => Err(e),
+            },
             Request::Candidate {
                 target, candidate, ..
             } => media
@@ -509,6 +565,7 @@ impl Session {
                     MediaError::TrackNotFound => ErrorCode::TrackNotFound,
                     MediaError::NotJoined | MediaError::WorkerGone => ErrorCode::MediaFailed,
                     MediaError::WorkerBusy => ErrorCode::ServerBusy,
+                    MediaError::TooManyTracks => ErrorCode::TrackLimit,
                 };
                 self.error(code, e.to_string(), id).await
             }
@@ -738,7 +795,7 @@ impl Session {
                 )
                 .await;
         }
-        if !self.chat_limiter.try_take(Instant::now()) {
+        let Ok(message) = room.chat(me, text, unix_ms()) else {
             return self
                 .error(
                     ErrorCode::RateLimited,
@@ -746,8 +803,7 @@ impl Session {
                     id,
                 )
                 .await;
-        }
-        let message = room.chat(me, text, unix_ms());
+        };
         self.app.metrics.chat_messages.inc();
         self.send(&ServerMessage::Chat { message }, id).await?;
         Ok(Next::Continue)
@@ -768,14 +824,15 @@ impl Session {
                 )
                 .await;
         }
-        room.broadcast(
-            &RoomEvent::Typing {
-                sid: me.sid.clone(),
-                identity: me.identity.clone(),
-                typing,
-            },
-            Some(&me.sid),
-        );
+        if room.typing(me, typing).is_err() {
+            return self
+                .error(
+                    ErrorCode::RateLimited,
+                    "too many typing indicators; send one when typing starts or stops",
+                    id,
+                )
+                .await;
+        }
         self.send(&ServerMessage::Ack, id).await?;
         Ok(Next::Continue)
     }
@@ -788,6 +845,20 @@ pub fn encode_room_event(event: &RoomEvent) -> Encoded {
     Encoded {
         kind: message.kind(),
         text: encode(&message, None).into(),
+    }
+}
+
+/// The close code for a frame the WebSocket layer refused (RFC 6455 §7.4.1), if the socket is
+/// still there to be told.
+fn close_for(error: axum::Error) -> Option<(u16, &'static str)> {
+    let Ok(error) = error.into_inner().downcast::<tungstenite::Error>() else {
+        return Some((close_code::PROTOCOL, "protocol error"));
+    };
+    match *error {
+        tungstenite::Error::Capacity(_) => Some((close_code::SIZE, "message too big")),
+        tungstenite::Error::Utf8(_) => Some((close_code::INVALID, "text is not UTF-8")),
+        tungstenite::Error::Protocol(_) => Some((close_code::PROTOCOL, "protocol error")),
+        _ => None,
     }
 }
 

@@ -92,6 +92,23 @@ impl Client {
         Self { ws, next_id: 0 }
     }
 
+    /// Connects with a 4 KiB socket receive buffer: once this client stops reading, the
+    /// server's writes to it stall within a few frames.
+    pub async fn connect_small_buffer(server: &Server) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("receive buffer");
+        let stream = socket
+            .connect(server.local_addr)
+            .await
+            .expect("tcp connects");
+        let url = format!("ws://{}/ws", server.local_addr);
+        let (ws, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await
+                .expect("websocket connects");
+        Self { ws, next_id: 0 }
+    }
+
     /// Connects and joins `room` as `identity`; returns the client and its `joined` message.
     pub async fn join(server: &Server, room: &str, identity: &str) -> (Self, Value) {
         let mut c = Self::connect(server).await;
@@ -107,6 +124,19 @@ impl Client {
             .send(Message::Text(text.into()))
             .await
             .expect("send");
+    }
+
+    /// Sends a raw data frame: `opcode` 1 is text, 3–7 are reserved.
+    pub async fn send_frame(&mut self, opcode: u8, payload: Vec<u8>) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        let data = match opcode {
+            1 => Data::Text,
+            2 => Data::Binary,
+            n => Data::Reserved(n),
+        };
+        let frame = Frame::message(payload, OpCode::Data(data), true);
+        let _ = self.ws.send(Message::Frame(frame)).await;
     }
 
     pub async fn send(&mut self, value: Value) {

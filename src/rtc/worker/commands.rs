@@ -8,7 +8,7 @@ use super::negotiation::Negotiation;
 use super::{Declared, Participant, RoomMedia, Worker};
 use crate::forward::allocator::Allocator;
 use crate::forward::audio_level::ActiveSpeakers;
-use crate::rtc::{Command, MediaError};
+use crate::rtc::{Command, MediaError, MAX_DECLARED_TRACKS};
 
 impl Worker {
     pub(super) fn on_command(&mut self, command: Command) {
@@ -27,24 +27,36 @@ impl Worker {
                 kind: _,
                 source,
                 name,
+                reply,
             } => {
-                if let Some(p) = self.participants.get_mut(&participant) {
-                    p.declared.insert(cid, Declared { source, name });
-                }
+                let declared = match self.participants.get_mut(&participant) {
+                    Some(p)
+                        if p.declared.len() >= MAX_DECLARED_TRACKS
+                            && !p.declared.contains_key(&cid) =>
+                    {
+                        Err(MediaError::TooManyTracks)
+                    }
+                    Some(p) => {
+                        p.declared.insert(cid, Declared { source, name });
+                        Ok(())
+                    }
+                    None => Err(MediaError::NotJoined),
+                };
+                let _ = reply.send(declared);
             }
             Command::PublisherOffer {
                 participant,
                 sdp,
                 reply,
             } => {
-                let _ = reply.send(self.on_publisher_offer(&participant, &sdp));
+                let _ = reply.send(self.on_publisher_offer(&participant, sdp.0));
             }
             Command::SubscriberAnswer {
                 participant,
                 sdp,
                 reply,
             } => {
-                let _ = reply.send(self.on_subscriber_answer(&participant, &sdp));
+                let _ = reply.send(self.on_subscriber_answer(&participant, sdp.0));
             }
             Command::Candidate {
                 participant,

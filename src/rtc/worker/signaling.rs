@@ -189,7 +189,7 @@ impl Worker {
     pub(super) fn on_subscriber_answer(
         &mut self,
         participant: &str,
-        sdp: &str,
+        answer: SdpAnswer,
     ) -> Result<(), MediaError> {
         let p = self
             .participants
@@ -197,8 +197,6 @@ impl Worker {
             .ok_or(MediaError::NotJoined)?;
         let peer_id = p.subscriber.ok_or(MediaError::NoPendingOffer)?;
         let pending = p.pending.take().ok_or(MediaError::NoPendingOffer)?;
-        let answer =
-            SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::NotJoined)?;
         match guard(|| peer.rtc.sdp_api().accept_answer(pending, answer)) {
             Ok(Ok(())) => {}
@@ -263,10 +261,8 @@ impl Worker {
     pub(super) fn on_publisher_offer(
         &mut self,
         participant: &str,
-        sdp: &str,
+        offer: SdpOffer,
     ) -> Result<String, MediaError> {
-        let offer =
-            SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let p = self
             .participants
             .get(participant)

@@ -1,4 +1,5 @@
-//! A token bucket: the per-client limit on signaling and chat messages.
+//! A token bucket: the limit on a client's signaling messages, and on each identity's chat and
+//! typing in its room.
 //!
 //! Time is an argument, so tests drive it with a fake clock.
 
