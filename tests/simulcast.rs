@@ -25,12 +25,17 @@ const QUIET: Duration = Duration::from_millis(200);
 /// How long a stopped stream is watched to show nothing more arrives.
 const OFF_WINDOW: Duration = Duration::from_millis(500);
 
+/// Bandwidth estimation reads delays: these tests run one at a time, so a sibling test's CPU
+/// load does not show up as congestion in another's estimate.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn layer_is(m: &Value, layer: &str) -> bool {
     m["layer"] == layer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_subscriber_moves_down_and_back_up() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // One media worker, so the relay knows the one port the room's media uses.
     let server = common::start(|c| c.rtc.workers = 1).await;
     let media_addr = server.state.media.addrs()[0];
@@ -97,6 +102,7 @@ async fn a_throttled_subscriber_moves_down_and_back_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_quality_picks_the_layer_and_dynacast_tells_the_publisher() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let server = common::start(|_| {}).await;
     let mut alice = MediaClient::join(&server, "r", "alice").await;
     let mut bob = MediaClient::join(&server, "r", "bob").await;
@@ -208,6 +214,7 @@ async fn estimates_above(server: &sfu::http::Server, bound: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probing_lifts_the_estimate_to_what_the_subscriptions_want() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // Bob first asks for the low layer of a 3-layer camera (q ≈ 150 kbit/s), then for the
     // top one (f ≈ 1.2 Mbit/s): above the 800 kbit/s an estimate starts at, and far above
     // what flows. His webrtc-rs client sends TWCC feedback; nothing limits the loopback link.
@@ -364,6 +371,7 @@ fn assert_continuous(got: &[(u16, u16, u8, u8)], from: usize, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_bandwidth_lowers_the_frame_rate_with_no_gap_in_the_numbering() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // A single-layer camera with three temporal layers, as browsers send VP8. Bob says (REMB)
     // how much he can take: at 800 kbit/s the 1.2 Mbit/s stream fits at half its frame rate,
     // at 300 kbit/s not even that (a single layer is never paused: a quarter then); with room

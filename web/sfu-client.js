@@ -139,6 +139,8 @@ const TRANSIENT = new Set(['connect_failed', 'not_connected', 'timeout', 'discon
  */
 const SERVER_BUSY_ATTEMPTS = 3;
 const SERVER_BUSY_BACKOFF_MS = 500;
+/** The server takes one publisher offer per second after a burst of five. */
+const OFFER_RETRY_MS = 1000;
 
 /**
  * Applying the layers the server wants us to send (dynacast) can fail for a moment: Chrome
@@ -261,16 +263,20 @@ export class SfuClient extends EventTarget {
   /**
    * Sends one request. Resolves with the answer message, or rejects with an SfuError carrying
    * the server's error `code` (or `timeout` / `not_connected` / `disconnected`). A `server_busy`
-   * answer is retried (SERVER_BUSY_ATTEMPTS in all) before it rejects with it.
+   * answer, or `rate_limited` for an `offer`, is retried (SERVER_BUSY_ATTEMPTS in all) before it
+   * rejects with it.
    */
   async request(type, fields = {}, timeout = this.options.requestTimeout) {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this._requestOnce(type, fields, timeout);
       } catch (err) {
-        if (err.code !== 'server_busy' || attempt >= SERVER_BUSY_ATTEMPTS) throw err;
-        console.info(`sfu: the server was busy with \`${type}\`; trying again (${attempt} of ${SERVER_BUSY_ATTEMPTS - 1})`);
-        await sleep(SERVER_BUSY_BACKOFF_MS * 2 ** (attempt - 1));
+        // An offer over the server's offer rate (1 per second, bursts of 5) was not looked at:
+        // sending it again a moment later is as safe as after `server_busy`.
+        const offerTooSoon = err.code === 'rate_limited' && type === 'offer';
+        if ((err.code !== 'server_busy' && !offerTooSoon) || attempt >= SERVER_BUSY_ATTEMPTS) throw err;
+        console.info(`sfu: the server asked to wait with \`${type}\` (${err.code}); trying again (${attempt} of ${SERVER_BUSY_ATTEMPTS - 1})`);
+        await sleep(offerTooSoon ? OFFER_RETRY_MS * attempt : SERVER_BUSY_BACKOFF_MS * 2 ** (attempt - 1));
       }
     }
   }

@@ -1,8 +1,11 @@
 //! Which peer a datagram on a worker's shared UDP socket belongs to, without a scan.
 //!
 //! ICE connectivity checks (STUN) name the server's ufrag in their USERNAME; that maps to a
-//! peer, and the check's source address is remembered. DTLS and SRTP carry no such name, so
-//! they are routed by source address, which ICE has already tied to the peer.
+//! peer. DTLS and SRTP carry no such name, so they are routed by source address, which ICE has
+//! tied to the peer: an address is learned only when the peer's stack answers a check from it
+//! ([`Demux::learn`]), that is once str0m verified the check's MESSAGE-INTEGRITY. Learning it
+//! from the check itself let anyone who knew a ufrag, with a spoofed source address, steer a
+//! victim's media to another peer.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -36,15 +39,22 @@ impl<P: Copy + Eq + Hash> Demux<P> {
     }
 
     /// The peer a datagram from `source` belongs to, if any.
-    pub fn route(&mut self, source: SocketAddr, datagram: &[u8]) -> Option<P> {
+    pub fn route(&self, source: SocketAddr, datagram: &[u8]) -> Option<P> {
         // STUN first: a client may move to a new address, and its check says who it is.
         if let Some(local) = stun_local_ufrag(datagram) {
             if let Some(&peer) = self.by_ufrag.get(local) {
-                self.by_addr.insert(source, peer);
                 return Some(peer);
             }
         }
         self.by_addr.get(&source).copied()
+    }
+
+    /// `peer`'s stack sent STUN to `destination`: it answered a check from there, so the check
+    /// passed its integrity test and the address is the peer's.
+    pub fn learn(&mut self, destination: SocketAddr, peer: P) {
+        if self.by_addr.get(&destination) != Some(&peer) {
+            self.by_addr.insert(destination, peer);
+        }
     }
 }
 
@@ -109,10 +119,31 @@ mod tests {
         // DTLS from an unknown address goes nowhere.
         assert_eq!(d.route(a, &[22, 254, 253]), None);
         assert_eq!(d.route(a, &binding_request("srv2:cli")), Some(2));
+        // A check alone (its integrity not yet verified) ties no address to the peer.
+        assert_eq!(d.route(a, &[22, 254, 253]), None);
+        // Peer 2's stack answered it: now the address is its.
+        d.learn(a, 2);
         assert_eq!(d.route(a, &[22, 254, 253]), Some(2));
         assert_eq!(d.route(b, &binding_request("nobody:cli")), None);
         assert_eq!(d.route(b, &[0x80, 0x60]), None);
         d.remove(2);
         assert_eq!(d.route(a, &[22, 254, 253]), None);
+    }
+
+    #[test]
+    fn a_spoofed_check_does_not_steal_an_address() {
+        // Peer 1 (the victim) owns address v. An attacker who knows peer 2's ufrag sends a
+        // check from a spoofed source v: v's media must still go to peer 1.
+        let mut d = Demux::default();
+        d.add("victim".into(), 1u32);
+        d.add("attacker".into(), 2u32);
+        let v: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        d.learn(v, 1);
+        assert_eq!(d.route(v, &binding_request("attacker:x")), Some(2));
+        assert_eq!(
+            d.route(v, &[0x80, 0x60]),
+            Some(1),
+            "SRTP from v still goes to peer 1"
+        );
     }
 }

@@ -613,7 +613,12 @@ impl MediaClient {
             .expect("local offer");
         let _ = gathered.recv().await;
         let local = self.publisher.local_description().await.expect("local sdp");
-        let answer = self.request(json!({"type":"offer","sdp":local.sdp})).await;
+        let mut answer = self.request(json!({"type":"offer","sdp":local.sdp})).await;
+        // The server takes one offer a second after a burst of five; a client waits its turn.
+        while answer["code"] == "rate_limited" {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            answer = self.request(json!({"type":"offer","sdp":local.sdp})).await;
+        }
         assert_eq!(answer["type"], "answer", "{answer}");
         let sdp = answer["sdp"].as_str().expect("answer sdp").to_string();
         self.publisher

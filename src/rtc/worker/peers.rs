@@ -169,6 +169,11 @@ impl Worker {
                     return;
                 }
                 Output::Transmit(t) => {
+                    // STUN (first byte 0-3, RFC 7983) from an ICE-lite agent is an answer to a
+                    // check str0m verified: the address is this peer's from now on.
+                    if t.contents.first().is_some_and(|&b| b < 4) {
+                        self.demux.learn(t.destination, id);
+                    }
                     // UDP is lossy anyway: a full send buffer drops like the network would.
                     if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
                         if e.kind() == std::io::ErrorKind::WouldBlock {
