@@ -72,6 +72,14 @@ pub struct HttpConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Most TCP connections open at once; one more is refused (503).
+    pub max_connections: usize,
+    /// Most TCP connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// A client must send a request's headers within this time, and an idle keep-alive
+    /// connection is closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,6 +198,9 @@ impl Default for HttpConfig {
             port: 7880,
             tls_cert: None,
             tls_key: None,
+            max_connections: 20_000,
+            max_connections_per_ip: 500,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -349,6 +360,11 @@ impl Config {
                 ),
             ));
         }
+        positive("http.max_connections", self.http.max_connections)?;
+        positive(
+            "http.max_connections_per_ip",
+            self.http.max_connections_per_ip,
+        )?;
         positive("room.max_rooms", self.room.max_rooms)?;
         positive("room.max_participants", self.room.max_participants)?;
         positive("chat.max_message_bytes", self.chat.max_message_bytes)?;

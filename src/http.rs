@@ -14,11 +14,16 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::admission::Admission;
 use crate::app::AppState;
 use crate::auth::{AuthError, Claims, Grants, MAX_NAME_BYTES};
 use crate::config::Config;
 use crate::model::LeaveReason;
 use crate::signal::session;
+
+/// Bytes a WebSocket reads ahead. tungstenite's 128 KiB default made every idle, never-joined
+/// socket cost 137 KiB; signaling frames are small (SDP, the large one, still reads fine).
+const WS_READ_BUFFER: usize = 8 * 1024;
 
 /// How long shutdown waits for sessions to say goodbye before the process goes on without them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -109,6 +114,7 @@ async fn ws(
     let sessions = app.sessions.clone();
     let context = app.session.clone();
     Ok(upgrade
+        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| sessions.track_future(session::run(socket, context, preauth))))
@@ -289,16 +295,33 @@ impl Server {
             ),
             _ => None,
         };
+        raise_open_file_limit();
+        let http = config.http.clone();
         let state = AppState::new(config)?;
         let app = router(state.clone()).into_make_service();
         let handle = axum_server::Handle::new();
+        let refused = state.metrics.http_connections_refused.clone();
+        let admission = |plain_http| {
+            Admission::new(
+                http.max_connections,
+                http.max_connections_per_ip,
+                plain_http,
+                refused.clone(),
+            )
+        };
         let task = match tls {
             Some(tls) => {
-                let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+                let mut server = axum_server::from_tcp_rustls(listener, tls)?
+                    .map(|tls| tls.acceptor(admission(false)))
+                    .handle(handle.clone());
+                limit_slow_clients(server.http_builder(), http.header_timeout);
                 tokio::spawn(async move { server.serve(app).await })
             }
             None => {
-                let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+                let mut server = axum_server::from_tcp(listener)?
+                    .acceptor(admission(true))
+                    .handle(handle.clone());
+                limit_slow_clients(server.http_builder(), http.header_timeout);
                 tokio::spawn(async move { server.serve(app).await })
             }
         };
@@ -326,5 +349,47 @@ impl Server {
         let _ = self.task.await;
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || state.media.shutdown()).await;
+    }
+}
+
+/// Slow clients: a request's headers must arrive within `timeout` (slowloris connections that
+/// trickle a header byte now and then are closed), and idle keep-alive connections close too.
+fn limit_slow_clients(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
+}
+
+/// Raises this process's open-file limit to its hard limit: every client costs a socket, and
+/// the usual soft limit of 1024 let 1,100 idle connections starve everyone else. The headroom
+/// is in /metrics (`sfu_process_open_fds`, `sfu_process_max_fds`).
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                let wanted = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                    tracing::warn!(
+                        soft = limit.rlim_cur,
+                        "could not raise the open-file limit; clients past it are refused"
+                    );
+                }
+            }
+        }
     }
 }

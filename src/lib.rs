@@ -58,6 +58,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod config;

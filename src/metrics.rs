@@ -51,6 +51,7 @@ pub struct Metrics {
     pub chat_messages: IntCounter,
     /// Signaling clients disconnected because they could not keep up with their messages.
     pub signal_slow_consumers: IntCounter,
+    pub http_connections_refused: IntCounter,
     /// Peer connections (publisher and subscriber) alive now.
     pub peers: IntGauge,
     /// Published tracks now, by kind (audio, video).
@@ -143,7 +144,13 @@ impl Metrics {
                 .expect("valid metric"),
             signal_slow_consumers: IntCounter::new(
                 "sfu_signal_slow_consumers_total",
-                "Signaling clients disconnected because their outgoing queue was full",
+                "Signaling clients disconnected because their outgoing queue was full or they \
+                 stopped reading",
+            )
+            .expect("valid metric"),
+            http_connections_refused: IntCounter::new(
+                "sfu_http_connections_refused_total",
+                "TCP connections refused at http.max_connections or http.max_connections_per_ip",
             )
             .expect("valid metric"),
             peers: IntGauge::new("sfu_peers", "Peer connections alive now").expect("valid metric"),
@@ -343,6 +350,7 @@ impl Metrics {
             Box::new(m.signal_errors.clone()),
             Box::new(m.chat_messages.clone()),
             Box::new(m.signal_slow_consumers.clone()),
+            Box::new(m.http_connections_refused.clone()),
             Box::new(m.peers.clone()),
             Box::new(m.publications.clone()),
             Box::new(m.receivers.clone()),
