@@ -257,7 +257,7 @@ impl Default for SignalConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: "info,str0m=error".into(),
             format: LogFormat::Text,
         }
     }
