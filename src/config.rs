@@ -128,6 +128,9 @@ pub struct RoomConfig {
     pub max_rooms: usize,
     /// Most participants in one room.
     pub max_participants: usize,
+    /// Most participants in all rooms together: the server's budget. Past it joins get
+    /// `server_full` and the calls in progress keep what they have.
+    pub max_total_participants: usize,
     /// How long an empty room (and its chat history) is kept before it closes.
     #[serde(with = "humantime_serde")]
     pub empty_timeout: Duration,
@@ -222,6 +225,7 @@ impl Default for RoomConfig {
         Self {
             max_rooms: 1000,
             max_participants: 100,
+            max_total_participants: 10_000,
             empty_timeout: Duration::from_secs(30),
         }
     }
@@ -367,6 +371,10 @@ impl Config {
         )?;
         positive("room.max_rooms", self.room.max_rooms)?;
         positive("room.max_participants", self.room.max_participants)?;
+        positive(
+            "room.max_total_participants",
+            self.room.max_total_participants,
+        )?;
         positive("chat.max_message_bytes", self.chat.max_message_bytes)?;
         if !(self.chat.rate_per_second > 0.0 && self.chat.rate_per_second.is_finite()) {
             return Err(ConfigError::key(

@@ -191,3 +191,35 @@ async fn a_stream_above_the_estimate_is_forwarded_without_queueing() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_refuses_joins_and_the_calls_in_progress_go_on() {
+    // The budget is the 6 participants of the load run: while it runs, a seventh join gets
+    // `server_full`, and the running call keeps its media (the usual loss bound).
+    let server = common::start(|c| c.room.max_total_participants = 6).await;
+    let options = LoadOptions {
+        duration: Duration::from_secs(5),
+        ..common::load_options(&server, "load-full")
+    };
+    let load = tokio::spawn(run(options));
+    let full = common::eventually_within(Duration::from_secs(30), || async {
+        common::metric(&server, "sfu_participants").await == Some(6.0)
+    })
+    .await;
+    assert!(full, "the load run's 6 participants joined");
+    let mut late = common::Client::connect(&server).await;
+    let refused = late
+        .request(
+            serde_json::json!({"type":"join","token":common::token(&server, "other-room", "late")}),
+        )
+        .await;
+    assert_eq!(refused["code"], "server_full", "{refused}");
+    let report = load.await.expect("load task").expect("load run");
+    assert_everyone_served(&report, 4, true);
+    assert!(
+        report.loss_percent < 1.0,
+        "the call in progress lost {:.2} %",
+        report.loss_percent
+    );
+    server.shutdown().await;
+}

@@ -25,6 +25,8 @@ pub enum RoomError {
     Full(usize),
     #[error("the server has its maximum number of rooms ({0})")]
     TooManyRooms(usize),
+    #[error("the server is full ({0} participants); try again later")]
+    ServerFull(usize),
     #[error("the room has closed")]
     Closed,
 }

@@ -21,6 +21,8 @@ pub struct Rooms {
     rooms: DashMap<String, RoomRef>,
     /// Rooms in the map; kept apart because `DashMap::len` locks every shard.
     count: AtomicUsize,
+    /// Participants in all rooms, for `room.max_total_participants`.
+    participants: AtomicUsize,
     room_config: RoomConfig,
     chat: ChatConfig,
     /// How room events become messages (the signaling layer's encoder).
@@ -41,6 +43,7 @@ impl Rooms {
         Arc::new(Self {
             rooms: DashMap::new(),
             count: AtomicUsize::new(0),
+            participants: AtomicUsize::new(0),
             room_config,
             chat: chat_config.clone(),
             encode,
@@ -51,6 +54,26 @@ impl Rooms {
 
     /// Joins `participant` to room `name`, creating the room if needed.
     pub fn join(
+        self: &Arc<Self>,
+        name: &str,
+        participant: Participant,
+    ) -> Result<(RoomRef, Joined), RoomError> {
+        // Reserve a place on the server first, so concurrent joins cannot overshoot the budget:
+        // past it the server is full, and the calls in progress keep what they have.
+        let max_total = self.room_config.max_total_participants;
+        if self.participants.fetch_add(1, Ordering::SeqCst) >= max_total {
+            self.participants.fetch_sub(1, Ordering::SeqCst);
+            return Err(RoomError::ServerFull(max_total));
+        }
+        let joined = self.join_room(name, participant);
+        if !matches!(&joined, Ok((_, j)) if j.replaced.is_none()) {
+            // Refused, or it took the place of its own earlier session.
+            self.participants.fetch_sub(1, Ordering::SeqCst);
+        }
+        joined
+    }
+
+    fn join_room(
         self: &Arc<Self>,
         name: &str,
         participant: Participant,
@@ -116,6 +139,7 @@ impl Rooms {
     pub fn leave(self: &Arc<Self>, room: &RoomRef, sid: &str, reason: LeaveReason) {
         if room.leave(sid, reason, Instant::now()).is_some() {
             self.metrics.participants.dec();
+            self.participants.fetch_sub(1, Ordering::SeqCst);
             if room.is_empty() {
                 self.schedule_close(room.clone());
             }

@@ -315,6 +315,8 @@ pub enum ErrorCode {
     RoomFull,
     /// The server has `room.max_rooms` rooms.
     RoomLimit,
+    /// The server has `room.max_total_participants` participants in all its rooms.
+    ServerFull,
     /// A chat message longer than `chat.max_message_bytes`.
     ChatTooLong,
     /// Empty chat message.
@@ -354,6 +356,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::RoomFull => "room_full",
             ErrorCode::RoomLimit => "room_limit",
+            ErrorCode::ServerFull => "server_full",
             ErrorCode::ChatTooLong => "chat_too_long",
             ErrorCode::ChatEmpty => "chat_empty",
             ErrorCode::RateLimited => "rate_limited",

@@ -703,6 +703,7 @@ impl Session {
                 let code = match e {
                     RoomError::Full(_) => ErrorCode::RoomFull,
                     RoomError::TooManyRooms(_) => ErrorCode::RoomLimit,
+                    RoomError::ServerFull(_) => ErrorCode::ServerFull,
                     RoomError::Closed => ErrorCode::Internal,
                 };
                 return self.error(code, e.to_string(), id).await;
