@@ -261,7 +261,7 @@ impl Default for SignalConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: "info,str0m=error".into(),
+            level: "info".into(),
             format: LogFormat::Text,
         }
     }

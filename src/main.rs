@@ -155,8 +155,15 @@ fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let level = &config.log.level;
+        let stack = sfu::rtc::STACK_LOG_TARGET;
+        if level.contains(stack) {
+            tracing_subscriber::EnvFilter::new(level)
+        } else {
+            tracing_subscriber::EnvFilter::new(format!("{level},{stack}=error"))
+        }
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

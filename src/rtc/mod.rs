@@ -69,6 +69,10 @@ pub enum MediaError {
     TooManyTracks,
 }
 
+/// The WebRTC stack's log target. It warns about every malformed packet or SDP a client sends,
+/// so unless the configured filter names it, it logs errors only: no client floods the log.
+pub const STACK_LOG_TARGET: &str = "str0m";
+
 /// Tracks a participant may declare with `publish` before its offer brings their m-lines.
 pub const MAX_DECLARED_TRACKS: usize = 16;
 
