@@ -235,6 +235,16 @@ async fn probing_lifts_the_estimate_to_what_the_subscriptions_want() {
     bob.recv_matching("quality_changed", PHASE, |m| layer_is(m, "q"))
         .await
         .expect("bob receives the low layer");
+    // Until bob's first estimate the server has nothing to cap him by: wait for it, so the
+    // climb to the top layer is the estimate's doing.
+    let estimated = common::eventually_within(PHASE, || async {
+        common::metric(&server, "sfu_bwe_estimate_bps_count")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
+    assert!(estimated, "no downstream estimate for bob");
 
     let answer = bob
         .request(json!({"type":"set_quality","track":cam,"quality":"high"}))

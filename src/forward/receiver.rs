@@ -16,6 +16,9 @@ use crate::forward::packet::{Codec, Packet};
 pub const BITRATE_WINDOW: Duration = Duration::from_secs(1);
 /// A layer with no packet for this long is down (the publisher stopped encoding it, or lost it).
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+/// A stream younger than the window is measured over its age, but never less than this: its
+/// first keyframe alone must not read as a huge bitrate.
+const MIN_MEASURED_SPAN: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 pub struct Receiver {
@@ -24,6 +27,8 @@ pub struct Receiver {
     /// (arrival, bytes) of the packets inside the bitrate window.
     window: VecDeque<(Instant, usize)>,
     window_bytes: usize,
+    /// When the stream (re)started: its first packet after a silence longer than the window.
+    started: Option<Instant>,
     last_packet: Option<Instant>,
     last_keyframe: Option<Instant>,
     highest_seq: Option<u64>,
@@ -38,6 +43,7 @@ impl Receiver {
             throttle: KeyframeThrottle::default(),
             window: VecDeque::new(),
             window_bytes: 0,
+            started: None,
             last_packet: None,
             last_keyframe: None,
             highest_seq: None,
@@ -63,6 +69,12 @@ impl Receiver {
         let size = packet.payload.len();
         self.packets += 1;
         self.bytes += size as u64;
+        if self
+            .last_packet
+            .is_none_or(|t| now.saturating_duration_since(t) > BITRATE_WINDOW)
+        {
+            self.started = Some(now);
+        }
         self.last_packet = Some(now);
         if packet.keyframe {
             self.last_keyframe = Some(now);
@@ -83,10 +95,16 @@ impl Receiver {
         }
     }
 
-    /// Payload bitrate over the last [`BITRATE_WINDOW`], in bits per second.
+    /// Payload bitrate over the last [`BITRATE_WINDOW`] (or the stream's age, if younger), in
+    /// bits per second. Dividing a young stream's bytes by the whole window read its layer as a
+    /// fraction of its cost, and the Allocator handed out a layer the estimate could not carry.
     pub fn bitrate_bps(&mut self, now: Instant) -> u64 {
         self.expire(now);
-        (self.window_bytes as u64 * 8 * 1000) / BITRATE_WINDOW.as_millis() as u64
+        let age = self
+            .started
+            .map_or(BITRATE_WINDOW, |t| now.saturating_duration_since(t));
+        let span = age.clamp(MIN_MEASURED_SPAN, BITRATE_WINDOW);
+        (self.window_bytes as u64 * 8 * 1000) / span.as_millis() as u64
     }
 
     /// Packets arrived within [`LIVENESS_TIMEOUT`].
@@ -142,7 +160,7 @@ mod tests {
             let at = t + Duration::from_millis(10 * i);
             r.on_packet(&packet(i, 1250, at), at);
         }
-        let end = t + Duration::from_millis(990);
+        let end = t + Duration::from_millis(1000);
         assert_eq!(r.bitrate_bps(end), 1_000_000);
         assert!(r.is_live(end));
         assert!(!r.is_live(end + LIVENESS_TIMEOUT));
@@ -153,6 +171,29 @@ mod tests {
             "a late one is no loss"
         );
         assert_eq!(r.bitrate_bps(end + Duration::from_secs(2)), 0);
+    }
+
+    #[test]
+    fn a_young_stream_is_measured_over_its_age() {
+        let t = Instant::now();
+        let mut r = Receiver::new(Codec::Vp8);
+        // 1 Mbit/s for 300 ms reads 1 Mbit/s, not 300 kbit/s.
+        for i in 0..30u64 {
+            let at = t + Duration::from_millis(10 * i);
+            r.on_packet(&packet(i, 1250, at), at);
+        }
+        assert_eq!(r.bitrate_bps(t + Duration::from_millis(300)), 1_000_000);
+        // The first 50 ms (a keyframe's burst) count over at least 200 ms.
+        let mut young = Receiver::new(Codec::Vp8);
+        young.on_packet(&packet(0, 12_500, t), t);
+        assert_eq!(young.bitrate_bps(t + Duration::from_millis(50)), 500_000);
+        // After a silence the stream counts as new again.
+        let back = t + Duration::from_secs(5);
+        for i in 0..30u64 {
+            let at = back + Duration::from_millis(10 * i);
+            r.on_packet(&packet(1000 + i, 1250, at), at);
+        }
+        assert_eq!(r.bitrate_bps(back + Duration::from_millis(300)), 1_000_000);
     }
 
     #[test]

@@ -709,16 +709,17 @@ mod tests {
         assert_eq!(d.layer_bps, ASSUMED_LAYER_BPS);
         assert_eq!(d.priority, Priority::Camera);
         assert_eq!(d.area, layers::DEFAULT_VIEW_AREA);
-        // 100-byte packets, 10 of them on layer 0 within the bitrate window: 8 kbit/s.
+        // 100-byte packets, 10 of them on layer 0 at once: a stream that young is measured over
+        // the 200 ms floor, 40 kbit/s.
         let mut out = Fanout::default();
         for seq in 1..=10 {
             r.on_packet(&video(0, seq, seq == 1, t), t, &mut out);
         }
         let d = r.demand(&1, "cam", t).expect("subscribed");
-        assert_eq!(d.layer_bps, [8_000, 500_000, 1_500_000]);
+        assert_eq!(d.layer_bps, [40_000, 500_000, 1_500_000]);
         // Gone quiet, layer 0 keeps its last measured cost.
         let d = r.demand(&1, "cam", t + Duration::from_secs(5)).unwrap();
-        assert_eq!(d.layer_bps[0], 8_000);
+        assert_eq!(d.layer_bps[0], 40_000);
         // An element size is the allocation's area, and picks the layer.
         r.set_preference(&1, Preference::Size(320, 180));
         let d = r.demand(&1, "cam", t).unwrap();
