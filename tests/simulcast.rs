@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::media::{send_simulcast, MediaClient};
+use common::media::{send_simulcast, MediaClient, PublishedTrack};
 use common::relay::Relay;
 use serde_json::{json, Value};
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
@@ -28,6 +28,19 @@ const OFF_WINDOW: Duration = Duration::from_millis(500);
 /// Bandwidth estimation reads delays: these tests run one at a time, so a sibling test's CPU
 /// load does not show up as congestion in another's estimate.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Alice publishes a 3-layer camera and Bob joins to receive it: both clients, the layers to
+/// send on, and the track's sid.
+async fn simulcast_room(
+    server: &sfu::http::Server,
+) -> (MediaClient, MediaClient, [PublishedTrack; 3], String) {
+    let mut alice = MediaClient::join(server, "r", "alice").await;
+    let bob = MediaClient::join(server, "r", "bob").await;
+    let layers = alice.add_simulcast_video("cam").await;
+    alice.negotiate_publisher().await;
+    let sid = alice.published_sid("cam").await;
+    (alice, bob, layers, sid)
+}
 
 fn layer_is(m: &Value, layer: &str) -> bool {
     m["layer"] == layer
@@ -104,11 +117,7 @@ async fn a_throttled_subscriber_moves_down_and_back_up() {
 async fn set_quality_picks_the_layer_and_dynacast_tells_the_publisher() {
     let _one = ONE_AT_A_TIME.lock().await;
     let server = common::start(|_| {}).await;
-    let mut alice = MediaClient::join(&server, "r", "alice").await;
-    let mut bob = MediaClient::join(&server, "r", "bob").await;
-    let layers = alice.add_simulcast_video("cam").await;
-    alice.negotiate_publisher().await;
-    let sid = alice.published_sid("cam").await;
+    let (mut alice, mut bob, layers, sid) = simulcast_room(&server).await;
     let stop = Arc::new(AtomicBool::new(false));
     let sender = tokio::spawn(send_simulcast(layers.map(|l| l.track), stop.clone()));
     assert!(
@@ -221,11 +230,7 @@ async fn probing_lifts_the_estimate_to_what_the_subscriptions_want() {
     // An estimator only learns of room it is shown: unless the server probes past what it
     // sends, the estimate stays put and the camera never reaches its top layer.
     let server = common::start(|_| {}).await;
-    let mut alice = MediaClient::join(&server, "r", "alice").await;
-    let mut bob = MediaClient::join(&server, "r", "bob").await;
-    let layers = alice.add_simulcast_video("cam").await;
-    alice.negotiate_publisher().await;
-    let cam = alice.published_sid("cam").await;
+    let (_alice, mut bob, layers, cam) = simulcast_room(&server).await;
     let answer = bob
         .request(json!({"type":"set_quality","track":cam,"quality":"low"}))
         .await;

@@ -101,10 +101,6 @@ impl Subscription {
         self.temporal.set_target(max_tid);
     }
 
-    pub fn max_temporal(&self) -> u8 {
-        self.temporal.target()
-    }
-
     /// True until video has seen its first keyframe: the caller asks the publisher for one.
     pub fn needs_keyframe(&self) -> bool {
         self.waiting_for_keyframe

@@ -67,10 +67,6 @@ impl TemporalFilter {
         self.target = max_tid;
     }
 
-    pub fn target(&self) -> u8 {
-        self.target
-    }
-
     /// The source changes (a new simulcast layer, starting at a keyframe): start at the target.
     pub fn restart(&mut self) {
         self.current = self.target;

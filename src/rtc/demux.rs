@@ -52,9 +52,7 @@ impl<P: Copy + Eq + Hash> Demux<P> {
     /// `peer`'s stack sent STUN to `destination`: it answered a check from there, so the check
     /// passed its integrity test and the address is the peer's.
     pub fn learn(&mut self, destination: SocketAddr, peer: P) {
-        if self.by_addr.get(&destination) != Some(&peer) {
-            self.by_addr.insert(destination, peer);
-        }
+        self.by_addr.insert(destination, peer);
     }
 }
 
