@@ -65,8 +65,10 @@ impl Munger {
     }
 
     /// The packet `seq` of `ssrc` is not forwarded on purpose: later packets are numbered as
-    /// if it never existed, so the subscriber sees no loss.
-    pub fn skip(&mut self, ssrc: u32, seq: u64) {
+    /// if it never existed, so the subscriber sees no loss. `same_frame` says the last packet
+    /// seen was skipped too, of the same frame: packets missing between the two (lost on the
+    /// way in) were of that frame, and are left out with it rather than left as a gap.
+    pub fn skip(&mut self, ssrc: u32, seq: u64, same_frame: bool) {
         let Some(state) = &mut self.state else {
             return;
         };
@@ -78,12 +80,19 @@ impl Munger {
         if seq > state.highest_in_seq + MAX_SEQ_JUMP {
             return;
         }
+        let from = if same_frame {
+            state.highest_in_seq + 1
+        } else {
+            seq
+        };
         state.highest_in_seq = seq;
-        state.seq_offset -= 1;
-        if self.skipped.len() == SKIPS_REMEMBERED {
-            self.skipped.pop_front();
+        for left_out in from..=seq {
+            state.seq_offset -= 1;
+            if self.skipped.len() == SKIPS_REMEMBERED {
+                self.skipped.pop_front();
+            }
+            self.skipped.push_back(left_out);
         }
-        self.skipped.push_back(seq);
     }
 
     /// The last sequence number sent, if any.
@@ -249,17 +258,37 @@ mod tests {
         let mut m = Munger::new();
         let t = Instant::now();
         assert_eq!(send(m.rewrite(1, 100, 0, 90_000, t)).0, 100);
-        m.skip(1, 101);
-        m.skip(1, 102);
+        m.skip(1, 101, false);
+        m.skip(1, 102, true);
         assert_eq!(send(m.rewrite(1, 103, 0, 90_000, t)).0, 101);
         // 104 is late: it will come after 106, and keeps the number between 103's and 106's.
-        m.skip(1, 105);
+        m.skip(1, 105, false);
         assert_eq!(send(m.rewrite(1, 106, 0, 90_000, t)).0, 103);
         assert_eq!(send(m.rewrite(1, 104, 0, 90_000, t)).0, 102);
         assert_eq!(send(m.rewrite(1, 107, 0, 90_000, t)).0, 104);
         // A late skip changes nothing.
-        m.skip(1, 99);
+        m.skip(1, 99, false);
         assert_eq!(send(m.rewrite(1, 108, 0, 90_000, t)).0, 105);
+    }
+
+    #[test]
+    fn a_packet_lost_inside_a_skipped_frame_leaves_no_gap() {
+        let mut m = Munger::new();
+        let t = Instant::now();
+        assert_eq!(send(m.rewrite(1, 100, 0, 90_000, t)).0, 100);
+        // A skipped frame of 101..=104; 102 never arrives.
+        m.skip(1, 101, false);
+        m.skip(1, 103, true);
+        m.skip(1, 104, true);
+        assert_eq!(send(m.rewrite(1, 105, 0, 90_000, t)).0, 101);
+        // Its retransmission, late, changes nothing.
+        m.skip(1, 102, false);
+        assert_eq!(send(m.rewrite(1, 106, 0, 90_000, t)).0, 102);
+        // Where a skipped frame begins after a gap, the gap may be the forwarded frame's
+        // tail: it stays, for NACK to fill.
+        m.skip(1, 108, false);
+        assert_eq!(send(m.rewrite(1, 109, 0, 90_000, t)).0, 104);
+        assert_eq!(send(m.rewrite(1, 107, 0, 90_000, t)).0, 103);
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl Subscription {
             if let Admit::Skip { first } =
                 self.temporal.admit(packet.timestamp, vp8, packet.keyframe)
             {
-                self.munger.skip(packet.ssrc, packet.seq);
+                self.munger.skip(packet.ssrc, packet.seq, !first);
                 if first {
                     self.picture_ids.skip(vp8.and_then(|v| v.picture_id));
                 }
