@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::forward::keyframe::is_keyframe;
 use crate::forward::selector::LayerIndex;
 use crate::forward::vp8::Vp8Info;
 
@@ -55,4 +56,49 @@ pub struct Packet {
     pub layer: LayerIndex,
     /// The VP8 payload descriptor, for VP8.
     pub vp8: Option<Vp8Info>,
+}
+
+/// An RTP header's fields as the receiving stack parsed them, before the core looks inside.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub ssrc: u32,
+    /// Extended sequence number (no 16-bit wrap).
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    /// The audio level extension as sent: -127..=0 dBov (the sign is dropped, so either works).
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
+}
+
+impl Packet {
+    /// The core's packet for a payload of `codec` on `layer`: looks inside it (keyframe, VP8
+    /// descriptor) and never fails, whatever the bytes.
+    pub fn new(
+        header: Header,
+        codec: Codec,
+        layer: LayerIndex,
+        arrival: Instant,
+        payload: Arc<[u8]>,
+    ) -> Self {
+        let vp8 = match codec {
+            Codec::Vp8 => Vp8Info::parse(&payload),
+            _ => None,
+        };
+        Self {
+            ssrc: header.ssrc,
+            seq: header.seq,
+            timestamp: header.timestamp,
+            marker: header.marker,
+            codec,
+            keyframe: is_keyframe(codec, &payload),
+            // RFC 6464's 0..=127; some stacks hand the level over as a negative dBov.
+            audio_level: header.audio_level.map(|l| l.unsigned_abs().min(127) as i8),
+            voice_activity: header.voice_activity,
+            arrival,
+            payload,
+            layer,
+            vp8,
+        }
+    }
 }

@@ -15,10 +15,9 @@ use super::peers::Role;
 use super::signaling::route_subscriptions;
 use super::{track_kind, PeerId, Publication, Worker};
 use crate::forward::allocator::Priority;
-use crate::forward::keyframe::is_keyframe;
+use crate::forward::packet::Header;
 use crate::forward::router::Router;
 use crate::forward::selector::MAX_LAYERS;
-use crate::forward::vp8::Vp8Info;
 use crate::forward::{Codec, Packet};
 use crate::model::{TrackInfo, TrackSource};
 use crate::rtc::stack::{codec_of, params_of};
@@ -171,29 +170,15 @@ impl Worker {
         if let Some(slot) = publication.ssrcs.get_mut(usize::from(layer)) {
             *slot = Some(ssrc);
         }
-        let vp8 = match codec {
-            Codec::Vp8 => Vp8Info::parse(&rtp.payload),
-            _ => None,
-        };
-        let packet = Packet {
+        let header = Header {
             ssrc: *ssrc,
             seq: *rtp.seq_no,
             timestamp: rtp.header.timestamp,
             marker: rtp.header.marker,
-            codec,
-            keyframe: is_keyframe(codec, &rtp.payload),
-            // str0m gives the level as a negative dBov; the core works in RFC 6464's 0..=127.
-            audio_level: rtp
-                .header
-                .ext_vals
-                .audio_level
-                .map(|l| l.unsigned_abs().min(127) as i8),
+            audio_level: rtp.header.ext_vals.audio_level,
             voice_activity: rtp.header.ext_vals.voice_activity,
-            arrival: rtp.timestamp,
-            payload: rtp.payload,
-            layer,
-            vp8,
         };
+        let packet = Packet::new(header, codec, layer, rtp.timestamp, rtp.payload);
         let kind = usize::from(codec.is_video());
         self.counters.rtp_in[kind].inc();
         self.counters.bytes_in[kind].inc_by(packet.payload.len() as u64);
