@@ -22,6 +22,7 @@
 //! - [`forward`]: the sans-IO forwarding core: every forwarding decision (a publication's
 //!   [`forward::router::Router`], its subscriptions, layer choice, allocation, dynacast).
 //! - [`metrics`]: the one Prometheus registry.
+//! - [`logging`]: the log filter and format, and the rate limit per log line.
 //!
 //! Dependencies point one way: `http -> signal -> room -> model`, `signal -> rtc -> forward`;
 //! nothing imports `http` (but `main.rs` and the tests), `signal` takes the parts it needs
@@ -64,6 +65,7 @@ pub mod auth;
 pub mod config;
 pub mod forward;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod room;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sfu::auth::{Auth, Grants};
-use sfu::config::{Config, LogFormat};
+use sfu::config::Config;
 
 /// Exit code for a bad config or bad arguments, so scripts can tell it from a crash.
 const EXIT_CONFIG: u8 = 2;
@@ -154,25 +154,6 @@ fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
     })
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let level = &config.log.level;
-        let stack = sfu::rtc::STACK_LOG_TARGET;
-        if level.contains(stack) {
-            tracing_subscriber::EnvFilter::new(level)
-        } else {
-            tracing_subscriber::EnvFilter::new(format!("{level},{stack}=error"))
-        }
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -181,7 +162,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(&config);
+            sfu::logging::init(&config);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -52,6 +52,8 @@ pub struct Metrics {
     /// Signaling clients disconnected because they could not keep up with their messages.
     pub signal_slow_consumers: IntCounter,
     pub http_connections_refused: IntCounter,
+    /// Log lines the per-call-site rate limit dropped (brought up to date at each scrape).
+    log_lines_suppressed: IntCounter,
     /// Peer connections (publisher and subscriber) alive now.
     pub peers: IntGauge,
     /// Published tracks now, by kind (audio, video).
@@ -151,6 +153,11 @@ impl Metrics {
             http_connections_refused: IntCounter::new(
                 "sfu_http_connections_refused_total",
                 "TCP connections refused at http.max_connections or http.max_connections_per_ip",
+            )
+            .expect("valid metric"),
+            log_lines_suppressed: IntCounter::new(
+                "sfu_log_lines_suppressed_total",
+                "Log lines dropped because their call site wrote more than the rate limit allows",
             )
             .expect("valid metric"),
             peers: IntGauge::new("sfu_peers", "Peer connections alive now").expect("valid metric"),
@@ -351,6 +358,7 @@ impl Metrics {
             Box::new(m.chat_messages.clone()),
             Box::new(m.signal_slow_consumers.clone()),
             Box::new(m.http_connections_refused.clone()),
+            Box::new(m.log_lines_suppressed.clone()),
             Box::new(m.peers.clone()),
             Box::new(m.publications.clone()),
             Box::new(m.receivers.clone()),
@@ -431,6 +439,9 @@ impl Metrics {
 
     /// The text exposition format served at /metrics.
     pub fn render(&self) -> String {
+        let suppressed = crate::logging::suppressed();
+        self.log_lines_suppressed
+            .inc_by(suppressed.saturating_sub(self.log_lines_suppressed.get()));
         let mut out = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
