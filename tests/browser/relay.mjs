@@ -8,14 +8,16 @@
 // sends to it (one per browser peer connection), it opens a socket of its own on 127.0.0.1:0
 // toward 127.0.0.1:<same port>, so the server sees one distinct address per client.
 //
-// Per client, in both directions: a one-way delay and random loss. Server -> client only: a
+// Per client, in both directions: a one-way delay, random loss, optionally loss in bursts and
+// jitter (each datagram held a further random 0..jitter ms, so some overtake others). Server -> client only: a
 // token bucket at the given rate (a burst of `burst` bytes passes at once) feeding a FIFO queue
 // that holds at most `queue` ms of traffic at that rate; a packet that finds the queue full is
 // dropped ("dropped by rate"). So the link behaves like a bottleneck router with a short buffer:
 // queueing delay first, then loss. Client -> server has no rate limit.
 //
-// Spec: RATE,DELAY,LOSS[,queue=MS][,burst=BYTES], e.g. `2000kbit,50ms,1%` or
-// `1.5mbit,20ms,0%,queue=100ms,burst=20000`.
+// Spec: RATE,DELAY,LOSS[,queue=MS][,burst=BYTES][,bursts=P%xN][,jitter=MS], e.g. `2000kbit,50ms,1%`,
+// `1.5mbit,20ms,0%,queue=100ms,burst=20000` or issue 13's `100mbit,10ms,5%,bursts=2%x5,jitter=30ms`
+// (bursts=2%x5: a further 2% of datagrams lost in runs of 5, a run starting with chance 2%/5).
 
 import dgram from 'node:dgram';
 import { performance } from 'node:perf_hooks';
@@ -42,13 +44,22 @@ export function parseRelaySpec(text) {
     loss: Number(lossMatch[1]) / 100,
     queueMs: DEFAULT_QUEUE_MS,
     burstBytes: DEFAULT_BURST_BYTES,
+    burstLoss: 0,
+    burstLength: 0,
+    jitterMs: 0,
   };
   for (const option of options) {
     const queue = /^queue=(\d+(?:\.\d+)?)ms$/i.exec(option);
     const burst = /^burst=(\d+)$/i.exec(option);
+    const bursts = /^bursts=(\d+(?:\.\d+)?)%x(\d+)$/i.exec(option);
+    const jitter = /^jitter=(\d+(?:\.\d+)?)ms$/i.exec(option);
     if (queue) spec.queueMs = Number(queue[1]);
     else if (burst) spec.burstBytes = Number(burst[1]);
-    else throw new Error(`bad relay option "${option}": expected queue=MS or burst=BYTES`);
+    else if (bursts && Number(bursts[2]) > 0) {
+      spec.burstLoss = Number(bursts[1]) / 100;
+      spec.burstLength = Number(bursts[2]);
+    } else if (jitter) spec.jitterMs = Number(jitter[1]);
+    else throw new Error(`bad relay option "${option}": expected queue=MS, burst=BYTES, bursts=P%xN or jitter=MS`);
   }
   if (spec.rateBps <= 0) throw new Error(`relay rate must be above 0 (${text})`);
   if (spec.loss >= 1) throw new Error(`relay loss must be below 100% (${text})`);
@@ -58,23 +69,31 @@ export function parseRelaySpec(text) {
 
 /** The spec as people write it, for reports. */
 export function describeRelaySpec(spec) {
+  const bursts = spec.burstLength ? `, ${spec.burstLoss * 100}% more in bursts of ${spec.burstLength}` : '';
+  const jitter = spec.jitterMs ? `, up to ${spec.jitterMs} ms jitter` : '';
   return `${spec.rateBps / 1e3} kbit/s down per client (burst ${spec.burstBytes} B, queue ${spec.queueMs} ms), ` +
-    `${spec.delayMs} ms each way, ${spec.loss * 100}% loss each way`;
+    `${spec.delayMs} ms each way, ${spec.loss * 100}% loss each way${bursts}${jitter}`;
 }
 
 /**
  * Holds every datagram for `delayMs`, then hands it to `deliver` in arrival order; one timer
- * for the head of the line rather than one per datagram.
+ * for the head of the line rather than one per datagram. With jitter, each datagram is held a
+ * further random 0..jitterMs on a timer of its own (so some overtake others).
  */
 class DelayLine {
-  constructor(delayMs, deliver) {
+  constructor(delayMs, deliver, jitterMs = 0) {
     this.delayMs = delayMs;
+    this.jitterMs = jitterMs;
     this.deliver = deliver;
     this.queue = [];
     this.timer = null;
   }
 
   push(datagram) {
+    if (this.jitterMs > 0) {
+      setTimeout(() => this.deliver(datagram), this.delayMs + Math.random() * this.jitterMs);
+      return;
+    }
     if (this.delayMs === 0) {
       this.deliver(datagram);
       return;
@@ -177,14 +196,28 @@ export async function startRelay({ ports, spec, listenHost = '127.0.0.2', server
   const flows = new Map();
   const sockets = [];
 
-  const lossy = (counters, next) => (datagram) => {
-    counters.packets += 1;
-    counters.bytes += datagram.length;
-    if (Math.random() < spec.loss) {
-      counters.droppedByLoss += 1;
-      return;
-    }
-    next(datagram);
+  // Random loss, and runs of `burstLength` lost datagrams; `state` is one direction's run.
+  const lossy = (counters, next) => {
+    const state = { burstLeft: 0 };
+    return (datagram) => {
+      counters.packets += 1;
+      counters.bytes += datagram.length;
+      let lost = false;
+      if (state.burstLeft > 0) {
+        state.burstLeft -= 1;
+        lost = true;
+      } else if (spec.burstLength && Math.random() < spec.burstLoss / spec.burstLength) {
+        state.burstLeft = spec.burstLength - 1;
+        lost = true;
+      } else {
+        lost = Math.random() < spec.loss;
+      }
+      if (lost) {
+        counters.droppedByLoss += 1;
+        return;
+      }
+      next(datagram);
+    };
   };
 
   const openFlow = (front, port, rinfo) => {
@@ -204,12 +237,12 @@ export async function startRelay({ ports, spec, listenHost = '127.0.0.2', server
       up.deliveredPackets += 1;
       up.deliveredBytes += datagram.length;
       back.send(datagram, port, serverHost);
-    });
+    }, spec.jitterMs);
     const toClient = new DelayLine(spec.delayMs, (datagram) => {
       down.deliveredPackets += 1;
       down.deliveredBytes += datagram.length;
       front.send(datagram, rinfo.port, rinfo.address);
-    });
+    }, spec.jitterMs);
     const shaper = new Shaper(spec, (datagram) => toClient.push(datagram), down);
     const flow = {
       client: `${rinfo.address}:${rinfo.port}`,
