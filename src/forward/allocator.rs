@@ -51,6 +51,10 @@ pub const PAUSE_AFTER: Duration = Duration::from_secs(2);
 /// Assumed bitrate of an audio track whose bitrate is not measured yet (Opus at voice rates).
 pub const DEFAULT_AUDIO_BPS: u64 = 64_000;
 
+/// An estimate above this (1 Tbit/s) is read as this: a client's REMB can claim up to 2^81
+/// bit/s, which the budget's arithmetic must not wrap on (found by fuzz/ `rtp`).
+pub const MAX_ESTIMATE_BPS: u64 = 1_000_000_000_000;
+
 /// What a subscription is, for ordering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
@@ -189,6 +193,7 @@ impl<K: Clone + Eq + Hash> Allocator<K> {
         demands: &[Demand<K>],
         now: Instant,
     ) -> Vec<(K, Option<Cap>)> {
+        let estimate_bps = estimate_bps.min(MAX_ESTIMATE_BPS);
         if let Some(kept) = self.ride_out_a_dip(estimate_bps, demands, now) {
             return kept;
         }
@@ -352,6 +357,14 @@ mod tests {
 
     fn at(layer: LayerIndex, max_tid: u8) -> Option<Cap> {
         Some(Cap { layer, max_tid })
+    }
+
+    #[test]
+    fn an_absurd_estimate_is_plenty_not_an_overflow() {
+        let mut a = Allocator::default();
+        let out = a.allocate(u64::MAX, &[camera(1, 2), camera(2, 2)], Instant::now());
+        assert_eq!(cap_of(&out, 1), Some(2));
+        assert_eq!(cap_of(&out, 2), Some(2));
     }
 
     #[test]
