@@ -115,7 +115,13 @@ impl Selector {
     /// The layer the subscriber would receive if the publisher sent every layer: what dynacast
     /// must keep the publisher encoding.
     pub fn desired(&self) -> Option<LayerIndex> {
-        Some(self.preferred?.min(self.cap?))
+        // A layer past the last one asks for the best there is (found by fuzz/ `rtp`: an
+        // index out of range used to panic).
+        Some(
+            self.preferred?
+                .min(self.cap?)
+                .min(MAX_LAYERS as LayerIndex - 1),
+        )
     }
 
     /// The subscriber asks for at most `layer` (`None`: nothing).
@@ -224,6 +230,23 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_layer_past_the_last_means_the_best_there_is() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.set_preferred(Some(200));
+        s.set_cap(Some(255));
+        assert_eq!(s.desired(), Some(MAX_LAYERS as LayerIndex - 1));
+        s.on_packet(0, true, t);
+        assert_eq!(
+            s.on_packet(2, true, t + MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Request)
+            }
+        );
+        assert_eq!(s.current(), Some(2));
+    }
 
     #[test]
     fn starts_on_the_best_live_layer_at_its_keyframe() {
