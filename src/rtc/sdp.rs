@@ -16,11 +16,11 @@ pub const MAX_ANSWER_MEDIA_LINES: usize = 1024;
 
 /// A publisher connection's offer, checked and parsed.
 #[derive(Debug)]
-pub struct ClientOffer(pub(crate) SdpOffer);
+pub struct ClientOffer(pub SdpOffer);
 
 /// An answer to a subscriber offer, checked and parsed.
 #[derive(Debug)]
-pub struct ClientAnswer(pub(crate) SdpAnswer);
+pub struct ClientAnswer(pub SdpAnswer);
 
 impl ClientOffer {
     pub fn parse(sdp: &str) -> Result<Self, MediaError> {
