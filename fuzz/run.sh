@@ -5,12 +5,14 @@
 #
 #   bash fuzz/run.sh                          # every target, 10 million executions each
 #   RUNS=100000 bash fuzz/run.sh rtp stun     # a quick pass of two
+#   MAX_SECONDS=1800 bash fuzz/run.sh         # each target until 10 million runs or 30 minutes
 #
 # Corpora grow in fuzz/corpus/TARGET (seeded from fuzz/seeds/TARGET); a crash is written to
 # fuzz/artifacts/TARGET and stops that target's run. Logs: /tmp/sfu-fuzz-TARGET.log.
 set -uo pipefail
 cd "$(dirname "$0")"
 runs=${RUNS:-10000000}
+max_seconds=${MAX_SECONDS:-0}
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(signaling sdp_offer rtp rtcp stun)
 cargo +nightly fuzz build || exit 1
@@ -19,7 +21,7 @@ for target in "${targets[@]}"; do
   seeds=()
   [ -d "seeds/$target" ] && seeds=("seeds/$target")
   started=$(date +%s)
-  cargo +nightly fuzz run "$target" "corpus/$target" "${seeds[@]}" -- -runs="$runs" \
+  cargo +nightly fuzz run "$target" "corpus/$target" "${seeds[@]}" -- -runs="$runs" -max_total_time="$max_seconds" \
     >"/tmp/sfu-fuzz-$target.log" 2>&1
   status=$?
   took=$(($(date +%s) - started))
