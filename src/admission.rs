@@ -80,7 +80,7 @@ impl Drop for Place {
         }
         let total = self.counts.total.fetch_sub(1, Ordering::Relaxed) - 1;
         let peak = self.counts.peak.load(Ordering::Relaxed);
-        if peak - total.min(peak) >= RELEASE_AFTER_CLOSED.max(peak / 2) {
+        if peak.saturating_sub(total) >= RELEASE_AFTER_CLOSED.max(peak / 2) {
             self.counts.peak.store(total, Ordering::Relaxed);
             self.counts.releases.fetch_add(1, Ordering::Relaxed);
             release_free_memory();
