@@ -5,7 +5,9 @@
 #   bash benches/load-scenarios.sh simulcast 500     # one 3-layer publisher, 500 subscribers
 #   bash benches/load-scenarios.sh audio 300         # 10 audio publishers, 300 subscribers
 #   bash benches/load-scenarios.sh meeting 20        # 20 people, everyone sends and receives
-#   EXTRA=--decrypt bash benches/load-scenarios.sh simulcast 300   # subscribers measure latency
+#   bash benches/load-scenarios.sh single 20         # one 800 kbit/s VP8 publisher, 20 subscribers
+#   EXTRA=--no-feedback bash benches/load-scenarios.sh simulcast 300   # subscribers that count
+#                                    # clear headers and send no feedback (cheaper, unrealistic)
 #   SERVER_BIN=/tmp/sfu-before bash benches/load-scenarios.sh simulcast 500   # another build's
 #                                    # server, measured by this build's load generator
 #
@@ -13,7 +15,7 @@
 # over a 10 s window in the middle of the run: packet-sends per second, CPU, and their ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scenario=${1:?scenario: simulcast | audio | meeting}
+scenario=${1:?scenario: simulcast | single | audio | meeting}
 n=${2:?count}
 duration=${DURATION:-25s}
 [ -x target/release/sfu ] || cargo build --release --locked
@@ -33,6 +35,7 @@ rss_idle=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
 
 case $scenario in
   simulcast) args=(--publishers 1 --subscribers "$n" --simulcast) ;;
+  single) args=(--publishers 1 --subscribers "$n" --video-bitrate 800k) ;;
   audio) args=(--publishers 10 --subscribers "$n" --audio-only) ;;
   meeting) args=(--publishers "$n" --subscribers 0 --publishers-subscribe --simulcast) ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
@@ -51,19 +54,26 @@ target/release/sfu load --json --server-pid "$server" --duration "$duration" --j
 load=$!
 # Joins take n × 5 ms plus 2 s; then measure 10 s of steady forwarding.
 sleep "$(awk -v n="$n" 'BEGIN {print n * 0.005 + 6}')"
+# The load generator's CPU (utime + stime, in clock ticks) tells whether it, not the server,
+# was the limit.
+load_ticks() { awk '{print $14 + $15}' "/proc/$load/stat"; }
 read -r s1 r1 c1 < <(scrape)
+l1=$(load_ticks)
 t1=$(date +%s.%N)
 sleep 10
 read -r s2 r2 c2 < <(scrape)
+l2=$(load_ticks)
 t2=$(date +%s.%N)
 rss_loaded=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
 wait $load || true
 cat /tmp/sfu-load-report.json
 awk -v s1="$s1" -v s2="$s2" -v r1="$r1" -v r2="$r2" -v c1="$c1" -v c2="$c2" -v t1="$t1" -v t2="$t2" \
-    -v idle="$rss_idle" -v loaded="$rss_loaded" -v n="$n" -v sc="$scenario" 'BEGIN {
+    -v idle="$rss_idle" -v loaded="$rss_loaded" -v n="$n" -v sc="$scenario" \
+    -v l1="$l1" -v l2="$l2" -v hz="$(getconf CLK_TCK)" 'BEGIN {
   dt = t2 - t1; sends = (s2 - s1) / dt; recv = (r2 - r1) / dt; cpu = (c2 - c1) / dt
   printf "server window: %.0f packets/s in, %.0f packet-sends/s out, CPU %.1f%% of a core\n", recv, sends, cpu * 100
+  printf "load generator CPU: %.1f%% of a core\n", (l2 - l1) / hz / dt * 100
   if (cpu > 0) printf "packet-sends per second per core: %.0f; CPU per forwarded packet: %.2f us\n", sends / cpu, cpu / sends * 1e6
-  people = (sc == "audio") ? n + 10 : (sc == "simulcast" ? n + 1 : n)
+  people = (sc == "audio") ? n + 10 : (sc == "meeting" ? n : n + 1)
   printf "server RSS: %.1f MiB idle, %.1f MiB loaded: %.1f KiB per participant (%d participants)\n", idle / 1024, loaded / 1024, (loaded - idle) / people, people
 }'

@@ -74,11 +74,12 @@ enum Command {
     ///
     /// Publishers send synthetic VP8 (with --simulcast three layers of about 150k/500k/1.2M
     /// bit/s, 30 fps, a large keyframe every 2 s) and Opus-sized audio at 50 packets/s.
-    /// Subscribers by default do NOT decrypt: after DTLS they count RTP packets from the clear
-    /// SRTP header (sequence gaps are loss), which costs far less than the server's work, so one
-    /// machine can load a server. They then send no RTCP feedback for media, so the server's
-    /// bandwidth estimate for them stays near its start. With --decrypt they decrypt everything
-    /// and measure forwarding latency from send stamps in the payload.
+    /// Subscribers behave like browsers: they decrypt everything, send receiver reports, TWCC
+    /// feedback and NACKs, ask for a keyframe (PLI) when a frame cannot be decoded, and measure
+    /// forwarding latency from send stamps in the payload. With --no-feedback they count RTP
+    /// packets from the clear SRTP header instead (sequence gaps are loss) and send no media
+    /// feedback: far cheaper for the load generator, but the server then does no bandwidth
+    /// estimation, pacing or feedback work for them.
     Load(LoadArgs),
 }
 
@@ -108,9 +109,10 @@ struct LoadArgs {
     /// Publish audio only.
     #[arg(long)]
     audio_only: bool,
-    /// Subscribers decrypt and measure latency (costs the load generator more CPU).
+    /// Subscribers count packets from the clear header and send no media feedback (no RTCP
+    /// receiver reports, TWCC, NACK or PLI): cheaper for this tool, unlike any real receiver.
     #[arg(long)]
-    decrypt: bool,
+    no_feedback: bool,
     /// Pause between two joins.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     join_interval: Duration,
@@ -237,7 +239,7 @@ fn load(args: LoadArgs) -> ExitCode {
         video_bitrate_bps: args.video_bitrate,
         simulcast: args.simulcast,
         audio_only: args.audio_only,
-        decrypt: args.decrypt,
+        feedback: !args.no_feedback,
         join_interval: args.join_interval,
         bind: args.bind,
         api_key: args.api_key,

@@ -103,14 +103,13 @@ async fn simulcast_publishers_reach_every_subscriber() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_audio_only_meeting_where_everyone_sends_and_decrypts() {
+async fn an_audio_only_meeting_where_everyone_sends_and_measures_latency() {
     let server = common::start(|_| {}).await;
     let report = run(LoadOptions {
         audio_only: true,
         publishers: 3,
         subscribers: 1,
         publishers_subscribe: true,
-        decrypt: true,
         server_pid: Some(std::process::id()),
         ..common::load_options(&server, "load-meeting")
     })
@@ -120,7 +119,7 @@ async fn an_audio_only_meeting_where_everyone_sends_and_decrypts() {
     assert_everyone_served(&report, 4, false);
     assert!(
         report.latency_p50_ms.is_some(),
-        "decrypting measures latency"
+        "subscribers with feedback measure latency"
     );
     assert_server_measured_from_our_pid(&report);
     server.shutdown().await;
@@ -163,11 +162,11 @@ fn the_server_accepts_the_load_generators_tokens() {
 /// Loose on purpose (machines running tests are noisy): a paced queue shows seconds here.
 const MAX_P99_DELAY_MS: f64 = 250.0;
 
-/// A single-layer 5 Mbit/s stream well above the subscriber's bandwidth estimate (these subscribers send
-/// no feedback, so the server's estimate stays where it starts: 800 kbit/s, paced at up to
-/// twice that) must still leave the server as it arrives: there is no smaller layer to switch
-/// to, and a queue would hold seconds of media. Latency is measured by the subscribers from the
-/// publishers' send stamps.
+/// A single-layer 5 Mbit/s stream above the subscriber's bandwidth estimate (it starts at
+/// 800 kbit/s, paced at up to twice that, and climbs only as feedback shows room) must still
+/// leave the server as it arrives: there is no smaller layer to switch to, and a queue would
+/// hold seconds of media. Latency is measured by the subscribers from the publishers' send
+/// stamps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_above_the_estimate_is_forwarded_without_queueing() {
     let server = common::start(|_| {}).await;
@@ -175,7 +174,6 @@ async fn a_stream_above_the_estimate_is_forwarded_without_queueing() {
         publishers: 1,
         subscribers: 2,
         video_bitrate_bps: 5_000_000,
-        decrypt: true,
         duration: Duration::from_secs(5),
         server_pid: Some(std::process::id()),
         ..common::load_options(&server, "load-delay")
@@ -183,13 +181,57 @@ async fn a_stream_above_the_estimate_is_forwarded_without_queueing() {
     .await
     .expect("load run");
     assert_everyone_served(&report, 2, true);
-    let p99 = report.latency_p99_ms.expect("decrypting measures latency");
+    let p99 = report
+        .latency_p99_ms
+        .expect("subscribers with feedback measure latency");
     assert!(
         p99 < MAX_P99_DELAY_MS,
         "p99 one-way delay {p99:.1} ms is over {MAX_P99_DELAY_MS} ms: packets waited in a queue\n{}",
         report.table()
     );
     server.shutdown().await;
+}
+
+/// `sfu load`'s subscribers behave like browsers by default: their TWCC feedback moves the
+/// server's downstream estimates from where they start. With `--no-feedback` nothing does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_subscribers_send_feedback_unless_told_not_to() {
+    for feedback in [true, false] {
+        let server = common::start(|_| {}).await;
+        let report = run(LoadOptions {
+            publishers: 1,
+            subscribers: 2,
+            feedback,
+            ..common::load_options(&server, "load-feedback")
+        })
+        .await
+        .expect("load run");
+        assert_everyone_served(&report, 2, true);
+        // Every connection's estimator starts at the same value; only feedback moves it.
+        let start = sfu::rtc::stack::INITIAL_SUBSCRIBER_ESTIMATE_KBPS as f64 * 1000.0;
+        let count = common::metric(&server, "sfu_bwe_estimate_bps_count")
+            .await
+            .unwrap_or(0.0);
+        let sum = common::metric(&server, "sfu_bwe_estimate_bps_sum")
+            .await
+            .unwrap_or(0.0);
+        let moved = (sum - count * start).abs() > 1.0;
+        if feedback {
+            assert_eq!(report.subscriber_mode, "feedback");
+            assert!(
+                moved,
+                "{count} estimates, all at the start: the subscribers sent no TWCC feedback\n{}",
+                report.table()
+            );
+        } else {
+            assert_eq!(report.subscriber_mode, "no-feedback");
+            assert!(
+                !moved,
+                "estimates moved without feedback (sum {sum}, {count} estimates)"
+            );
+        }
+        server.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

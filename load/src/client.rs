@@ -2,11 +2,14 @@
 //! publisher sending synthetic VP8 (optionally three simulcast layers) and Opus, and a subscriber
 //! counting what the server forwards, audio and video apart.
 //!
-//! The subscriber normally does not decrypt: once its DTLS is up, RTP datagrams are counted from
-//! their clear header (SSRC, sequence number) and never reach str0m, so measuring costs far less
-//! than forwarding. Only STUN, DTLS and RTCP go through str0m. With `decrypt`, everything goes
-//! through str0m and the frames' send stamps give the forwarding latency. A clear packet's kind
-//! comes from its payload type, looked up in the m-lines of the server's offers.
+//! A subscriber with `feedback` (the default) behaves like a browser: everything goes through
+//! str0m, which sends receiver reports, TWCC feedback and NACKs; a video frame that cannot be
+//! decoded (packets lost for good before it) makes it ask for a keyframe (PLI), at most once per
+//! [`PLI_INTERVAL`] per stream; the frames' send stamps give the forwarding latency.
+//! Without `feedback`, once its DTLS is up, RTP datagrams are counted from their clear header
+//! (SSRC, sequence number) and never reach str0m, so measuring costs far less than forwarding,
+//! but no media feedback goes back. A clear packet's kind comes from its payload type, looked up
+//! in the m-lines of the server's offers.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +22,9 @@ use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec as StrCodec;
 use str0m::media::SimulcastLayer;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt, Rid, Simulcast};
+use str0m::media::{
+    Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt, Rid, Simulcast,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
@@ -33,6 +38,8 @@ use crate::stats::{Kind, Received, SsrcCounter, Stats};
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Keepalive pings, well inside the server's idle timeout.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// The least time between two keyframe requests for one stream, like a browser's throttle.
+const PLI_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What one participant does.
 #[derive(Debug, Clone)]
@@ -43,7 +50,8 @@ pub struct Role {
     pub subscribe: bool,
     /// Video encodings to send; empty for audio only.
     pub layers: Vec<LayerSpec>,
-    pub decrypt: bool,
+    /// Receive like a browser (decrypt, RTCP feedback, PLI) rather than count clear headers.
+    pub feedback: bool,
 }
 
 /// One of the participant's peer connections.
@@ -256,6 +264,7 @@ async fn session(
     let mut rtp_sent = 0u64;
     let mut received_now = 0u64;
     let mut decrypted = Received::default();
+    let mut keyframe_asked: HashMap<(Mid, Option<Rid>), Instant> = HashMap::new();
 
     loop {
         let now = Instant::now();
@@ -314,7 +323,7 @@ async fn session(
             received = recv(sub_peer.as_ref(), &mut sub_buf) => {
                 if let (Ok((n, from)), Some(p)) = (received, sub_peer.as_mut()) {
                     let d = &sub_buf[..n];
-                    if !role.decrypt && p.connected && is_rtp(d) {
+                    if !role.feedback && p.connected && is_rtp(d) {
                         received_now += u64::from(count_clear(d, &rtx_ssrcs, &kinds, &mut counters));
                     } else {
                         p.input(from, d);
@@ -359,6 +368,9 @@ async fn session(
                     if let Some(age) = age_of(&d.data, now) {
                         stats.latency(age);
                     }
+                    if codec.is_video() && !d.contiguous {
+                        ask_keyframe(&mut p.rtc, d.mid, d.rid, now, &mut keyframe_asked);
+                    }
                 }
             }
         }
@@ -377,7 +389,7 @@ async fn session(
     let _ = send(&mut ws, json!({"type":"leave"})).await;
     let _ = ws.close(None).await;
     if role.subscribe {
-        let received = if role.decrypt {
+        let received = if role.feedback {
             decrypted
         } else {
             counters.values().fold(Received::default(), |mut r, c| {
@@ -394,6 +406,31 @@ async fn session(
         stats.subscriber_done(received);
     }
     Ok(())
+}
+
+/// Asks for a keyframe of a stream whose frame could not be decoded, unless one was asked for
+/// within [`PLI_INTERVAL`].
+fn ask_keyframe(
+    rtc: &mut Rtc,
+    mid: Mid,
+    rid: Option<Rid>,
+    now: Instant,
+    asked: &mut HashMap<(Mid, Option<Rid>), Instant>,
+) {
+    if asked
+        .get(&(mid, rid))
+        .is_some_and(|at| now.duration_since(*at) < PLI_INTERVAL)
+    {
+        return;
+    }
+    if let Some(mut writer) = rtc.writer(mid) {
+        if writer
+            .request_keyframe(rid, KeyframeRequestKind::Pli)
+            .is_ok()
+        {
+            asked.insert((mid, rid), now);
+        }
+    }
 }
 
 async fn recv(peer: Option<&Peer>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {

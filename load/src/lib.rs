@@ -7,7 +7,7 @@
 //! Publishers join a room over the signaling protocol and send synthetic VP8 (one layer, or three
 //! simulcast layers at browser-like sizes) and Opus-sized audio through str0m peers; subscribers
 //! receive what the server forwards. The run ends with a [`Report`]: joins, packets (per
-//! subscriber, audio and video apart), loss, latency (when decrypting) and the server's CPU and
+//! subscriber, audio and video apart), loss, latency (subscribers with feedback) and the server's CPU and
 //! memory. This file owns the run ([`run`], [`LoadOptions`], [`Report`]); the parts:
 //! - [`client`]: one participant (signaling, str0m peers, how subscribers count cheaply).
 //! - [`media`]: synthetic VP8 and Opus payloads with send stamps.
@@ -53,8 +53,12 @@ pub struct LoadOptions {
     pub video_bitrate_bps: u64,
     pub simulcast: bool,
     pub audio_only: bool,
-    /// Subscribers decrypt and measure latency instead of counting clear headers.
-    pub decrypt: bool,
+    /// Subscribers behave like browsers (the default): they decrypt everything through str0m,
+    /// send receiver reports, TWCC feedback and NACKs, ask for a keyframe (PLI) when a frame
+    /// cannot be decoded, and measure latency. Without it they count packets from the clear
+    /// header and send no media feedback: far cheaper for the load generator, but the server
+    /// then runs no bandwidth estimation, pacing or feedback work for them.
+    pub feedback: bool,
     /// Pause between two joins, so the server is not hit by a thundering herd.
     pub join_interval: Duration,
     /// Local address the peers bind (their host candidate).
@@ -72,6 +76,8 @@ pub struct LoadOptions {
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// `feedback` (subscribers behave like browsers) or `no-feedback` (clear-header counting).
+    pub subscriber_mode: &'static str,
     pub publishers: usize,
     pub subscribers: usize,
     pub duration_s: f64,
@@ -140,7 +146,7 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
             publish: true,
             subscribe: options.publishers_subscribe,
             layers: layers.clone(),
-            decrypt: options.decrypt,
+            feedback: options.feedback,
         });
     }
     for i in 0..options.subscribers {
@@ -157,7 +163,7 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
             publish: false,
             subscribe: true,
             layers: Vec::new(),
-            decrypt: options.decrypt,
+            feedback: options.feedback,
         });
     }
     let total = roles.len();
@@ -209,6 +215,11 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
     let per_subscriber = stats.per_subscriber();
     let by_kind = ByKind::of(&per_subscriber, expected_subscribers);
     Ok(Report {
+        subscriber_mode: if options.feedback {
+            "feedback"
+        } else {
+            "no-feedback"
+        },
         publishers: options.publishers,
         subscribers: options.subscribers,
         duration_s: started.elapsed().as_secs_f64(),
@@ -354,6 +365,7 @@ impl Report {
                 "publishers / subscribers",
                 format!("{} / {}", self.publishers, self.subscribers),
             ),
+            ("subscribers", self.subscriber_mode.to_string()),
             ("run time", format!("{:.1} s", self.duration_s)),
             (
                 "joins ok / failed",

@@ -1,6 +1,6 @@
 //! Synthetic media for the load generator: VP8 frames shaped like a real encoder's output (a
 //! keyframe header with the layer's resolution, large keyframes every 2 s, smaller delta frames)
-//! and Opus-sized audio, each stamped with its send time so a decrypting subscriber can measure
+//! and Opus-sized audio, each stamped with its send time so a subscriber with feedback can measure
 //! the forwarding latency.
 
 use std::sync::OnceLock;

@@ -71,7 +71,7 @@ pub struct Stats {
     pub joins_failed: AtomicU64,
     join_times: Mutex<Vec<Duration>>,
     pub packets_sent: AtomicU64,
-    /// Counted by subscribers when they finish (clear-header mode) or as frames arrive (decrypt).
+    /// Counted by subscribers when they finish (no-feedback mode) or as frames arrive (feedback).
     pub packets_received: AtomicU64,
     pub packets_lost: AtomicU64,
     /// What each finished subscriber received, for "did everyone receive audio and video".
@@ -103,7 +103,7 @@ impl Stats {
         }
     }
 
-    /// A decrypting subscriber measured one frame's forwarding latency.
+    /// A subscriber with feedback measured one frame's forwarding latency.
     pub fn latency(&self, age: Duration) {
         if let Ok(mut l) = self.latencies.lock() {
             if l.len() < MAX_LATENCY_SAMPLES {

@@ -14,7 +14,7 @@ use crate::forward::Codec;
 
 /// Where a subscriber connection's bandwidth estimate starts, before feedback arrives: enough
 /// for a medium layer and audio, so a new subscriber sees a picture at once and probing lifts it.
-const INITIAL_SUBSCRIBER_ESTIMATE_KBPS: u64 = 800;
+pub const INITIAL_SUBSCRIBER_ESTIMATE_KBPS: u64 = 800;
 
 /// How often str0m reports per-stream statistics.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);

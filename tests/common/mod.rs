@@ -273,7 +273,7 @@ pub fn load_options(server: &Server, room: &str) -> sfu_load::LoadOptions {
         video_bitrate_bps: 500_000,
         simulcast: false,
         audio_only: false,
-        decrypt: false,
+        feedback: true,
         join_interval: Duration::from_millis(10),
         bind: [127, 0, 0, 1].into(),
         api_key: auth.api_key.clone(),
