@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::format::{Codec as StrCodec, PayloadParams};
-use str0m::media::Pt;
+use str0m::media::{Mid, Pt};
 use str0m::{Rtc, RtcConfig};
 
 use crate::forward::Codec;
@@ -40,6 +40,32 @@ pub fn new_rtc(now: Instant, subscriber: bool) -> Rtc {
         .enable_h264(true)
         .enable_vp9(true)
         .build(now)
+}
+
+/// How long a sent packet stays in a subscriber stream's resend buffer: past a second a
+/// retransmission comes too late for a receiver's jitter buffer, and holding more only costs
+/// memory (str0m keeps 3 s by default).
+pub const RESEND_BUFFER_AGE: Duration = Duration::from_secs(1);
+/// The most packets a video stream's resend buffer holds: a second of a 5 Mbit/s layer
+/// (str0m's default is 1,000, each a copy of the packet).
+pub const RESEND_BUFFER_VIDEO: usize = 500;
+/// The same for audio: a second of 20 ms frames.
+pub const RESEND_BUFFER_AUDIO: usize = 50;
+/// str0m's default cap on retransmitted bytes as a share of the stream's.
+const RESEND_RATIO_CAP: Option<f32> = Some(0.15);
+
+/// Sizes the resend (NACK) buffer of the send stream on m-line `mid` by what NACK needs, and
+/// so the memory each subscription costs. A stream whose SSRC was renewed starts with str0m's
+/// defaults again, so this runs whenever a track is put on a line.
+pub fn size_resend_buffer(rtc: &mut Rtc, mid: Mid, video: bool) {
+    let packets = if video {
+        RESEND_BUFFER_VIDEO
+    } else {
+        RESEND_BUFFER_AUDIO
+    };
+    if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+        tx.set_rtx_cache(packets, RESEND_BUFFER_AGE, RESEND_RATIO_CAP);
+    }
 }
 
 /// Runs a str0m call; a panic in str0m (it panics on internal bugs by design) becomes an Err

@@ -14,7 +14,7 @@ use super::negotiation::MediaLines;
 use super::peers::{Peer, Role};
 use super::{Participant, PeerId, Publication, Route, Worker};
 use crate::model::{OfferedTrack, PeerTarget};
-use crate::rtc::stack::{guard, matching_pt};
+use crate::rtc::stack::{guard, matching_pt, size_resend_buffer};
 use crate::rtc::{MediaError, MediaEvent};
 
 /// Label of the data channel every subscriber connection carries (see `negotiate`).
@@ -223,6 +223,13 @@ impl Worker {
             };
             let routed = route(&self.peers, publication, peer_id, mid);
             publication.router.set_route(&peer_id, routed.ok());
+            if let Some(peer) = self.peers.get_mut(&peer_id) {
+                let video = publication.kind == MediaKind::Video;
+                if let Err(panic) = guard(|| size_resend_buffer(&mut peer.rtc, mid, video)) {
+                    self.fail_peer(peer_id, "panic", &panic);
+                    return Err(MediaError::BadSdp("the answer broke the connection".into()));
+                }
+            }
             if routed == Err(NoRoute::Refused) {
                 self.tell_unsupported(peer_id, &track);
                 continue;
