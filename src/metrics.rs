@@ -31,6 +31,22 @@ pub const SWITCH_REASONS: [&str; 5] = ["start", "request", "bandwidth", "publish
 /// ICE consent lost, DTLS/SRTP or other stack errors, a panic in the stack.
 pub const PEER_FAILURE_REASONS: [&str; 3] = ["ice", "dtls", "panic"];
 pub const DATAGRAM_DROP_REASONS: [&str; 3] = ["unknown_source", "unparseable", "rejected"];
+/// Which part of a peer connection's stack asked for a timeout (str0m's `Reason`, grouped):
+/// the per-peer work that runs whether or not media flows.
+pub const TIMEOUT_REASONS: [&str; 12] = [
+    "ice",
+    "dtls",
+    "sctp",
+    "stats",
+    "feedback",
+    "nack",
+    "twcc",
+    "pacer",
+    "bwe",
+    "send_stream",
+    "receive",
+    "other",
+];
 
 /// Every metric the server exports.
 pub struct Metrics {
@@ -94,6 +110,10 @@ pub struct Metrics {
     pub queue_drops: IntCounterVec,
     /// Media worker threads restarted after a fault outside any peer's panic boundary.
     pub worker_restarts: IntCounter,
+    /// Times a media worker woke up: for a datagram, a command, peers' timers or housekeeping.
+    pub worker_wakeups: IntCounter,
+    /// Timeouts handled for peer connections, by the part of the stack that asked.
+    pub peer_timeouts: IntCounterVec,
     /// Stack and socket errors that ended nothing, by kind.
     pub media_errors: IntCounterVec,
     /// Time from a packet's arrival to its hand-off to the last subscriber's stack.
@@ -327,6 +347,19 @@ impl Metrics {
                 "Media worker threads restarted after a fault",
             )
             .expect("valid metric"),
+            worker_wakeups: IntCounter::new(
+                "sfu_worker_wakeups_total",
+                "Times a media worker woke up (a datagram, a command, timers or housekeeping)",
+            )
+            .expect("valid metric"),
+            peer_timeouts: IntCounterVec::new(
+                Opts::new(
+                    "sfu_peer_timeouts_total",
+                    "Timeouts handled for peer connections, by the part of the stack that asked",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             media_errors: IntCounterVec::new(
                 Opts::new(
                     "sfu_media_errors_total",
@@ -383,6 +416,8 @@ impl Metrics {
             Box::new(m.peer_failures.clone()),
             Box::new(m.queue_drops.clone()),
             Box::new(m.worker_restarts.clone()),
+            Box::new(m.worker_wakeups.clone()),
+            Box::new(m.peer_timeouts.clone()),
             Box::new(m.media_errors.clone()),
             Box::new(build_info),
             Box::new(ProcessMetrics(
@@ -433,6 +468,9 @@ impl Metrics {
         }
         for kind in MEDIA_ERRORS {
             m.media_errors.with_label_values(&[kind]);
+        }
+        for reason in TIMEOUT_REASONS {
+            m.peer_timeouts.with_label_values(&[reason]);
         }
         m
     }

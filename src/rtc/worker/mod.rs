@@ -57,6 +57,9 @@ use stats::Counters;
 
 /// Largest datagram we read. Bigger ones are truncated by the kernel and fail to parse.
 const RECV_BUFFER: usize = 2048;
+/// Datagrams read before the peers that got them are polled: a burst, not an unbounded
+/// backlog, so timers and commands still get their turn.
+const MAX_DATAGRAMS_PER_WAKEUP: usize = 32;
 /// How often room-wide state (active speakers) is looked at.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 /// How often each subscriber's bandwidth is re-split and dynacast re-decided, besides every new
@@ -263,7 +266,10 @@ impl Worker {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((n, source)) => self.on_datagram(source, &buf[..n]),
+                    Ok((n, source)) => {
+                        self.take_datagram(source, &buf[..n]);
+                        self.drain_socket(&mut buf);
+                    }
                     Err(e) => tracing::debug!("media socket read: {e}"),
                 },
                 command = inbox.recv() => match command {
@@ -273,10 +279,36 @@ impl Worker {
                 _ = tokio::time::sleep_until(next.into()) => self.on_timeouts(),
                 _ = housekeeping.tick() => self.isolated(None, |w| w.housekeeping()),
             }
+            self.counters.wakeups.inc();
             self.flush();
             if self.crash {
                 panic!("media worker fault injected by a test");
             }
+        }
+    }
+
+    /// Takes the datagrams already waiting on the socket, up to [`MAX_DATAGRAMS_PER_WAKEUP`],
+    /// before the peers they were forwarded to are polled. A video frame arrives as a burst of
+    /// packets: each subscriber's stack then takes the burst in one pass, not one per packet.
+    fn drain_socket(&mut self, buf: &mut [u8]) {
+        for _ in 1..MAX_DATAGRAMS_PER_WAKEUP {
+            match self.socket.try_recv_from(buf) {
+                Ok((n, source)) => self.take_datagram(source, &buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!("media socket read: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One datagram into its peer, whose output is then taken at once: str0m holds what an
+    /// input produced (a received packet) until it is polled, and the next input would find
+    /// it there. What the packet was forwarded to waits for the flush.
+    fn take_datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
+        if let Some(id) = self.on_datagram(source, datagram) {
+            self.poll_isolated(id);
         }
     }
 

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Input, Output, Rtc};
+use str0m::{Candidate, Input, Output, Reason, Rtc};
 
+use super::stats::timeout_reason;
 use super::{PeerId, Worker};
 use crate::rtc::stack::{guard, new_rtc};
 use crate::rtc::MediaEvent;
@@ -32,6 +33,8 @@ pub(super) struct Peer {
     pub role: Role,
     /// The time str0m last asked to be woken at.
     pub timeout: Instant,
+    /// Which part of the stack asked for it (an index into `TIMEOUT_REASONS`).
+    pub timeout_reason: usize,
 }
 
 impl Worker {
@@ -57,20 +60,22 @@ impl Worker {
                 owner: owner.to_string(),
                 role,
                 timeout: now,
+                timeout_reason: timeout_reason(Reason::NotHappening),
             },
         );
         self.metrics.peers.inc();
         id
     }
 
-    pub(super) fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
+    /// Hands a datagram to the peer it belongs to; that peer, if any, must be polled next.
+    pub(super) fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8]) -> Option<PeerId> {
         let Some(peer_id) = self.demux.route(source, datagram) else {
             self.counters.dropped_unknown_source.inc();
-            return;
+            return None;
         };
         let Ok(contents) = datagram.try_into() else {
             self.counters.dropped_unparseable.inc();
-            return;
+            return None;
         };
         let input = Input::Receive(
             Instant::now(),
@@ -81,9 +86,7 @@ impl Worker {
                 contents,
             },
         );
-        let Some(peer) = self.peers.get_mut(&peer_id) else {
-            return;
-        };
+        let peer = self.peers.get_mut(&peer_id)?;
         match guard(|| peer.rtc.handle_input(input)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -91,9 +94,12 @@ impl Worker {
                 tracing::debug!(peer = peer_id, "input rejected: {e}");
                 self.counters.dropped_rejected.inc();
             }
-            Err(panic) => return self.fail_peer(peer_id, "panic", &panic),
+            Err(panic) => {
+                self.fail_peer(peer_id, "panic", &panic);
+                return None;
+            }
         }
-        self.to_poll.insert(peer_id);
+        Some(peer_id)
     }
 
     pub(super) fn on_timeouts(&mut self) {
@@ -110,6 +116,7 @@ impl Worker {
                 // Superseded by a later timeout of the same peer (still in the heap).
                 continue;
             }
+            self.counters.timeouts[peer.timeout_reason].inc();
             match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -151,8 +158,10 @@ impl Worker {
                     // millisecond, so a keyframe of 60 packets would take 60 ms. Due now:
                     // handle it now, up to a bound that lets other peers have their turn.
                     let now = Instant::now();
+                    let reason = timeout_reason(peer.rtc.last_timeout_reason());
                     if t <= now && immediate < MAX_IMMEDIATE_TIMEOUTS {
                         immediate += 1;
+                        self.counters.timeouts[reason].inc();
                         match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
                             Ok(Ok(())) => continue,
                             Ok(Err(e)) => {
@@ -162,6 +171,7 @@ impl Worker {
                             Err(panic) => return self.fail_peer(id, "panic", &panic),
                         }
                     }
+                    peer.timeout_reason = reason;
                     if peer.timeout != t {
                         peer.timeout = t;
                         self.timers.push(Reverse((t, id)));

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use prometheus::IntCounter;
 use str0m::media::{Mid, Rid};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
+use str0m::Reason;
 
 use super::{PeerId, Worker};
-use crate::metrics::{Metrics, KEYFRAME_REQUEST_TYPES, KINDS, SWITCH_REASONS};
+use crate::metrics::{Metrics, KEYFRAME_REQUEST_TYPES, KINDS, SWITCH_REASONS, TIMEOUT_REASONS};
 use crate::rtc::WorkerStats;
 
 /// Metric handles of one worker. Arrays by kind are indexed audio 0, video 1.
@@ -32,6 +33,9 @@ pub(super) struct Counters {
     pub error_write: IntCounter,
     /// A panic with no participant to blame (it ended nothing).
     pub panics: IntCounter,
+    pub wakeups: IntCounter,
+    /// Indexed like [`TIMEOUT_REASONS`], by [`timeout_reason`].
+    pub timeouts: [IntCounter; TIMEOUT_REASONS.len()],
 }
 
 impl Counters {
@@ -60,8 +64,32 @@ impl Counters {
             error_send: error("send"),
             error_write: error("write"),
             panics: error("panic"),
+            wakeups: m.worker_wakeups.clone(),
+            timeouts: TIMEOUT_REASONS.map(|r| m.peer_timeouts.with_label_values(&[r])),
         }
     }
+}
+
+/// Where str0m's reason for a timeout is counted in [`TIMEOUT_REASONS`].
+pub(super) fn timeout_reason(reason: Reason) -> usize {
+    let name = match reason {
+        Reason::Ice => "ice",
+        Reason::DTLS => "dtls",
+        Reason::Sctp | Reason::Channel => "sctp",
+        Reason::Stats => "stats",
+        Reason::Feedback => "feedback",
+        Reason::Nack => "nack",
+        Reason::Twcc => "twcc",
+        Reason::Pacer(_) => "pacer",
+        Reason::BweDelayControl | Reason::BweProbeControl | Reason::BweProbeEstimator => "bwe",
+        Reason::SendStream | Reason::Packetize => "send_stream",
+        Reason::ReceiveReorder | Reason::PauseCheck => "receive",
+        _ => "other",
+    };
+    TIMEOUT_REASONS
+        .iter()
+        .position(|r| *r == name)
+        .unwrap_or(TIMEOUT_REASONS.len() - 1)
 }
 
 /// The last cumulative (nacks, packets) str0m reported per stream, for deltas.
