@@ -21,7 +21,7 @@ const PROMTOOL: &str = "/usr/bin/promtool";
 
 /// Counters a load run with chat and one bad request must move, each the sum of its samples
 /// matching the name and the one label given: media both ways and by kind, bytes, signaling,
-/// joins, chat, errors, CPU.
+/// joins, chat, errors, CPU, the workers' wake-ups and the timers of packets sent.
 const MUST_GROW: &[&str] = &[
     "sfu_rtp_packets_received_total{kind=\"video\"}",
     "sfu_rtp_packets_received_total{kind=\"audio\"}",
@@ -36,6 +36,9 @@ const MUST_GROW: &[&str] = &[
     "sfu_chat_messages_total",
     "sfu_join_duration_seconds_count",
     "sfu_process_cpu_seconds_total",
+    "sfu_worker_wakeups_total",
+    "sfu_peer_timeouts_total{reason=\"pacer\"}",
+    "sfu_peer_timeouts_total{reason=\"send_stream\"}",
 ];
 
 /// Stops Prometheus when the test ends, however it ends.
