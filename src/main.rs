@@ -113,6 +113,10 @@ struct LoadArgs {
     /// receiver reports, TWCC, NACK or PLI): cheaper for this tool, unlike any real receiver.
     #[arg(long)]
     no_feedback: bool,
+    /// Publishers publish their tracks but send no media: what connected peers cost the server
+    /// when nothing flows.
+    #[arg(long)]
+    idle: bool,
     /// Pause between two joins.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     join_interval: Duration,
@@ -240,6 +244,7 @@ fn load(args: LoadArgs) -> ExitCode {
         simulcast: args.simulcast,
         audio_only: args.audio_only,
         feedback: !args.no_feedback,
+        idle: args.idle,
         join_interval: args.join_interval,
         bind: args.bind,
         api_key: args.api_key,

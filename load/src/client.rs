@@ -52,6 +52,8 @@ pub struct Role {
     pub layers: Vec<LayerSpec>,
     /// Receive like a browser (decrypt, RTCP feedback, PLI) rather than count clear headers.
     pub feedback: bool,
+    /// Publish the tracks but send no media.
+    pub idle: bool,
 }
 
 /// One of the participant's peer connections.
@@ -272,7 +274,7 @@ async fn session(
         for p in [pub_peer.as_ref(), sub_peer.as_ref()].into_iter().flatten() {
             wake = wake.min(p.timeout);
         }
-        if pub_peer.as_ref().is_some_and(|p| p.connected) {
+        if !role.idle && pub_peer.as_ref().is_some_and(|p| p.connected) {
             if out.video.is_some() {
                 wake = wake.min(out.next_video);
             }
@@ -342,7 +344,9 @@ async fn session(
                     out.next_video = now;
                     out.next_audio = now;
                 }
-                send_media(p, &role.layers, &mut out, now);
+                if !role.idle {
+                    send_media(p, &role.layers, &mut out, now);
+                }
             }
             if p.timeout <= now {
                 let _ = p.rtc.handle_input(Input::Timeout(now));

@@ -59,6 +59,9 @@ pub struct LoadOptions {
     /// header and send no media feedback: far cheaper for the load generator, but the server
     /// then runs no bandwidth estimation, pacing or feedback work for them.
     pub feedback: bool,
+    /// Publishers publish their tracks but send no media: what connected peers cost when
+    /// nothing flows.
+    pub idle: bool,
     /// Pause between two joins, so the server is not hit by a thundering herd.
     pub join_interval: Duration,
     /// Local address the peers bind (their host candidate).
@@ -147,6 +150,7 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
             subscribe: options.publishers_subscribe,
             layers: layers.clone(),
             feedback: options.feedback,
+            idle: options.idle,
         });
     }
     for i in 0..options.subscribers {
@@ -164,6 +168,7 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<Report> {
             subscribe: true,
             layers: Vec::new(),
             feedback: options.feedback,
+            idle: options.idle,
         });
     }
     let total = roles.len();

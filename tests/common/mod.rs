@@ -274,6 +274,7 @@ pub fn load_options(server: &Server, room: &str) -> sfu_load::LoadOptions {
         simulcast: false,
         audio_only: false,
         feedback: true,
+        idle: false,
         join_interval: Duration::from_millis(10),
         bind: [127, 0, 0, 1].into(),
         api_key: auth.api_key.clone(),
