@@ -209,12 +209,10 @@ async fn load_subscribers_send_feedback_unless_told_not_to() {
         assert_everyone_served(&report, 2, true);
         // Every connection's estimator starts at the same value; only feedback moves it.
         let start = sfu::rtc::stack::INITIAL_SUBSCRIBER_ESTIMATE_KBPS as f64 * 1000.0;
-        let count = common::metric(&server, "sfu_bwe_estimate_bps_count")
-            .await
-            .unwrap_or(0.0);
-        let sum = common::metric(&server, "sfu_bwe_estimate_bps_sum")
-            .await
-            .unwrap_or(0.0);
+        // Count and sum from one scrape: an estimate may still come in between two.
+        let text = common::scrape(&server).await.expect("metrics");
+        let count = common::sample(&text, "sfu_bwe_estimate_bps_count").unwrap_or(0.0);
+        let sum = common::sample(&text, "sfu_bwe_estimate_bps_sum").unwrap_or(0.0);
         let moved = (sum - count * start).abs() > 1.0;
         if feedback {
             assert_eq!(report.subscriber_mode, "feedback");

@@ -222,12 +222,21 @@ pub fn close_code_too_big() -> u16 {
 
 /// Reads a metric's value (first sample with that exact name and labels) from /metrics.
 pub async fn metric(server: &Server, series: &str) -> Option<f64> {
-    let text = reqwest::get(http_url(server, "/metrics"))
+    sample(&scrape(server).await?, series)
+}
+
+/// The server's /metrics text, for reading several samples taken at one moment.
+pub async fn scrape(server: &Server) -> Option<String> {
+    reqwest::get(http_url(server, "/metrics"))
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// The value of a sample (exact name and labels) in a /metrics text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (name, value) = l.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok())?
