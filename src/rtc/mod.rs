@@ -10,12 +10,14 @@
 //! - [`engine`]: starts the workers and their sockets, picks a room's worker, stops them.
 //! - `worker/`: one worker's loop and its jobs (peers, negotiation, ingress, egress, ...).
 //! - [`stack`]: one `Rtc` as we configure it, and the panic boundary around str0m calls.
+//! - `batch`: the datagrams of a worker's flush sent with `sendmmsg`.
 //! - [`demux`]: which peer a datagram on a worker's shared socket belongs to.
 //! - [`sdp`]: client SDP, bounded and parsed before it reaches a worker.
 //!
 //! `stack`, `demux` and `sdp` are public for the fuzz targets (fuzz/), which feed them
 //! hostile input as a worker would.
 
+mod batch;
 pub mod demux;
 pub mod engine;
 pub mod sdp;

@@ -2,7 +2,8 @@
 //!
 //! The loop waits on a datagram, a command from the control plane, the earliest timeout any
 //! peer asked for, or housekeeping; each input goes to one `Rtc`, and what comes out is sent
-//! (datagrams) or handled (events). Nothing here takes a lock: the worker owns all of it.
+//! (datagrams, batched per flush: `rtc::batch`) or handled (events). Nothing here takes a
+//! lock: the worker owns all of it.
 //! Every forwarding decision is the core's (`forward::Router` per publication); the worker
 //! translates between str0m and those decisions. Its jobs, one file each:
 //!
@@ -48,6 +49,7 @@ use crate::forward::selector::MAX_LAYERS;
 use crate::forward::Codec;
 use crate::metrics::Metrics;
 use crate::model::{TrackKind, TrackSource};
+use crate::rtc::batch::{SendBatch, Sent};
 use crate::rtc::demux::Demux;
 use crate::rtc::stack::panic_message;
 use crate::rtc::{Command, EventSink, Fault};
@@ -140,6 +142,8 @@ struct RoomMedia {
 
 struct Worker {
     socket: tokio::net::UdpSocket,
+    /// Datagrams of the current flush, sent together.
+    batch: SendBatch,
     /// The address clients send to: what `Input::Receive` names as the destination.
     local: SocketAddr,
     settings: Settings,
@@ -232,6 +236,7 @@ impl Worker {
         });
         Self {
             socket,
+            batch: SendBatch::default(),
             local,
             settings,
             peers: HashMap::new(),
@@ -349,12 +354,27 @@ impl Worker {
         loop {
             self.make_offers();
             if self.to_poll.is_empty() {
+                let sent = self.batch.flush(&self.socket);
+                self.count_sent(sent);
                 return;
             }
             let round: Vec<PeerId> = self.to_poll.drain().collect();
             for id in round {
                 self.poll_isolated(id);
             }
+        }
+    }
+
+    /// Counts what became of datagrams handed to the socket. UDP is lossy anyway: a full send
+    /// buffer drops like the network would.
+    fn count_sent(&self, sent: Sent) {
+        if sent.dropped_full > 0 {
+            self.counters
+                .dropped_socket_full
+                .inc_by(sent.dropped_full as u64);
+        }
+        if sent.failed > 0 {
+            self.counters.error_send.inc_by(sent.failed as u64);
         }
     }
 

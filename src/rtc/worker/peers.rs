@@ -184,15 +184,9 @@ impl Worker {
                     if t.contents.first().is_some_and(|&b| b < 4) {
                         self.demux.learn(t.destination, id);
                     }
-                    // UDP is lossy anyway: a full send buffer drops like the network would.
-                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
-                        if e.kind() == std::io::ErrorKind::WouldBlock {
-                            self.counters.dropped_socket_full.inc();
-                        } else {
-                            tracing::debug!(peer = id, "media send to {}: {e}", t.destination);
-                            self.counters.error_send.inc();
-                        }
-                    }
+                    // Leaves with the flush's other datagrams (or when the batch is full).
+                    let sent = self.batch.push(&self.socket, &t.contents, t.destination);
+                    self.count_sent(sent);
                 }
                 Output::Event(event) => self.on_event(id, event),
             }
