@@ -42,14 +42,14 @@ pub fn new_rtc(now: Instant, subscriber: bool) -> Rtc {
         .build(now)
 }
 
-/// How long a sent packet stays in a subscriber stream's resend buffer: past a second a
-/// retransmission comes too late for a receiver's jitter buffer, and holding more only costs
-/// memory (str0m keeps 3 s by default).
-pub const RESEND_BUFFER_AGE: Duration = Duration::from_secs(1);
-/// The most packets a video stream's resend buffer holds: a second of a 5 Mbit/s layer
-/// (str0m's default is 1,000, each a copy of the packet).
+/// How long a sent packet stays in a subscriber stream's resend buffer: str0m's 3 s. Shorter
+/// was tried: at 1 s (and at 2 s, less often) a receiver behind 5% loss both ways, bursts and
+/// jitter (tests/media.rs) was left with holes that retransmission could no longer fill.
+pub const RESEND_BUFFER_AGE: Duration = Duration::from_secs(3);
+/// The most packets a video stream's resend buffer holds: 3 s of a layer up to ~1.5 Mbit/s,
+/// 1 s of a 5 Mbit/s one (str0m's default is 1,000, each a copy of the packet).
 pub const RESEND_BUFFER_VIDEO: usize = 500;
-/// The same for audio: a second of 20 ms frames.
+/// The same for audio: a second of 20 ms frames (str0m's default).
 pub const RESEND_BUFFER_AUDIO: usize = 50;
 /// str0m's default cap on retransmitted bytes as a share of the stream's.
 const RESEND_RATIO_CAP: Option<f32> = Some(0.15);
