@@ -1,6 +1,7 @@
 //! Client SDP as it enters the media plane: bounded and parsed on the caller's task (the
 //! client's signaling session), so a hostile offer costs its own session's time, never a media
-//! worker's, whose thread serves other rooms too.
+//! worker's, whose thread serves other rooms too. An offer's track ids are made explicit here
+//! whatever msid form the client used ([`with_track_ids`]).
 
 use str0m::change::{SdpAnswer, SdpOffer};
 
@@ -25,9 +26,77 @@ pub struct ClientAnswer(pub SdpAnswer);
 impl ClientOffer {
     pub fn parse(sdp: &str) -> Result<Self, MediaError> {
         check_media_lines(sdp, MAX_OFFER_MEDIA_LINES)?;
-        SdpOffer::from_sdp_string(sdp)
+        SdpOffer::from_sdp_string(&with_track_ids(sdp))
             .map(Self)
             .map_err(|e| MediaError::BadSdp(e.to_string()))
+    }
+}
+
+/// Stream id written where a client named none (`-`) or no msid at all: the stack keeps a
+/// track id only with a stream id, and the server uses the stream id for nothing.
+const NO_STREAM: &str = "sfu-nostream";
+
+/// The offer with a media-level `a=msid:STREAM TRACK` in every m-section, so the track id a
+/// client gave (its `cid` in `publish`) is the one the server reads:
+/// - an `a=msid` with no stream (`-`) gets [`NO_STREAM`] (else the track id would be dropped);
+/// - a section with msid only at the SSRC level (`a=ssrc:N msid:S T`, as GStreamer's webrtcbin
+///   writes it) gets it at the media level;
+/// - a section with no msid at all gets its `a=mid` as the track id, a rule a client can
+///   follow (docs/protocol.md).
+fn with_track_ids(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 64);
+    let mut section: Vec<&str> = Vec::new();
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("m=") {
+            push_section(&mut out, &section);
+            section.clear();
+        }
+        section.push(line);
+    }
+    push_section(&mut out, &section);
+    out
+}
+
+/// Writes one m-section (or the session part before the first) with its msid made explicit.
+fn push_section(out: &mut String, lines: &[&str]) {
+    let is_media = lines.first().is_some_and(|l| l.starts_with("m="));
+    let value = |line: &str, prefix: &str| {
+        line.strip_prefix(prefix)
+            .map(|v| v.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let media_msid = lines.iter().find_map(|l| value(l, "a=msid:"));
+    let ssrc_msid = lines.iter().find_map(|l| {
+        let rest = value(l, "a=ssrc:")?;
+        let (_, attr) = rest.split_once(' ')?;
+        attr.strip_prefix("msid:").map(str::to_string)
+    });
+    let mid = lines.iter().find_map(|l| value(l, "a=mid:"));
+    let msid = match (media_msid.as_deref(), ssrc_msid, mid) {
+        _ if !is_media => None,
+        (Some(m), _, _) if !m.starts_with("- ") => None,
+        (Some(m), _, _) => Some(m.replacen('-', NO_STREAM, 1)),
+        (None, Some(m), _) if m.starts_with("- ") => Some(m.replacen('-', NO_STREAM, 1)),
+        (None, Some(m), _) => Some(m),
+        (None, None, Some(mid)) => Some(format!("{NO_STREAM} {}", mid.trim())),
+        (None, None, None) => None,
+    };
+    let eol = if lines.first().is_some_and(|l| l.ends_with("\r\n")) {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    for line in lines {
+        if msid.is_some() && line.starts_with("a=msid:") {
+            continue;
+        }
+        out.push_str(line);
+    }
+    // Last in the section: attributes come after its c= and b= lines.
+    if let Some(m) = &msid {
+        if !out.ends_with('\n') {
+            out.push_str(eol);
+        }
+        out.push_str(&format!("a=msid:{m}{eol}"));
     }
 }
 
@@ -74,6 +143,44 @@ mod tests {
         // Within the bound it is up to the parser.
         let err = ClientOffer::parse(&sdp(MAX_OFFER_MEDIA_LINES)).unwrap_err();
         assert!(!err.to_string().contains("at most"), "{err}");
+    }
+
+    /// An offer of one video m-section with `attrs` after its `a=mid:0`.
+    fn offer_with(attrs: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\n\
+             a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+             a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+             a=setup:actpass\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n\
+             a=rtpmap:96 VP8/90000\r\n{attrs}"
+        )
+    }
+
+    /// The track id a publisher connection (configured as the worker's) takes from the offer's
+    /// m-section: what the worker reports as the track's `cid`.
+    fn track_id(sdp: &str) -> String {
+        let offer = ClientOffer::parse(sdp).expect("offer parses");
+        let mut rtc = crate::rtc::stack::new_rtc(std::time::Instant::now(), false);
+        rtc.sdp_api().accept_offer(offer.0).expect("offer accepted");
+        let mid = str0m::media::Mid::from("0");
+        rtc.media(mid).expect("the m-line").track_id().to_string()
+    }
+
+    #[test]
+    fn the_track_id_is_read_from_any_msid_form_or_else_is_the_mid() {
+        // Browsers: media level, with a stream.
+        let sdp = offer_with("a=msid:stream-a cam-1\r\n");
+        assert_eq!(track_id(&sdp), "cam-1");
+        assert_eq!(with_track_ids(&sdp), sdp, "a usual offer is left as it is");
+        // No stream (`-`): the stack would drop the track id with it.
+        assert_eq!(track_id(&offer_with("a=msid:- cam-2\r\n")), "cam-2");
+        // SSRC level only (GStreamer's webrtcbin).
+        let ssrc_only = "a=ssrc:1234 cname:x\r\na=ssrc:1234 msid:stream-b cam-3\r\n";
+        assert_eq!(track_id(&offer_with(ssrc_only)), "cam-3");
+        assert_eq!(track_id(&offer_with("a=ssrc:1 msid:- cam-4\r\n")), "cam-4");
+        // None at all: the mid.
+        assert_eq!(track_id(&offer_with("")), "0");
     }
 
     #[test]
