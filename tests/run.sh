@@ -27,8 +27,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== building tests"
+# This also builds target/debug/sfu, the binary the browser tests start (the integration tests
+# need it too). A separate `cargo build` would compile every dependency again without the
+# dev-dependencies' features: 7 of CI's 30 minutes, for the same code.
 cargo test --workspace --locked --no-run
-cargo build --locked
 
 echo "== browser test dependencies"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
