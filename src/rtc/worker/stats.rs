@@ -70,26 +70,24 @@ impl Counters {
     }
 }
 
-/// Where str0m's reason for a timeout is counted in [`TIMEOUT_REASONS`].
+/// Where str0m's reason for a timeout is counted: its index in [`TIMEOUT_REASONS`]. Runs for
+/// every timer a peer asks for (two per packet sent), so a plain match, no name lookup; the
+/// test below keeps it in step with the names.
 pub(super) fn timeout_reason(reason: Reason) -> usize {
-    let name = match reason {
-        Reason::Ice => "ice",
-        Reason::DTLS => "dtls",
-        Reason::Sctp | Reason::Channel => "sctp",
-        Reason::Stats => "stats",
-        Reason::Feedback => "feedback",
-        Reason::Nack => "nack",
-        Reason::Twcc => "twcc",
-        Reason::Pacer(_) => "pacer",
-        Reason::BweDelayControl | Reason::BweProbeControl | Reason::BweProbeEstimator => "bwe",
-        Reason::SendStream | Reason::Packetize => "send_stream",
-        Reason::ReceiveReorder | Reason::PauseCheck => "receive",
-        _ => "other",
-    };
-    TIMEOUT_REASONS
-        .iter()
-        .position(|r| *r == name)
-        .unwrap_or(TIMEOUT_REASONS.len() - 1)
+    match reason {
+        Reason::Ice => 0,
+        Reason::DTLS => 1,
+        Reason::Sctp | Reason::Channel => 2,
+        Reason::Stats => 3,
+        Reason::Feedback => 4,
+        Reason::Nack => 5,
+        Reason::Twcc => 6,
+        Reason::Pacer(_) => 7,
+        Reason::BweDelayControl | Reason::BweProbeControl | Reason::BweProbeEstimator => 8,
+        Reason::SendStream | Reason::Packetize => 9,
+        Reason::ReceiveReorder | Reason::PauseCheck => 10,
+        _ => 11,
+    }
 }
 
 /// The last cumulative (nacks, packets) str0m reported per stream, for deltas.
@@ -160,5 +158,32 @@ impl Worker {
                 .map(|p| p.router.subscription_count())
                 .sum(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::PacerReason;
+
+    #[test]
+    fn each_timeout_reason_is_counted_under_its_name() {
+        let name = |r: Reason| TIMEOUT_REASONS[timeout_reason(r)];
+        assert_eq!(name(Reason::Ice), "ice");
+        assert_eq!(name(Reason::DTLS), "dtls");
+        assert_eq!(name(Reason::Sctp), "sctp");
+        assert_eq!(name(Reason::Channel), "sctp");
+        assert_eq!(name(Reason::Stats), "stats");
+        assert_eq!(name(Reason::Feedback), "feedback");
+        assert_eq!(name(Reason::Nack), "nack");
+        assert_eq!(name(Reason::Twcc), "twcc");
+        assert_eq!(name(Reason::Pacer(PacerReason::Paced)), "pacer");
+        assert_eq!(name(Reason::BweDelayControl), "bwe");
+        assert_eq!(name(Reason::BweProbeEstimator), "bwe");
+        assert_eq!(name(Reason::SendStream), "send_stream");
+        assert_eq!(name(Reason::Packetize), "send_stream");
+        assert_eq!(name(Reason::ReceiveReorder), "receive");
+        assert_eq!(name(Reason::PauseCheck), "receive");
+        assert_eq!(name(Reason::NotHappening), "other");
     }
 }
