@@ -96,6 +96,10 @@ pub struct RtcConfig {
     pub public_ips: Vec<IpAddr>,
     /// Subscribe every participant to every publication in its room automatically.
     pub auto_subscribe: bool,
+    /// How long a peer connection may take to connect (ICE and DTLS) after its offer and
+    /// answer are both set; past it the client gets `media_failed` with the cause.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +220,7 @@ impl Default for RtcConfig {
             workers: 0,
             public_ips: Vec::new(),
             auto_subscribe: true,
+            connect_timeout: Duration::from_secs(20),
         }
     }
 }

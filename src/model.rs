@@ -130,6 +130,29 @@ pub enum LeaveReason {
     MediaFailed,
 }
 
+/// What ended a participant's media, as `media_failed` tells the client (`cause`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCause {
+    /// ICE: the client's consent (checks or keepalives) stopped arriving.
+    IceFailed,
+    /// DTLS: the handshake failed (certificate type, fingerprint, alert) or the client closed it.
+    DtlsFailed,
+    /// A fault in the server (a panic in the stack, a restarted media worker).
+    Internal,
+}
+
+impl FailureCause {
+    /// The `reason` label of `sfu_peer_failures_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            FailureCause::IceFailed => "ice",
+            FailureCause::DtlsFailed => "dtls",
+            FailureCause::Internal => "panic",
+        }
+    }
+}
+
 /// A participant as others see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParticipantInfo {

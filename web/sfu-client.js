@@ -530,7 +530,8 @@ export class SfuClient extends EventTarget {
         this._leaveReason = msg.reason;
         break;
       case 'error':
-        this._emitError(new SfuError(msg.code, msg.message));
+        // media_failed carries its cause: ice_failed, dtls_failed or internal.
+        this._emitError(new SfuError(msg.code, msg.message, msg.cause ? { cause: msg.cause } : {}));
         break;
       default:
         break; // ack/pong without request_id, or a message type from a newer server

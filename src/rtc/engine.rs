@@ -50,6 +50,7 @@ impl MediaEngine {
             let settings = worker::Settings {
                 candidates,
                 auto_subscribe: config.rtc.auto_subscribe,
+                connect_timeout: config.rtc.connect_timeout,
             };
             let worker_metrics = metrics.clone();
             let thread = std::thread::Builder::new()

@@ -210,13 +210,24 @@ pub enum MediaEvent {
         track: String,
         codec: String,
     },
+    /// To a publisher: an m-line of its offer the server refused, because it offered no codec
+    /// the server forwards. Nothing of it is published.
+    PublicationRefused {
+        mid: String,
+        cid: String,
+        kind: String,
+        offered: Vec<String>,
+    },
     /// Which layers of this participant's track anyone receives (dynacast).
     PublisherLayers {
         track: String,
         active: Vec<String>,
     },
-    /// The participant's media died (ICE/DTLS timeout, a fault in the stack or the worker).
-    Failed(String),
+    /// The participant's media died (ICE/DTLS failure, a fault in the stack or the worker).
+    Failed {
+        cause: crate::model::FailureCause,
+        message: String,
+    },
 }
 
 /// Where a media worker sends one participant's events: a bounded queue to its session. The

@@ -100,6 +100,34 @@ fn push_section(out: &mut String, lines: &[&str]) {
     }
 }
 
+/// Each m-section of an SDP as `(mid, media kind, codec names from its a=rtpmap lines)`, in
+/// order. For telling a publisher which of its m-lines the server refused, and what it offered.
+pub fn codecs_by_mid(sdp: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("m=") {
+            let kind = rest.split(' ').next().unwrap_or_default().to_string();
+            out.push((String::new(), kind, Vec::new()));
+        } else if let Some((mid, _, codecs)) = out.last_mut() {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                *mid = m.trim().to_string();
+            } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
+                let name = map.split([' ', '/']).nth(1).unwrap_or_default();
+                // Retransmission and FEC formats are not what a track is encoded in.
+                if !matches!(
+                    name.to_ascii_lowercase().as_str(),
+                    "rtx" | "red" | "ulpfec" | ""
+                ) && !codecs.iter().any(|c| c == name)
+                {
+                    codecs.push(name.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
 impl ClientAnswer {
     pub fn parse(sdp: &str) -> Result<Self, MediaError> {
         check_media_lines(sdp, MAX_ANSWER_MEDIA_LINES)?;
@@ -143,6 +171,29 @@ mod tests {
         // Within the bound it is up to the parser.
         let err = ClientOffer::parse(&sdp(MAX_OFFER_MEDIA_LINES)).unwrap_err();
         assert!(!err.to_string().contains("at most"), "{err}");
+    }
+
+    #[test]
+    fn codecs_are_listed_per_mid_without_retransmission_formats() {
+        let sdp = "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 45 46\r\na=mid:v\r\n\
+                   a=rtpmap:45 AV1/90000\r\na=rtpmap:46 rtx/90000\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 0 8\r\na=mid:a\r\na=rtpmap:0 PCMU/8000\r\n\
+                   a=rtpmap:8 PCMA/8000\r\n";
+        assert_eq!(
+            codecs_by_mid(sdp),
+            vec![
+                (
+                    "v".to_string(),
+                    "video".to_string(),
+                    vec!["AV1".to_string()]
+                ),
+                (
+                    "a".to_string(),
+                    "audio".to_string(),
+                    vec!["PCMU".to_string(), "PCMA".to_string()]
+                ),
+            ]
+        );
     }
 
     /// An offer of one video m-section with `attrs` after its `a=mid:0`.

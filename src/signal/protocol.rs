@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ChatMessage, LeaveReason, OfferedTrack, ParticipantInfo, PeerTarget, Quality, RoomEvent,
-    Speaker, TrackInfo, TrackKind, TrackSource,
+    ChatMessage, FailureCause, LeaveReason, OfferedTrack, ParticipantInfo, PeerTarget, Quality,
+    RoomEvent, Speaker, TrackInfo, TrackKind, TrackSource,
 };
 
 /// The protocol version this server speaks. A client may send it in `join`.
@@ -468,6 +468,15 @@ pub enum ServerMessage {
         code: ErrorCode,
         message: String,
     },
+    /// To a publisher: an m-line of its offer the server refused (`codec_not_supported`: none
+    /// of its codecs is one the server forwards). Nothing of it is published.
+    PublicationFailed {
+        cid: String,
+        mid: String,
+        kind: String,
+        code: ErrorCode,
+        message: String,
+    },
     /// To a publisher: which simulcast layers of its track anyone receives. The client should
     /// stop encoding the others (dynacast) until they are listed again.
     PublisherLayers {
@@ -485,6 +494,9 @@ pub enum ServerMessage {
     Error {
         code: ErrorCode,
         message: String,
+        /// What ended the media, with `media_failed` only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<FailureCause>,
     },
 }
 
@@ -506,6 +518,7 @@ impl ServerMessage {
             ServerMessage::QualityChanged { .. } => "quality_changed",
             ServerMessage::PublisherLayers { .. } => "publisher_layers",
             ServerMessage::SubscriptionFailed { .. } => "subscription_failed",
+            ServerMessage::PublicationFailed { .. } => "publication_failed",
             ServerMessage::Pong { .. } => "pong",
             ServerMessage::Leave { .. } => "leave",
             ServerMessage::Error { .. } => "error",
@@ -516,6 +529,16 @@ impl ServerMessage {
         ServerMessage::Error {
             code,
             message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// `media_failed` with what ended the media.
+    pub fn media_failed(cause: FailureCause, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code: ErrorCode::MediaFailed,
+            message: message.into(),
+            cause: Some(cause),
         }
     }
 }

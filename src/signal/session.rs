@@ -616,13 +616,37 @@ impl Session {
                 };
                 self.send(&message, None).await?;
             }
+            MediaEvent::PublicationRefused {
+                mid,
+                cid,
+                kind,
+                offered,
+            } => {
+                let message = format!(
+                    "the {kind} m-line {mid} offers {} and the server forwards none of them \
+                     (audio: Opus; video: VP8, VP9, H.264); nothing of it is published",
+                    if offered.is_empty() {
+                        "no codec".to_string()
+                    } else {
+                        offered.join(", ")
+                    }
+                );
+                let message = ServerMessage::PublicationFailed {
+                    cid,
+                    mid,
+                    kind,
+                    code: ErrorCode::CodecNotSupported,
+                    message,
+                };
+                self.send(&message, None).await?;
+            }
             MediaEvent::PublisherLayers { track, active } => {
                 self.send(&ServerMessage::PublisherLayers { track, active }, None)
                     .await?;
             }
-            MediaEvent::Failed(reason) => {
-                tracing::info!(%reason, "participant's media failed");
-                self.send(&ServerMessage::error(ErrorCode::MediaFailed, reason), None)
+            MediaEvent::Failed { cause, message } => {
+                // The worker logged it (warn, once).
+                self.send(&ServerMessage::media_failed(cause, message), None)
                     .await?;
                 return Ok(Next::Leave);
             }

@@ -14,6 +14,7 @@ use crate::forward::allocator::Allocator;
 use crate::forward::router::Preference;
 use crate::forward::selector::{SwitchReason, MAX_LAYERS};
 use crate::metrics::LAYERS;
+use crate::model::FailureCause;
 use crate::model::Quality;
 use crate::rtc::stack::guard;
 use crate::rtc::{MediaError, MediaEvent, QualityPreference};
@@ -132,7 +133,7 @@ impl Worker {
                 Ok(()) => {
                     self.to_poll.insert(peer_id);
                 }
-                Err(panic) => self.fail_peer(peer_id, "panic", &panic),
+                Err(panic) => self.fail_peer(peer_id, FailureCause::Internal, &panic),
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::forward::packet::Header;
 use crate::forward::router::Router;
 use crate::forward::selector::MAX_LAYERS;
 use crate::forward::{Codec, Packet};
+use crate::model::FailureCause;
 use crate::model::{TrackInfo, TrackSource};
 use crate::rtc::stack::{codec_of, params_of};
 use crate::rtc::MediaEvent;
@@ -36,9 +37,25 @@ impl Worker {
             Event::MediaEgressStats(stats) => self.on_egress_stats(id, &stats),
             Event::MediaIngressStats(stats) => self.on_ingress_stats(id, &stats),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.fail_peer(id, "ice", "ICE disconnected (consent timed out)");
+                self.fail_peer(
+                    id,
+                    FailureCause::IceFailed,
+                    "ICE disconnected: no consent check or keepalive from the client for 30 s",
+                );
             }
-            Event::Connected => tracing::debug!(peer = id, "peer connected"),
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.ice_up = true;
+                }
+            }
+            Event::Connected => {
+                tracing::debug!(peer = id, "peer connected");
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.connected = true;
+                }
+            }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.on_estimate(id, estimate.as_u64(), true)
             }

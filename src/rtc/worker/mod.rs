@@ -48,7 +48,7 @@ use crate::forward::router::{Fanout, Router};
 use crate::forward::selector::MAX_LAYERS;
 use crate::forward::Codec;
 use crate::metrics::Metrics;
-use crate::model::{TrackKind, TrackSource};
+use crate::model::{FailureCause, TrackKind, TrackSource};
 use crate::rtc::batch::{SendBatch, Sent};
 use crate::rtc::demux::Demux;
 use crate::rtc::stack::panic_message;
@@ -83,6 +83,8 @@ pub struct Settings {
     pub candidates: Vec<SocketAddr>,
     /// Subscribe every participant to every publication in its room without being asked.
     pub auto_subscribe: bool,
+    /// How long a peer may take to connect once negotiated (`rtc.connect_timeout`).
+    pub connect_timeout: Duration,
 }
 
 /// A track declared with `publish` before its m-line arrives, keyed by msid track id.
@@ -324,7 +326,7 @@ impl Worker {
             let reason = panic_message(panic.as_ref());
             tracing::error!(?participant, "panic in the media worker: {reason}");
             match participant {
-                Some(p) => self.fail_participant(p, "panic", &reason),
+                Some(p) => self.fail_participant(p, FailureCause::Internal, &reason),
                 None => self.counters.panics.inc(),
             }
         }
@@ -383,7 +385,7 @@ impl Worker {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.poll_peer(id))) {
             let reason = panic_message(panic.as_ref());
             tracing::error!(peer = id, "panic while handling a peer's output: {reason}");
-            self.fail_peer(id, "panic", &reason);
+            self.fail_peer(id, FailureCause::Internal, &reason);
         }
     }
 
@@ -402,6 +404,7 @@ impl Worker {
             self.count_layers();
         }
         self.announce_speakers(now);
+        self.fail_unconnected(now);
     }
 
     /// A test-only fault (see [`Fault`]).
@@ -423,9 +426,10 @@ impl Worker {
     /// the gauges counted for this worker is given back.
     fn abandon(&mut self) {
         for participant in self.participants.values() {
-            participant.events.send(crate::rtc::MediaEvent::Failed(
-                "the media worker restarted".into(),
-            ));
+            participant.events.send(crate::rtc::MediaEvent::Failed {
+                cause: FailureCause::Internal,
+                message: "the media worker restarted".into(),
+            });
         }
         self.metrics.peers.sub(self.peers.len() as i64);
         let subscriptions: usize = self

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Input, Output, Reason, Rtc};
+use str0m::{Candidate, Input, Output, Reason, Rtc, RtcError};
 
 use super::stats::timeout_reason;
 use super::{PeerId, Worker};
+use crate::model::FailureCause;
 use crate::rtc::stack::{guard, new_rtc};
 use crate::rtc::MediaEvent;
 
@@ -35,6 +36,12 @@ pub(super) struct Peer {
     pub timeout: Instant,
     /// Which part of the stack asked for it (an index into `TIMEOUT_REASONS`).
     pub timeout_reason: usize,
+    /// When both its offer and answer were first set: the connect timeout counts from here.
+    pub negotiated: Option<Instant>,
+    /// ICE found a working pair (a check from the client was answered).
+    pub ice_up: bool,
+    /// ICE, DTLS and SRTP are up (str0m's `Connected`).
+    pub connected: bool,
 }
 
 impl Worker {
@@ -61,6 +68,9 @@ impl Worker {
                 role,
                 timeout: now,
                 timeout_reason: timeout_reason(Reason::NotHappening),
+                negotiated: None,
+                ice_up: false,
+                connected: false,
             },
         );
         self.metrics.peers.inc();
@@ -89,13 +99,26 @@ impl Worker {
         let peer = self.peers.get_mut(&peer_id)?;
         match guard(|| peer.rtc.handle_input(input)) {
             Ok(Ok(())) => {}
+            Ok(Err(RtcError::Dtls(e))) if !peer.rtc.is_connected() => {
+                // The handshake failed (dimpl sent its fatal alert and closed): no later
+                // datagram can mend it. Said now, not when consent runs out.
+                self.fail_peer(
+                    peer_id,
+                    FailureCause::DtlsFailed,
+                    &format!(
+                        "DTLS handshake failed: {e} (client certificates may be ECDSA P-256 or \
+                         P-384, or RSA of 2048 to 8192 bits)"
+                    ),
+                );
+                return None;
+            }
             Ok(Err(e)) => {
                 // A packet str0m refuses (bad SRTP, bad RTCP, ...) costs nothing but a count.
                 tracing::debug!(peer = peer_id, "input rejected: {e}");
                 self.counters.dropped_rejected.inc();
             }
             Err(panic) => {
-                self.fail_peer(peer_id, "panic", &panic);
+                self.fail_peer(peer_id, FailureCause::Internal, &panic);
                 return None;
             }
         }
@@ -124,7 +147,7 @@ impl Worker {
                     self.counters.error_timeout.inc();
                 }
                 Err(panic) => {
-                    self.fail_peer(id, "panic", &panic);
+                    self.fail_peer(id, FailureCause::Internal, &panic);
                     continue;
                 }
             }
@@ -144,14 +167,14 @@ impl Worker {
                 Ok(Ok(output)) => output,
                 Ok(Err(e)) => {
                     tracing::info!(peer = id, "peer failed: {e}");
-                    return self.fail_peer(id, "dtls", &e.to_string());
+                    return self.fail_peer(id, FailureCause::DtlsFailed, &e.to_string());
                 }
-                Err(panic) => return self.fail_peer(id, "panic", &panic),
+                Err(panic) => return self.fail_peer(id, FailureCause::Internal, &panic),
             };
             match output {
                 Output::Timeout(t) => {
                     if !peer.rtc.is_alive() {
-                        return self.fail_peer(id, "dtls", "connection closed");
+                        return self.fail_peer(id, FailureCause::DtlsFailed, "connection closed");
                     }
                     // str0m's send queue hands out one packet per timeout it asks for, at once
                     // (1 µs later); the loop's timer wheel would round that up to the next
@@ -168,7 +191,9 @@ impl Worker {
                                 tracing::debug!(peer = id, "timeout handling failed: {e}");
                                 self.counters.error_timeout.inc();
                             }
-                            Err(panic) => return self.fail_peer(id, "panic", &panic),
+                            Err(panic) => {
+                                return self.fail_peer(id, FailureCause::Internal, &panic)
+                            }
                         }
                     }
                     peer.timeout_reason = reason;
@@ -193,24 +218,68 @@ impl Worker {
         }
     }
 
-    /// A peer died: its participant's media is over.
-    /// `kind` is the metric's reason: `ice`, `dtls` (and other stack errors) or `panic`.
-    pub(super) fn fail_peer(&mut self, id: PeerId, kind: &'static str, reason: &str) {
-        let Some(owner) = self.peers.get(&id).map(|p| p.owner.clone()) else {
-            return;
-        };
-        self.fail_participant(&owner, kind, reason);
+    /// Peers negotiated longer than `connect_timeout` ago that never connected: their client's
+    /// checks are not reaching us (UDP blocked, no usable candidate) or its DTLS stalled.
+    pub(super) fn fail_unconnected(&mut self, now: Instant) {
+        let limit = self.settings.connect_timeout;
+        let late: Vec<(PeerId, bool)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                !p.connected
+                    && p.negotiated
+                        .is_some_and(|t| now.saturating_duration_since(t) > limit)
+            })
+            .map(|(&id, p)| (id, p.ice_up))
+            .collect();
+        let secs = limit.as_secs_f32();
+        for (id, ice_up) in late {
+            if ice_up {
+                let reason = format!("ICE connected but DTLS did not finish within {secs} s");
+                self.fail_peer(id, FailureCause::DtlsFailed, &reason);
+            } else {
+                let addrs: Vec<String> = self
+                    .settings
+                    .candidates
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                let reason = format!(
+                    "no ICE connectivity check reached the server within {secs} s: UDP to {} \
+                     is likely blocked, or the client has no usable candidate",
+                    addrs.join(", ")
+                );
+                self.fail_peer(id, FailureCause::IceFailed, &reason);
+            }
+        }
     }
 
-    /// A participant's media is over: the session hears of it (`media_failed`) and leaves;
-    /// its peers, publications and subscriptions go now.
-    pub(super) fn fail_participant(&mut self, sid: &str, kind: &'static str, reason: &str) {
-        tracing::info!(participant = %sid, "media failed: {reason}");
-        self.metrics.peer_failures.with_label_values(&[kind]).inc();
+    /// A peer died: its participant's media is over. The message names the connection.
+    pub(super) fn fail_peer(&mut self, id: PeerId, cause: FailureCause, reason: &str) {
+        let Some((owner, role)) = self.peers.get(&id).map(|p| (p.owner.clone(), p.role)) else {
+            return;
+        };
+        let connection = match role {
+            Role::Publisher => "publisher",
+            Role::Subscriber => "subscriber",
+        };
+        self.fail_participant(&owner, cause, &format!("{connection} connection: {reason}"));
+    }
+
+    /// A participant's media is over: the session hears of it (`media_failed` with its
+    /// cause) and leaves; its peers, publications and subscriptions go now. Logged at warn
+    /// once, here: a client's failed connection is worth an operator's look.
+    pub(super) fn fail_participant(&mut self, sid: &str, cause: FailureCause, reason: &str) {
+        tracing::warn!(participant = %sid, ?cause, "media failed: {reason}");
+        self.metrics
+            .peer_failures
+            .with_label_values(&[cause.metric_label()])
+            .inc();
         if let Some(participant) = self.participants.get(sid) {
-            participant
-                .events
-                .send(MediaEvent::Failed(reason.to_string()));
+            participant.events.send(MediaEvent::Failed {
+                cause,
+                message: reason.to_string(),
+            });
         }
         self.remove_participant(sid);
     }

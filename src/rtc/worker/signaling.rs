@@ -13,6 +13,7 @@ use str0m::Candidate;
 use super::negotiation::MediaLines;
 use super::peers::{Peer, Role};
 use super::{Participant, PeerId, Publication, Route, Worker};
+use crate::model::FailureCause;
 use crate::model::{OfferedTrack, PeerTarget};
 use crate::rtc::stack::{guard, matching_pt, size_resend_buffer};
 use crate::rtc::{MediaError, MediaEvent};
@@ -202,17 +203,18 @@ impl Worker {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(MediaError::BadSdp(e.to_string())),
             Err(panic) => {
-                self.fail_peer(peer_id, "panic", &panic);
+                self.fail_peer(peer_id, FailureCause::Internal, &panic);
                 return Err(MediaError::BadSdp("the answer broke the connection".into()));
             }
         }
         self.to_poll.insert(peer_id);
+        peer.negotiated.get_or_insert_with(Instant::now);
         let answered = p.negotiation.answered();
         for &mid in &answered.freed {
             // The next track on this line starts afresh: a new SSRC, so the client's receiver
             // sees a new stream rather than a jump in the old one.
             if let Err(panic) = guard(|| renew_ssrc(&mut peer.rtc, mid)) {
-                self.fail_peer(peer_id, "panic", &panic);
+                self.fail_peer(peer_id, FailureCause::Internal, &panic);
                 return Err(MediaError::BadSdp("the answer broke the connection".into()));
             }
         }
@@ -226,7 +228,7 @@ impl Worker {
             if let Some(peer) = self.peers.get_mut(&peer_id) {
                 let video = publication.kind == MediaKind::Video;
                 if let Err(panic) = guard(|| size_resend_buffer(&mut peer.rtc, mid, video)) {
-                    self.fail_peer(peer_id, "panic", &panic);
+                    self.fail_peer(peer_id, FailureCause::Internal, &panic);
                     return Err(MediaError::BadSdp("the answer broke the connection".into()));
                 }
             }
@@ -290,16 +292,64 @@ impl Worker {
             }
         };
         let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::NotJoined)?;
+        let offered = crate::rtc::sdp::codecs_by_mid(&offer.to_sdp_string());
         let answer = match guard(|| peer.rtc.sdp_api().accept_offer(offer)) {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => return Err(MediaError::BadSdp(e.to_string())),
             Err(panic) => {
-                self.fail_peer(peer_id, "panic", &panic);
+                self.fail_peer(peer_id, FailureCause::Internal, &panic);
                 return Err(MediaError::BadSdp("the offer broke the connection".into()));
             }
         };
+        peer.negotiated.get_or_insert_with(Instant::now);
         self.to_poll.insert(peer_id);
+        self.tell_refused(participant, peer_id, offered);
         Ok(answer.to_sdp_string())
+    }
+
+    /// Tells a publisher which audio/video m-lines of the offer just answered were refused
+    /// (the stack found no codec it forwards among those `offered`): they publish nothing,
+    /// and without this the client would wait for `track_published` forever.
+    fn tell_refused(
+        &mut self,
+        participant: &str,
+        peer_id: PeerId,
+        offered: Vec<(String, String, Vec<String>)>,
+    ) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        let mut refused = Vec::new();
+        for (mid, kind, codecs) in offered {
+            if kind != "audio" && kind != "video" {
+                continue;
+            }
+            let Some(media) = peer.rtc.media(Mid::from(mid.as_str())) else {
+                continue;
+            };
+            let receiving = matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv);
+            if receiving && media.remote_pts().is_empty() {
+                refused.push((mid, media.track_id().to_string(), kind, codecs));
+            }
+        }
+        let Some(p) = self.participants.get_mut(participant) else {
+            return;
+        };
+        for (mid, cid, kind, offered) in refused {
+            tracing::info!(
+                participant,
+                mid,
+                ?offered,
+                "refused a publisher m-line: no codec"
+            );
+            p.declared.remove(&cid);
+            p.events.send(MediaEvent::PublicationRefused {
+                mid,
+                cid,
+                kind,
+                offered,
+            });
+        }
     }
 
     pub(super) fn on_candidate(&mut self, participant: &str, target: PeerTarget, candidate: &str) {
@@ -331,7 +381,7 @@ impl Worker {
                     Ok(()) => {
                         self.to_poll.insert(id);
                     }
-                    Err(panic) => self.fail_peer(id, "panic", &panic),
+                    Err(panic) => self.fail_peer(id, FailureCause::Internal, &panic),
                 }
             }
             Err(e) => tracing::debug!("ignoring candidate `{text}`: {e}"),
