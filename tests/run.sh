@@ -13,6 +13,11 @@ command -v node >/dev/null || need_pkgs+=(nodejs)
 command -v npm >/dev/null || need_pkgs+=(npm)
 # The dashboard test runs a real Prometheus; promtool comes in the same package.
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need_pkgs+=(prometheus)
+# The interop test runs GStreamer's webrtcbin from Debian's python3 (tests/gstreamer/client.py).
+/usr/bin/python3 tests/gstreamer/client.py --check 2>/dev/null || need_pkgs+=(
+  python3-gi python3-websockets gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
+  gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-plugins-base
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
