@@ -92,6 +92,32 @@ async fn a_stock_gstreamer_webrtcbin_publishes_and_subscribes() {
     server.shutdown().await;
 }
 
+/// Waits for `media_failed` and checks its cause, that its message names the publisher
+/// connection and says `says`, and that the failure was counted under `metric_reason`.
+async fn expect_media_failed(
+    server: &sfu::http::Server,
+    client: &mut MediaClient,
+    cause: &str,
+    says: &str,
+    metric_reason: &str,
+) {
+    // Within common::WAIT (5 s): not when ICE consent runs out (30 s).
+    let failed = client
+        .recv_matching("error", common::WAIT, |m| m["code"] == "media_failed")
+        .await
+        .unwrap_or_else(|| panic!("media_failed ({cause}) within 5 s"));
+    assert_eq!(failed["cause"], cause, "{failed}");
+    let message = failed["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("publisher connection") && message.contains(says),
+        "the message names the connection and the reason: {message}"
+    );
+    let series = format!("sfu_peer_failures_total{{reason=\"{metric_reason}\"}}");
+    let counted =
+        common::eventually(|| async { common::metric(server, &series).await >= Some(1.0) }).await;
+    assert!(counted, "the failure is counted as {series}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_dtls_fails_is_told_why_at_once() {
     let server = common::start(|_| {}).await;
@@ -131,27 +157,12 @@ async fn a_client_whose_dtls_fails_is_told_why_at_once() {
         .await
         .expect("remote answer");
 
-    // Within common::WAIT (5 s), not when ICE consent runs out (30 s).
-    let failed = alice
-        .recv_matching("error", common::WAIT, |m| m["code"] == "media_failed")
-        .await
-        .expect("media_failed within 5 s of the handshake");
-    assert_eq!(failed["cause"], "dtls_failed", "{failed}");
-    let message = failed["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("publisher connection") && message.contains("fingerprint"),
-        "the message names the connection and the reason: {message}"
-    );
+    expect_media_failed(&server, &mut alice, "dtls_failed", "fingerprint", "dtls").await;
     let left = alice
         .recv_matching("leave", common::WAIT, |_| true)
         .await
         .expect("leave");
     assert_eq!(left["reason"], "media_failed", "{left}");
-    let counted = common::eventually(|| async {
-        common::metric(&server, "sfu_peer_failures_total{reason=\"dtls\"}").await >= Some(1.0)
-    })
-    .await;
-    assert!(counted, "the failure is counted");
     server.shutdown().await;
 }
 
@@ -230,20 +241,6 @@ async fn a_client_whose_checks_never_arrive_is_told_its_udp_is_blocked() {
     let answer = alice.request(json!({"type":"offer","sdp":offer.sdp})).await;
     assert_eq!(answer["type"], "answer", "{answer}");
 
-    let failed = alice
-        .recv_matching("error", common::WAIT, |m| m["code"] == "media_failed")
-        .await
-        .expect("media_failed once the connect timeout passed");
-    assert_eq!(failed["cause"], "ice_failed", "{failed}");
-    let message = failed["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("publisher connection") && message.contains("blocked"),
-        "{message}"
-    );
-    let counted = common::eventually(|| async {
-        common::metric(&server, "sfu_peer_failures_total{reason=\"ice\"}").await >= Some(1.0)
-    })
-    .await;
-    assert!(counted, "the failure is counted");
+    expect_media_failed(&server, &mut alice, "ice_failed", "blocked", "ice").await;
     server.shutdown().await;
 }
