@@ -1,13 +1,14 @@
-//! Batched UDP sends: the datagrams a worker produces in one flush leave in `sendmmsg(2)` calls
-//! of up to [`BATCH`] datagrams, not one `sendto(2)` each. Owns the batch buffer (allocated
-//! once per worker, no allocation per datagram) and the one unsafe call that hands it to the
-//! kernel.
+//! Batched UDP: the datagrams a worker produces in one flush leave in `sendmmsg(2)` calls of up
+//! to [`BATCH`] datagrams, not one `sendto(2)` each, and the datagrams waiting when it wakes
+//! are read by `recvmmsg(2)`, [`RECV_BATCH`] at a time, not one `recvfrom(2)` each. Owns the
+//! batch buffers (allocated once per worker, no allocation per datagram) and the unsafe calls
+//! that hand them to the kernel.
 //!
 //! UDP is lossy anyway: a datagram the socket cannot take now (its send buffer is full) is
 //! dropped and counted, as one `sendto` returning `EWOULDBLOCK` was before.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::SockAddr;
@@ -171,6 +172,111 @@ fn send_many(
     Ok(sent as usize)
 }
 
+/// Datagrams in one `recvmmsg` call.
+pub const RECV_BATCH: usize = 32;
+
+/// Datagrams read in one `recvmmsg` call, each in a fixed slot with its source address.
+pub struct RecvBatch {
+    data: Box<[u8]>,
+    lens: [usize; RECV_BATCH],
+    from: Box<[libc::sockaddr_storage; RECV_BATCH]>,
+    count: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self {
+            data: vec![0u8; RECV_BATCH * SLOT].into_boxed_slice(),
+            lens: [0; RECV_BATCH],
+            // SAFETY: sockaddr_storage is a plain C struct; all-zero bytes are a valid value.
+            from: Box::new(unsafe { std::mem::zeroed() }),
+            count: 0,
+        }
+    }
+}
+
+impl RecvBatch {
+    /// Reads the datagrams waiting on `socket`, without blocking: `WouldBlock` when there are
+    /// none. A datagram longer than a slot is cut to it (str0m's are far smaller: the kernel
+    /// flags such a one and it is left out).
+    pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+        self.count = 0;
+        let mut iovecs = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; RECV_BATCH];
+        // SAFETY: mmsghdr is a plain C struct for which all-zero bytes are a valid value.
+        let mut headers: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for (i, chunk) in self.data.chunks_exact_mut(SLOT).enumerate() {
+            iovecs[i] = libc::iovec {
+                iov_base: chunk.as_mut_ptr() as *mut libc::c_void,
+                iov_len: SLOT,
+            };
+            headers[i].msg_hdr.msg_name = &mut self.from[i] as *mut _ as *mut libc::c_void;
+            headers[i].msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+            headers[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: each header points at one iovec (a SLOT-sized chunk of `data`) and one
+        // sockaddr_storage of `from`, all of which outlive the call; the kernel writes at most
+        // SLOT bytes and one address per header, and the lengths in msg_len / msg_namelen.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (i, header) in headers.iter().enumerate().take(n) {
+            let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.lens[i] = if truncated {
+                0
+            } else {
+                header.msg_len as usize
+            };
+        }
+        self.count = n;
+        Ok(n)
+    }
+
+    /// The datagrams of the last [`RecvBatch::recv`], in arrival order, with their sources
+    /// (a truncated one, or one from an address family other than IP, is left out).
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        (0..self.count).filter_map(|i| {
+            let source = socket_addr(&self.from[i])?;
+            let bytes = &self.data[i * SLOT..i * SLOT + self.lens[i]];
+            (!bytes.is_empty()).then_some((source, bytes))
+        })
+    }
+}
+
+/// The IPv4 or IPv6 address the kernel wrote into `storage`.
+fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which fits in it.
+            let a = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddrV4::new(ip, u16::from_be(a.sin_port)).into())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6, which fits in it.
+            let a = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            let port = u16::from_be(a.sin6_port);
+            Some(SocketAddrV6::new(ip, port, a.sin6_flowinfo, a.sin6_scope_id).into())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +354,51 @@ mod tests {
         assert_eq!(sent.failed, 1);
         assert_eq!(sent.datagrams, 1);
         assert_eq!(recv(&a), b"good");
+    }
+
+    #[test]
+    fn waiting_datagrams_are_read_in_one_call_with_their_sources() {
+        let (receiver, to) = receiver();
+        receiver.set_nonblocking(true).expect("nonblocking");
+        let mut batch = RecvBatch::default();
+        let none = batch.recv(&receiver).expect_err("nothing waits");
+        assert_eq!(none.kind(), io::ErrorKind::WouldBlock);
+
+        let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        for i in 0..(RECV_BATCH as u8 + 3) {
+            let from = if i % 2 == 0 { &a } else { &b };
+            from.send_to(&[i; 100], to).expect("send");
+        }
+        // Loopback delivers at once; the first call takes a full batch, the next the rest.
+        let first = batch.recv(&receiver).expect("a batch");
+        assert_eq!(first, RECV_BATCH);
+        let got: Vec<(SocketAddr, Vec<u8>)> =
+            batch.datagrams().map(|(s, d)| (s, d.to_vec())).collect();
+        assert_eq!(got.len(), RECV_BATCH);
+        for (i, (source, bytes)) in got.iter().enumerate() {
+            let expected = if i % 2 == 0 { &a } else { &b };
+            assert_eq!(*source, expected.local_addr().expect("addr"));
+            assert_eq!(bytes, &vec![i as u8; 100]);
+        }
+        assert_eq!(batch.recv(&receiver).expect("the rest"), 3);
+        let rest: Vec<u8> = batch.datagrams().map(|(_, d)| d[0]).collect();
+        assert_eq!(rest, vec![32, 33, 34]);
+    }
+
+    #[test]
+    fn an_oversized_datagram_is_left_out() {
+        let (receiver, to) = receiver();
+        receiver.set_nonblocking(true).expect("nonblocking");
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sender.send_to(&vec![1u8; SLOT + 1], to).expect("send");
+        sender.send_to(&[2u8; 10], to).expect("send");
+        let mut batch = RecvBatch::default();
+        let mut seen = Vec::new();
+        while let Ok(n) = batch.recv(&receiver) {
+            assert!(n > 0);
+            seen.extend(batch.datagrams().map(|(_, d)| d.to_vec()));
+        }
+        assert_eq!(seen, vec![vec![2u8; 10]]);
     }
 }

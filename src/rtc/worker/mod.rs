@@ -49,19 +49,15 @@ use crate::forward::selector::MAX_LAYERS;
 use crate::forward::Codec;
 use crate::metrics::Metrics;
 use crate::model::{FailureCause, TrackKind, TrackSource};
-use crate::rtc::batch::{SendBatch, Sent};
+use crate::rtc::batch::{RecvBatch, SendBatch, Sent};
 use crate::rtc::demux::Demux;
 use crate::rtc::stack::panic_message;
 use crate::rtc::{Command, EventSink, Fault};
 use negotiation::Negotiation;
 use peers::Peer;
 use stats::Counters;
+use tokio::io::Interest;
 
-/// Largest datagram we read. Bigger ones are truncated by the kernel and fail to parse.
-const RECV_BUFFER: usize = 2048;
-/// Datagrams read before the peers that got them are polled: a burst, not an unbounded
-/// backlog, so timers and commands still get their turn.
-const MAX_DATAGRAMS_PER_WAKEUP: usize = 32;
 /// How often room-wide state (active speakers) is looked at.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 /// How often each subscriber's bandwidth is re-split and dynacast re-decided, besides every new
@@ -262,7 +258,7 @@ impl Worker {
     }
 
     async fn run(&mut self, inbox: &mut mpsc::Receiver<Command>) {
-        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut received = RecvBatch::default();
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -272,11 +268,8 @@ impl Worker {
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((n, source)) => {
-                        self.take_datagram(source, &buf[..n]);
-                        self.drain_socket(&mut buf);
-                    }
+                ready = self.socket.readable() => match ready {
+                    Ok(()) => self.drain_socket(&mut received),
                     Err(e) => tracing::debug!("media socket read: {e}"),
                 },
                 command = inbox.recv() => match command {
@@ -294,19 +287,23 @@ impl Worker {
         }
     }
 
-    /// Takes the datagrams already waiting on the socket, up to [`MAX_DATAGRAMS_PER_WAKEUP`],
-    /// before the peers they were forwarded to are polled. A video frame arrives as a burst of
-    /// packets: each subscriber's stack then takes the burst in one pass, not one per packet.
-    fn drain_socket(&mut self, buf: &mut [u8]) {
-        for _ in 1..MAX_DATAGRAMS_PER_WAKEUP {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, source)) => self.take_datagram(source, &buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::debug!("media socket read: {e}");
-                    return;
+    /// Takes the datagrams waiting on the socket, up to
+    /// [`RECV_BATCH`](crate::rtc::batch::RECV_BATCH) in one `recvmmsg`, before the peers they
+    /// were forwarded to are polled. A video frame arrives as a burst of packets: each
+    /// subscriber's stack then takes the burst in one pass, not one per packet.
+    fn drain_socket(&mut self, batch: &mut RecvBatch) {
+        // A burst, not an unbounded backlog: timers and commands get their turn between.
+        let read = self
+            .socket
+            .try_io(Interest::READABLE, || batch.recv(&self.socket));
+        match read {
+            Ok(_) => {
+                for (source, datagram) in batch.datagrams() {
+                    self.take_datagram(source, datagram);
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => tracing::debug!("media socket read: {e}"),
         }
     }
 
