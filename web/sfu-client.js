@@ -123,8 +123,15 @@ export const LEAVE_MESSAGES = {
   server_shutdown: 'The server is shutting down.',
   slow_consumer: 'The connection was too slow to keep up with the room.',
   join_timeout: 'Joining the room took too long.',
-  media_failed:
-    'The media connection failed (ICE/DTLS). The server could not be reached over UDP; check firewalls and the server\'s public address.',
+  media_failed: 'The media connection failed.',
+};
+
+/** What a `media_failed` cause means to the person in front of the screen. */
+export const MEDIA_FAILURES = {
+  ice_failed:
+    'The media connection could not reach the server over UDP, or stopped reaching it: check firewalls and the server\'s public address.',
+  dtls_failed: 'The media connection\'s secure handshake (DTLS) failed.',
+  internal: 'The media connection failed because of a fault on the server.',
 };
 
 /** Reasons worth a reconnect: a retry can fix them. Others end the session for good. */
@@ -202,6 +209,7 @@ export class SfuClient extends EventTarget {
     this._seq = 0;
     this._pending = new Map();
     this._leaveReason = null;
+    this._mediaFailure = null;
     this._leaving = false;
     this._reconnecting = false;
     this._pingTimer = null;
@@ -309,6 +317,7 @@ export class SfuClient extends EventTarget {
       }
       this.ws = ws;
       this._leaveReason = null;
+      this._mediaFailure = null;
       let opened = false;
       ws.onopen = () => {
         if (ws !== this.ws) {
@@ -363,13 +372,13 @@ export class SfuClient extends EventTarget {
     clearInterval(this._pingTimer);
     const wasJoined = this.state === 'joined';
     const reason = this._leaveReason ?? (this._leaving ? 'client_left' : 'disconnected');
-    this._rejectPending(new SfuError('disconnected', closeMessage(reason, event)));
+    this._rejectPending(new SfuError('disconnected', closeMessage(reason, event, this._mediaFailure)));
     this._teardownMedia();
     this.participants.clear();
     this.tracks.clear();
     if (this._reconnecting) return; // the reconnect loop goes on
     if (this.options.reconnect && !this._leaving && wasJoined && RETRYABLE.has(reason)) {
-      this._reconnect(reason, closeMessage(reason, event));
+      this._reconnect(reason, closeMessage(reason, event, this._mediaFailure));
       return;
     }
     this._finish(reason, event);
@@ -379,7 +388,7 @@ export class SfuClient extends EventTarget {
   _finish(reason, event, error = null) {
     this._stopLocalTracks();
     this._setState('closed');
-    const message = error?.message ?? closeMessage(reason, event);
+    const message = error?.message ?? closeMessage(reason, event, this._mediaFailure);
     this._emit('disconnected', {
       reason,
       message,
@@ -530,7 +539,9 @@ export class SfuClient extends EventTarget {
         this._leaveReason = msg.reason;
         break;
       case 'error':
-        // media_failed carries its cause: ice_failed, dtls_failed or internal.
+        // media_failed carries its cause: ice_failed, dtls_failed or internal. The `leave`
+        // after it says why in words (closeMessage).
+        if (msg.code === 'media_failed') this._mediaFailure = { cause: msg.cause, message: msg.message };
         this._emitError(new SfuError(msg.code, msg.message, msg.cause ? { cause: msg.cause } : {}));
         break;
       default:
@@ -1278,8 +1289,12 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-function closeMessage(reason, event) {
+function closeMessage(reason, event, mediaFailure = null) {
   let message = LEAVE_MESSAGES[reason] ?? `The session ended (${reason}).`;
+  if (reason === 'media_failed' && mediaFailure) {
+    const words = MEDIA_FAILURES[mediaFailure.cause] ?? message;
+    message = mediaFailure.message ? `${words} (${mediaFailure.message})` : words;
+  }
   if (reason === 'disconnected' && event?.code === 1009) {
     message = 'The server closed the connection: a message was too big.';
   } else if (reason === 'disconnected' && event?.code === 4000) {
