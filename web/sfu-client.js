@@ -891,6 +891,19 @@ export class SfuClient extends EventTarget {
   }
 
   /**
+   * Restarts ICE on both media connections, for after a network change (new address, Wi-Fi to
+   * mobile): the publisher offers new ICE credentials, and the server is asked to re-offer the
+   * subscriber connection with new ones. Media goes on over the new path; DTLS stays.
+   */
+  async restartIce() {
+    if (this._pub && this._pub.signalingState !== 'closed') {
+      this._pub.restartIce();
+      await this._negotiatePublisher();
+    }
+    if (this._sub && this._sub.signalingState !== 'closed') await this.request('restart_ice');
+  }
+
+  /**
    * Queues a publisher offer/answer round. Rounds run one at a time; a round finds every change
    * made before it starts, so calls made while one runs share the next round.
    */

@@ -32,6 +32,15 @@ impl<P: Copy + Eq + Hash> Demux<P> {
         self.by_ufrag.insert(local_ufrag, peer);
     }
 
+    /// An ICE restart gave `peer` the local ufrag `new`: checks naming it are routed to the
+    /// peer from now on, besides those naming `current` (the connection goes on with it until
+    /// the restart completes). Any older ufrag of the peer is forgotten, so repeated restarts
+    /// leave at most two.
+    pub fn rekey(&mut self, peer: P, current: &str, new: String) {
+        self.by_ufrag.retain(|u, p| *p != peer || u == current);
+        self.by_ufrag.insert(new, peer);
+    }
+
     /// Forgets a peer and every address it used.
     pub fn remove(&mut self, peer: P) {
         self.by_ufrag.retain(|_, p| *p != peer);
@@ -142,6 +151,31 @@ mod tests {
             d.route(v, &[0x80, 0x60]),
             Some(1),
             "SRTP from v still goes to peer 1"
+        );
+    }
+
+    #[test]
+    fn an_ice_restart_routes_the_new_ufrag_and_keeps_at_most_two() {
+        let mut demux = Demux::default();
+        demux.add("first".into(), 1u32);
+        demux.add("other".into(), 2u32);
+        let check = |ufrag: &str| binding_request(&format!("{ufrag}:cli"));
+        demux.rekey(1, "first", "second".into());
+        let nowhere: SocketAddr = "127.0.0.9:9".parse().unwrap();
+        assert_eq!(demux.route(nowhere, &check("second")), Some(1));
+        assert_eq!(
+            demux.route(nowhere, &check("first")),
+            Some(1),
+            "still in use"
+        );
+        demux.rekey(1, "second", "third".into());
+        assert_eq!(demux.route(nowhere, &check("third")), Some(1));
+        assert_eq!(demux.route(nowhere, &check("second")), Some(1));
+        assert_eq!(demux.route(nowhere, &check("first")), None, "forgotten");
+        assert_eq!(
+            demux.route(nowhere, &check("other")),
+            Some(2),
+            "others untouched"
         );
     }
 }

@@ -62,6 +62,8 @@ pub enum MediaError {
     TrackNotFound,
     #[error("no subscriber offer is waiting for an answer")]
     NoPendingOffer,
+    #[error("there is no subscriber connection yet: nothing to restart")]
+    NoSubscriberConnection,
     #[error("the participant has no media session")]
     NotJoined,
     #[error("the media worker is gone")]
@@ -151,6 +153,12 @@ pub enum Command {
         preference: QualityPreference,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
+    /// An ICE restart of the participant's subscriber connection: a new offer with new
+    /// credentials follows.
+    RestartIce {
+        participant: String,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
     /// Counts for tests and the admin API.
     Stats {
         reply: oneshot::Sender<WorkerStats>,
@@ -177,6 +185,7 @@ impl Command {
             | Command::Unpublish { participant, .. }
             | Command::Subscribe { participant, .. }
             | Command::SetQuality { participant, .. }
+            | Command::RestartIce { participant, .. }
             | Command::InjectFault { participant, .. } => Some(participant),
             Command::Stats { .. } | Command::Shutdown => None,
         }

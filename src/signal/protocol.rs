@@ -117,6 +117,13 @@ pub enum Request {
         id: Option<String>,
         track: String,
     },
+    /// Asks for an ICE restart of the subscriber connection (after a network change): the
+    /// server answers `ack`, then sends a subscriber `offer` with new ICE credentials. The
+    /// publisher connection restarts the standard way, with an `offer` carrying new ones.
+    RestartIce {
+        #[serde(default)]
+        id: Option<String>,
+    },
     /// Chooses the simulcast layer of a video track this participant receives: a quality, or
     /// the size of the element showing it (the server picks the smallest layer that fills it).
     SetQuality {
@@ -149,6 +156,7 @@ impl Request {
             | Request::Mute { id, .. }
             | Request::Subscribe { id, .. }
             | Request::Unsubscribe { id, .. }
+            | Request::RestartIce { id }
             | Request::SetQuality { id, .. } => id.as_deref(),
         }
     }
@@ -169,6 +177,7 @@ impl Request {
             Request::Subscribe { .. } => "subscribe",
             Request::Unsubscribe { .. } => "unsubscribe",
             Request::SetQuality { .. } => "set_quality",
+            Request::RestartIce { .. } => "restart_ice",
         }
     }
 }
@@ -189,6 +198,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "subscribe",
     "unsubscribe",
     "set_quality",
+    "restart_ice",
 ];
 
 /// A message that could not be read as a request, with what to answer.

@@ -550,6 +550,10 @@ impl Session {
                     .await
                     .map(|()| None)
             }
+            Request::RestartIce { .. } => media
+                .ask(|reply| Command::RestartIce { participant, reply })
+                .await
+                .map(|()| None),
             // Join, leave, chat, typing and ping never get here.
             _ => Ok(None),
         };
@@ -563,6 +567,7 @@ impl Session {
                 let code = match e {
                     MediaError::BadSdp(_) | MediaError::NoPendingOffer => ErrorCode::BadSdp,
                     MediaError::TrackNotFound => ErrorCode::TrackNotFound,
+                    MediaError::NoSubscriberConnection => ErrorCode::BadRequest,
                     MediaError::NotJoined | MediaError::WorkerGone => ErrorCode::MediaFailed,
                     MediaError::WorkerBusy => ErrorCode::ServerBusy,
                     MediaError::TooManyTracks => ErrorCode::TrackLimit,

@@ -95,6 +95,9 @@ impl Worker {
             } => {
                 let _ = reply.send(self.set_quality(&participant, &track, preference));
             }
+            Command::RestartIce { participant, reply } => {
+                let _ = reply.send(self.restart_ice(&participant));
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
@@ -125,6 +128,7 @@ impl Worker {
                 negotiation: Negotiation::default(),
                 pending: None,
                 has_channel: false,
+                restart_ice: false,
                 estimate_bps: None,
                 twcc_estimates: false,
                 allocator: Allocator::default(),

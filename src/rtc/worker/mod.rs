@@ -107,6 +107,9 @@ struct Participant {
     pending: Option<SdpPendingOffer>,
     /// The subscriber connection's data channel m-line is negotiated (or offered).
     has_channel: bool,
+    /// The client asked for an ICE restart of its subscriber connection: the next offer
+    /// carries new credentials.
+    restart_ice: bool,
     /// The subscriber connection's latest downstream bandwidth estimate.
     estimate_bps: Option<u64>,
     /// Estimates come from TWCC feedback (then REMB is ignored).

@@ -150,6 +150,10 @@ impl Worker {
             publications: &self.publications,
             free,
         };
+        let restart = std::mem::take(&mut p.restart_ice).then(|| {
+            // The server's candidates stay; the client checks them with the new credentials.
+            lines.changes.ice_restart(true).ufrag
+        });
         if !p.has_channel {
             // An m-line that is never stopped. When the last track goes, its m-line is
             // stopped (port 0, out of BUNDLE); with nothing left in the BUNDLE group, browsers
@@ -168,6 +172,11 @@ impl Worker {
         let Some((offer, pending)) = offer else {
             return;
         };
+        if let Some(ufrag) = restart {
+            // Checks with the new ufrag may come before the answer: route them from now.
+            let current = peer.rtc.direct_api().local_ice_credentials().ufrag;
+            self.demux.rekey(peer_id, &current, ufrag);
+        }
         p.pending = Some(pending);
         let tracks: Vec<OfferedTrack> = p
             .negotiation
@@ -210,6 +219,8 @@ impl Worker {
         self.to_poll.insert(peer_id);
         peer.negotiated.get_or_insert_with(Instant::now);
         let answered = p.negotiation.answered();
+        // An ICE restart asked for while that offer was out goes in the next one.
+        let offer_again = answered.offer_again || p.restart_ice;
         for &mid in &answered.freed {
             // The next track on this line starts afresh: a new SSRC, so the client's receiver
             // sees a new stream rather than a jump in the old one.
@@ -240,7 +251,7 @@ impl Worker {
             let layers = publication.router.keyframe_for_targets(now);
             self.request_keyframes(&track, &layers);
         }
-        if answered.offer_again {
+        if offer_again {
             self.negotiate(participant);
         }
         Ok(())
@@ -293,6 +304,7 @@ impl Worker {
         };
         let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::NotJoined)?;
         let offered = crate::rtc::sdp::codecs_by_mid(&offer.to_sdp_string());
+        let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
         let answer = match guard(|| peer.rtc.sdp_api().accept_offer(offer)) {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => return Err(MediaError::BadSdp(e.to_string())),
@@ -302,9 +314,31 @@ impl Worker {
             }
         };
         peer.negotiated.get_or_insert_with(Instant::now);
+        let restarted = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        if restarted != ufrag {
+            // The client restarted ICE (new credentials in its offer, so new ones in our
+            // answer): its checks name the new ufrag, from the new address it may have.
+            self.demux.rekey(peer_id, &ufrag, restarted);
+        }
         self.to_poll.insert(peer_id);
         self.tell_refused(participant, peer_id, offered);
         Ok(answer.to_sdp_string())
+    }
+
+    /// The client asked to restart ICE on its subscriber connection (its network changed):
+    /// the next offer carries new credentials, now if no offer is in flight, else right after
+    /// the answer to that one.
+    pub(super) fn restart_ice(&mut self, participant: &str) -> Result<(), MediaError> {
+        let p = self
+            .participants
+            .get_mut(participant)
+            .ok_or(MediaError::NotJoined)?;
+        if p.subscriber.is_none() {
+            return Err(MediaError::NoSubscriberConnection);
+        }
+        p.restart_ice = true;
+        self.negotiate(participant);
+        Ok(())
     }
 
     /// Tells a publisher which audio/video m-lines of the offer just answered were refused
