@@ -247,6 +247,32 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     await icon.waitFor({ state: 'hidden', timeout: 10_000 });
   }));
 
+  it('page A restarts ICE on both its connections (as after a network change): new credentials are in use and media keeps flowing both ways', () => diagnose(async () => {
+    const { Alice, Bob } = people;
+    const ufrags = () => Alice.page.evaluate(() => {
+      const ufrag = (d) => /a=ice-ufrag:(\S+)/.exec(d?.sdp ?? '')?.[1];
+      return {
+        pubLocal: ufrag(window.sfu._pub?.localDescription),
+        pubServer: ufrag(window.sfu._pub?.remoteDescription),
+        subServer: ufrag(window.sfu._sub?.remoteDescription),
+      };
+    });
+    const before = await ufrags();
+    assert.ok(before.pubLocal && before.pubServer && before.subServer, `ICE credentials before: ${JSON.stringify(before)}`);
+    await Alice.page.evaluate(() => window.sfu.restartIce());
+    const after = await until(async () => {
+      const now = await ufrags();
+      const changed = now.pubLocal !== before.pubLocal && now.pubServer !== before.pubServer &&
+        now.subServer !== before.subServer && now.pubServer && now.subServer;
+      return changed ? now : null;
+    }, { timeoutMs: MEDIA_TIMEOUT_MS, what: 'new ICE credentials on both of Alice\'s connections' });
+    console.log(`Alice's ICE credentials: ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
+    await Promise.all([
+      assertReceiving(Bob, 'Alice'),
+      assertReceiving(Alice, 'Bob'),
+    ]);
+  }));
+
   it('page B sets quality low then high on A\'s tile: the frame width goes down, then up, without freezes', async (t) => diagnose(async () => {
     const { Alice, Bob } = people;
     // Wait until Bob gets a layer above Alice's smallest, so there is somewhere to go down to.
