@@ -64,6 +64,7 @@ async fn inject(server: &sfu::http::Server, room: &str, participant: String, fau
         .state
         .media
         .for_room(room)
+        .expect("the room is placed on a worker")
         .send(Command::InjectFault { participant, fault })
         .await
         .expect("the worker takes the command");

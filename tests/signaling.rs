@@ -797,3 +797,38 @@ async fn bad_frames_close_with_the_code_for_what_was_wrong() {
     assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn new_rooms_go_to_the_least_loaded_media_worker() {
+    let server = common::start(|c| c.rtc.workers = 2).await;
+    // Two room names that a hash of the name (FNV-1a modulo the workers, how rooms used to be
+    // placed) would put on the same worker.
+    let fnv = |s: &str| {
+        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    };
+    let names: Vec<String> = (0..)
+        .map(|i| format!("room-{i}"))
+        .filter(|n| fnv(n) % 2 == 0)
+        .take(2)
+        .collect();
+    let media = &server.state.media;
+    let (alice, _) = Client::join(&server, &names[0], "alice").await;
+    let (bob, _) = Client::join(&server, &names[1], "bob").await;
+    let (first, second) = (media.worker_of(&names[0]), media.worker_of(&names[1]));
+    assert!(first.is_some() && second.is_some(), "both rooms are placed");
+    assert_ne!(first, second, "the second room went to the idle worker");
+    // Another participant of the first room joins that room's worker.
+    let (carol, _) = Client::join(&server, &names[0], "carol").await;
+    assert_eq!(media.worker_of(&names[0]), first);
+    // When everyone has left, the rooms hold no place any more.
+    for c in [alice, bob, carol] {
+        c.close().await;
+    }
+    let freed = common::eventually(|| async {
+        media.worker_of(&names[0]).is_none() && media.worker_of(&names[1]).is_none()
+    })
+    .await;
+    assert!(freed, "the places are given back when the participants leave");
+}

@@ -1,8 +1,10 @@
 //! The media engine: one worker thread and one UDP socket per core, started together, each
-//! room placed on one worker by its name, all stopped together.
+//! room placed on the least-loaded worker when its first participant joins, all stopped
+//! together.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +29,70 @@ struct WorkerThread {
 /// The media workers: one thread and one UDP socket each.
 pub struct MediaEngine {
     workers: Vec<WorkerThread>,
+    placements: Arc<Mutex<Placements>>,
+}
+
+/// Which worker hosts each room with participants, and how many it has there.
+#[derive(Debug, Default)]
+struct Placements {
+    rooms: HashMap<String, RoomPlacement>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RoomPlacement {
+    worker: usize,
+    participants: usize,
+}
+
+impl Placements {
+    /// The worker for one more participant of `room`: its room's, or for a room nobody is in,
+    /// the worker with the fewest participants (then the fewest rooms, then the lowest index).
+    fn join(&mut self, room: &str, workers: usize) -> usize {
+        if let Some(p) = self.rooms.get_mut(room) {
+            p.participants += 1;
+            return p.worker;
+        }
+        let mut load = vec![(0usize, 0usize); workers];
+        for p in self.rooms.values() {
+            load[p.worker].0 += p.participants;
+            load[p.worker].1 += 1;
+        }
+        let worker = (0..workers).min_by_key(|&w| (load[w], w)).unwrap_or(0);
+        self.rooms.insert(
+            room.to_string(),
+            RoomPlacement {
+                worker,
+                participants: 1,
+            },
+        );
+        worker
+    }
+
+    /// One participant of `room` is gone; a room with none left is placed anew next time.
+    fn leave(&mut self, room: &str) {
+        if let Some(p) = self.rooms.get_mut(room) {
+            p.participants = p.participants.saturating_sub(1);
+            if p.participants == 0 {
+                self.rooms.remove(room);
+            }
+        }
+    }
+}
+
+/// One participant's place on a media worker: the room's worker, held while the participant
+/// is in the room. Dropping it frees the place.
+pub struct Placement {
+    pub handle: MediaHandle,
+    room: String,
+    placements: Arc<Mutex<Placements>>,
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.placements.lock() {
+            p.leave(&self.room);
+        }
+    }
 }
 
 impl MediaEngine {
@@ -63,18 +129,36 @@ impl MediaEngine {
                 addr,
             });
         }
-        Ok(Self { workers })
+        Ok(Self {
+            workers,
+            placements: Arc::default(),
+        })
     }
 
-    /// The worker that hosts `room`.
-    pub fn for_room(&self, room: &str) -> MediaHandle {
-        // FNV-1a: stable across runs and processes, so a room always lands on the same worker.
-        let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        self.workers[(hash % self.workers.len() as u64) as usize]
-            .handle
-            .clone()
+    /// A place for one more participant of `room`: on the worker that hosts the room, or, for
+    /// a room nobody is in, on the least-loaded worker. A room's participants share a worker.
+    pub fn place(&self, room: &str) -> Placement {
+        let worker = self
+            .placements
+            .lock()
+            .map(|mut p| p.join(room, self.workers.len()))
+            .unwrap_or(0);
+        Placement {
+            handle: self.workers[worker].handle.clone(),
+            room: room.to_string(),
+            placements: self.placements.clone(),
+        }
+    }
+
+    /// The index of the worker hosting `room`, while anyone is in it.
+    pub fn worker_of(&self, room: &str) -> Option<usize> {
+        let placements = self.placements.lock().ok()?;
+        placements.rooms.get(room).map(|p| p.worker)
+    }
+
+    /// The worker hosting `room`, while anyone is in it.
+    pub fn for_room(&self, room: &str) -> Option<MediaHandle> {
+        self.worker_of(room).map(|w| self.workers[w].handle.clone())
     }
 
     /// The UDP addresses the workers listen on.
@@ -163,6 +247,33 @@ fn advertised_ips(config: &Config) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_room_goes_to_the_least_loaded_worker_and_stays_there() {
+        let mut p = Placements::default();
+        // A big room on worker 0, then a small one on 1.
+        for _ in 0..5 {
+            assert_eq!(p.join("big", 3), 0);
+        }
+        assert_eq!(p.join("small", 3), 1);
+        assert_eq!(p.join("other", 3), 2);
+        assert_eq!(
+            p.join("other", 3),
+            2,
+            "a room's participants share its worker"
+        );
+        // Loads 5 / 1 / 2: the next new room goes to worker 1.
+        assert_eq!(p.join("next", 3), 1);
+        // The big room empties: it is forgotten, and worker 0 is the least loaded again.
+        for _ in 0..5 {
+            p.leave("big");
+        }
+        assert_eq!(p.rooms.get("big").map(|r| r.worker), None);
+        assert_eq!(p.join("again", 3), 0);
+        // A leave for an unknown room changes nothing.
+        p.leave("nowhere");
+        assert_eq!(p.rooms.len(), 4);
+    }
 
     #[test]
     fn worker_ports_count_up_and_never_wrap() {

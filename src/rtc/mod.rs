@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::model::{OfferedTrack, PeerTarget, Quality, Speaker, TrackInfo, TrackKind, TrackSource};
 
-pub use engine::{bind_media_socket, MediaEngine, SOCKET_BUFFER_BYTES};
+pub use engine::{bind_media_socket, MediaEngine, Placement, SOCKET_BUFFER_BYTES};
 
 /// Commands a worker's queue holds. A worker drains hundreds of commands in a millisecond;
 /// a full queue means it is stuck or flooded, and senders wait (up to

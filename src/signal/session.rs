@@ -24,7 +24,7 @@ use crate::room::rate_limit::TokenBucket;
 use crate::room::{Encoded, Participant, RoomError, RoomRef, Rooms, SessionEnd};
 use crate::rtc::sdp::{ClientAnswer, ClientOffer};
 use crate::rtc::{
-    Command, EventSink, MediaEngine, MediaError, MediaEvent, MediaHandle, QualityPreference,
+    Command, EventSink, MediaEngine, MediaError, MediaEvent, Placement, QualityPreference,
     MEDIA_EVENT_QUEUE,
 };
 use crate::signal::protocol::{
@@ -60,8 +60,8 @@ struct Joined {
     room: RoomRef,
     me: ChatSender,
     permissions: Permissions,
-    /// The media worker hosting the room.
-    media: MediaHandle,
+    /// The media worker hosting the room (this participant's place on it).
+    media: Placement,
 }
 
 /// What a request did to the session.
@@ -182,7 +182,7 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
         let leave = Command::Leave {
             participant: joined.me.sid.clone(),
         };
-        if let Err(e) = joined.media.send(leave).await {
+        if let Err(e) = joined.media.handle.send(leave).await {
             tracing::warn!(
                 room = joined.room.name(),
                 "media worker did not take the leave: {e}"
@@ -360,7 +360,7 @@ impl Session {
                 .error(ErrorCode::NotJoined, "join a room first", id)
                 .await;
         };
-        let media = joined.media.clone();
+        let media = joined.media.handle.clone();
         let room = joined.room.clone();
         let me = joined.me.sid.clone();
         let permissions = joined.permissions;
@@ -741,7 +741,7 @@ impl Session {
         if let Some(old) = &joined.replaced {
             self.app.rooms.replaced(old);
         }
-        let media = self.app.media.for_room(room.name());
+        let media = self.app.media.place(room.name());
         let join = Command::Join {
             room: room.name().to_string(),
             participant: info.sid.clone(),
@@ -749,7 +749,7 @@ impl Session {
             can_subscribe: permissions.subscribe,
             events: self.media_events.clone(),
         };
-        if let Err(e) = media.send(join).await {
+        if let Err(e) = media.handle.send(join).await {
             // Without media state the participant could do nothing: it does not stay.
             self.app
                 .rooms
