@@ -830,5 +830,8 @@ async fn new_rooms_go_to_the_least_loaded_media_worker() {
         media.worker_of(&names[0]).is_none() && media.worker_of(&names[1]).is_none()
     })
     .await;
-    assert!(freed, "the places are given back when the participants leave");
+    assert!(
+        freed,
+        "the places are given back when the participants leave"
+    );
 }
