@@ -69,6 +69,9 @@
  *   subscription_failed {track: sid, code, message, info, participant}   a remote track we cannot
  *                       receive; today `code` is always `codec_not_supported` (our answer
  *                       accepted none of its formats). Nothing of it will arrive.
+ *   publication_failed  {cid, mid, kind, code, message, local}   an m-line of our offer the server
+ *                       refused: `code` is `codec_not_supported` (we offered no codec it forwards);
+ *                       nothing of that track is published
  *   publisher_layers    {track: sid, active: [rid], local}   which layers of our video anyone
  *                       receives; the client pauses the others itself (dynacast)
  *   connection_state    {target: 'publisher'|'subscriber', state}
@@ -523,6 +526,12 @@ export class SfuClient extends EventTarget {
           info,
           participant: info ? this._participant(info.participant) : undefined,
         });
+        break;
+      }
+      case 'publication_failed': {
+        // Our offer's m-line for this track had no codec the server forwards: it is not published.
+        const local = [...this.localTracks.values()].find((l) => l.cid === msg.cid);
+        this._emit('publication_failed', { cid: msg.cid, mid: msg.mid, kind: msg.kind, code: msg.code, message: msg.message, local });
         break;
       }
       case 'publisher_layers':

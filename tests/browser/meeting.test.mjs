@@ -429,6 +429,22 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     await screenshot(Carol, 'carol-dave-codec-not-supported');
   }));
 
+  it('the page says so when the server refuses a track of ours for its codec (publication_failed)', () => diagnose(async () => {
+    const { Carol } = people;
+    const cid = await Carol.page.evaluate(() => [...window.sfu.localTracks.values()].find((l) => l.source === 'camera')?.cid);
+    assert.ok(cid, 'Carol publishes a camera');
+    await serverSays(Carol, {
+      type: 'publication_failed',
+      cid,
+      mid: '0',
+      kind: 'video',
+      code: 'codec_not_supported',
+      message: 'the video m-line 0 offers AV1 and the server forwards none of them',
+    });
+    await until(async () => /Your camera is not reaching the others/.test(await Carol.page.locator('#status').textContent()),
+      { timeoutMs: 5_000, what: 'Carol\'s status to say her camera is not published' });
+  }));
+
   it('no page ever showed a raw browser error, or "0 kbps" in a stats overlay', () => diagnose(async () => {
     const problems = [];
     for (const p of Object.values(people)) {

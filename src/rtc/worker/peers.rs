@@ -166,7 +166,6 @@ impl Worker {
             let output = match guard(|| peer.rtc.poll_output()) {
                 Ok(Ok(output)) => output,
                 Ok(Err(e)) => {
-                    tracing::info!(peer = id, "peer failed: {e}");
                     return self.fail_peer(id, FailureCause::DtlsFailed, &e.to_string());
                 }
                 Err(panic) => return self.fail_peer(id, FailureCause::Internal, &panic),
