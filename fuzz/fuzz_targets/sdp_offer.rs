@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         let mut rtc = new_rtc(now, false);
-        if let Ok(Ok(answer)) = guard(|| rtc.sdp_api().accept_offer(offer.0)) {
+        if let Ok(Ok(answer)) = guard(|| rtc.sdp_api().accept_offer(offer.sdp)) {
             let _ = answer.to_sdp_string();
             drain(&mut rtc);
         }

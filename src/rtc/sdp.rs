@@ -17,7 +17,21 @@ pub const MAX_ANSWER_MEDIA_LINES: usize = 1024;
 
 /// A publisher connection's offer, checked and parsed.
 #[derive(Debug)]
-pub struct ClientOffer(pub SdpOffer);
+pub struct ClientOffer {
+    pub sdp: SdpOffer,
+    /// What each m-section offered, read from the text here (not on the worker): for telling
+    /// the publisher which m-line the stack refused and what was in it.
+    pub media: Vec<OfferedMedia>,
+}
+
+/// One m-section of an offer: its mid, its media kind and the codec names of its
+/// `a=rtpmap` lines (retransmission and FEC formats left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedMedia {
+    pub mid: String,
+    pub kind: String,
+    pub codecs: Vec<String>,
+}
 
 /// An answer to a subscriber offer, checked and parsed.
 #[derive(Debug)]
@@ -26,9 +40,12 @@ pub struct ClientAnswer(pub SdpAnswer);
 impl ClientOffer {
     pub fn parse(sdp: &str) -> Result<Self, MediaError> {
         check_media_lines(sdp, MAX_OFFER_MEDIA_LINES)?;
-        SdpOffer::from_sdp_string(&with_track_ids(sdp))
-            .map(Self)
-            .map_err(|e| MediaError::BadSdp(e.to_string()))
+        let parsed = SdpOffer::from_sdp_string(&with_track_ids(sdp))
+            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        Ok(Self {
+            sdp: parsed,
+            media: offered_media(sdp),
+        })
     }
 }
 
@@ -100,16 +117,18 @@ fn push_section(out: &mut String, lines: &[&str]) {
     }
 }
 
-/// Each m-section of an SDP as `(mid, media kind, codec names from its a=rtpmap lines)`, in
-/// order. For telling a publisher which of its m-lines the server refused, and what it offered.
-pub fn codecs_by_mid(sdp: &str) -> Vec<(String, String, Vec<String>)> {
-    let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
+/// Each m-section of an SDP, in order.
+fn offered_media(sdp: &str) -> Vec<OfferedMedia> {
+    let mut out: Vec<OfferedMedia> = Vec::new();
     for line in sdp.lines() {
         let line = line.trim_end();
         if let Some(rest) = line.strip_prefix("m=") {
-            let kind = rest.split(' ').next().unwrap_or_default().to_string();
-            out.push((String::new(), kind, Vec::new()));
-        } else if let Some((mid, _, codecs)) = out.last_mut() {
+            out.push(OfferedMedia {
+                mid: String::new(),
+                kind: rest.split(' ').next().unwrap_or_default().to_string(),
+                codecs: Vec::new(),
+            });
+        } else if let Some(OfferedMedia { mid, codecs, .. }) = out.last_mut() {
             if let Some(m) = line.strip_prefix("a=mid:") {
                 *mid = m.trim().to_string();
             } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
@@ -179,19 +198,16 @@ mod tests {
                    a=rtpmap:45 AV1/90000\r\na=rtpmap:46 rtx/90000\r\n\
                    m=audio 9 UDP/TLS/RTP/SAVPF 0 8\r\na=mid:a\r\na=rtpmap:0 PCMU/8000\r\n\
                    a=rtpmap:8 PCMA/8000\r\n";
+        let media = |mid: &str, kind: &str, codecs: &[&str]| OfferedMedia {
+            mid: mid.to_string(),
+            kind: kind.to_string(),
+            codecs: codecs.iter().map(|c| c.to_string()).collect(),
+        };
         assert_eq!(
-            codecs_by_mid(sdp),
+            offered_media(sdp),
             vec![
-                (
-                    "v".to_string(),
-                    "video".to_string(),
-                    vec!["AV1".to_string()]
-                ),
-                (
-                    "a".to_string(),
-                    "audio".to_string(),
-                    vec!["PCMU".to_string(), "PCMA".to_string()]
-                ),
+                media("v", "video", &["AV1"]),
+                media("a", "audio", &["PCMU", "PCMA"]),
             ]
         );
     }
@@ -213,7 +229,9 @@ mod tests {
     fn track_id(sdp: &str) -> String {
         let offer = ClientOffer::parse(sdp).expect("offer parses");
         let mut rtc = crate::rtc::stack::new_rtc(std::time::Instant::now(), false);
-        rtc.sdp_api().accept_offer(offer.0).expect("offer accepted");
+        rtc.sdp_api()
+            .accept_offer(offer.sdp)
+            .expect("offer accepted");
         let mid = str0m::media::Mid::from("0");
         rtc.media(mid).expect("the m-line").track_id().to_string()
     }

@@ -49,7 +49,7 @@ impl Worker {
                 sdp,
                 reply,
             } => {
-                let _ = reply.send(self.on_publisher_offer(&participant, sdp.0));
+                let _ = reply.send(self.on_publisher_offer(&participant, sdp));
             }
             Command::SubscriberAnswer {
                 participant,

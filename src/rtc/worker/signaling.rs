@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use str0m::change::{SdpAnswer, SdpApi, SdpOffer};
+use str0m::change::{SdpAnswer, SdpApi};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::Protocol;
 use str0m::Candidate;
@@ -15,6 +15,7 @@ use super::peers::{Peer, Role};
 use super::{Participant, PeerId, Publication, Route, Worker};
 use crate::model::FailureCause;
 use crate::model::{OfferedTrack, PeerTarget};
+use crate::rtc::sdp::{ClientOffer, OfferedMedia};
 use crate::rtc::stack::{guard, matching_pt, size_resend_buffer};
 use crate::rtc::{MediaError, MediaEvent};
 
@@ -281,7 +282,7 @@ impl Worker {
     pub(super) fn on_publisher_offer(
         &mut self,
         participant: &str,
-        offer: SdpOffer,
+        offer: ClientOffer,
     ) -> Result<String, MediaError> {
         let p = self
             .participants
@@ -303,7 +304,10 @@ impl Worker {
             }
         };
         let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::NotJoined)?;
-        let offered = crate::rtc::sdp::codecs_by_mid(&offer.to_sdp_string());
+        let ClientOffer {
+            sdp: offer,
+            media: offered,
+        } = offer;
         let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
         let answer = match guard(|| peer.rtc.sdp_api().accept_offer(offer)) {
             Ok(Ok(answer)) => answer,
@@ -344,17 +348,12 @@ impl Worker {
     /// Tells a publisher which audio/video m-lines of the offer just answered were refused
     /// (the stack found no codec it forwards among those `offered`): they publish nothing,
     /// and without this the client would wait for `track_published` forever.
-    fn tell_refused(
-        &mut self,
-        participant: &str,
-        peer_id: PeerId,
-        offered: Vec<(String, String, Vec<String>)>,
-    ) {
+    fn tell_refused(&mut self, participant: &str, peer_id: PeerId, offered: Vec<OfferedMedia>) {
         let Some(peer) = self.peers.get(&peer_id) else {
             return;
         };
         let mut refused = Vec::new();
-        for (mid, kind, codecs) in offered {
+        for OfferedMedia { mid, kind, codecs } in offered {
             if kind != "audio" && kind != "video" {
                 continue;
             }
