@@ -66,6 +66,7 @@ impl AppState {
             metrics: metrics.clone(),
             media: media.clone(),
             shutdown: shutdown.clone(),
+            resumes: Default::default(),
         });
         Ok(Self(Arc::new(AppInner {
             auth,

@@ -180,6 +180,10 @@ pub struct SignalConfig {
     pub rate_per_second: f64,
     /// Signaling messages a client may send in a burst above the sustained rate.
     pub burst: u32,
+    /// A participant whose socket drops is kept this long, waiting for the client's `resume`.
+    /// Zero turns resume off: a drop is a leave.
+    #[serde(with = "humantime_serde")]
+    pub resume_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,6 +263,7 @@ impl Default for SignalConfig {
             write_timeout: Duration::from_secs(10),
             rate_per_second: 50.0,
             burst: 200,
+            resume_window: Duration::from_secs(20),
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub chat_messages: IntCounter,
     /// Signaling clients disconnected because they could not keep up with their messages.
     pub signal_slow_consumers: IntCounter,
+    /// Session resumes by outcome: resumed, refused (bad token or missed messages gone),
+    /// expired (the window passed without one).
+    pub signal_resumes: IntCounterVec,
     pub http_connections_refused: IntCounter,
     /// Log lines the per-call-site rate limit dropped (brought up to date at each scrape).
     log_lines_suppressed: IntCounter,
@@ -168,6 +171,15 @@ impl Metrics {
                 "sfu_signal_slow_consumers_total",
                 "Signaling clients disconnected because their outgoing queue was full or they \
                  stopped reading",
+            )
+            .expect("valid metric"),
+            signal_resumes: IntCounterVec::new(
+                Opts::new(
+                    "sfu_signal_resumes_total",
+                    "Sessions whose socket dropped, by what became of them: resumed, refused, \
+                     expired",
+                ),
+                &["outcome"],
             )
             .expect("valid metric"),
             http_connections_refused: IntCounter::new(
@@ -390,6 +402,7 @@ impl Metrics {
             Box::new(m.signal_errors.clone()),
             Box::new(m.chat_messages.clone()),
             Box::new(m.signal_slow_consumers.clone()),
+            Box::new(m.signal_resumes.clone()),
             Box::new(m.http_connections_refused.clone()),
             Box::new(m.log_lines_suppressed.clone()),
             Box::new(m.peers.clone()),

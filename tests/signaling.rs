@@ -835,3 +835,160 @@ async fn new_rooms_go_to_the_least_loaded_media_worker() {
         "the places are given back when the participants leave"
     );
 }
+
+/// Joins `room` as `identity` on a server with resume on; returns the client, its resume token.
+async fn join_resumable(
+    server: &sfu::http::Server,
+    room: &str,
+    identity: &str,
+) -> (Client, String) {
+    let (client, joined) = Client::join(server, room, identity).await;
+    assert_eq!(joined["resume_window_ms"], 20_000, "{joined}");
+    let token = joined["resume_token"]
+        .as_str()
+        .expect("joined carries a resume token")
+        .to_string();
+    (client, token)
+}
+
+#[tokio::test]
+async fn a_dropped_socket_resumes_the_session_with_what_it_missed() {
+    let server = common::start(|c| c.signal.resume_window = Duration::from_secs(20)).await;
+    let (mut alice, token) = join_resumable(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+    let sid = alice.request(json!({"type":"ping"})).await;
+    assert_eq!(sid["type"], "pong");
+    let received = alice.received;
+    assert_eq!(received, 3, "joined, participant_joined, pong");
+    alice.drop_hard();
+
+    // While alice has no socket, the room goes on: a chat, a typing indicator, a newcomer.
+    bob.request(json!({"type":"chat","text":"while you were away"}))
+        .await;
+    bob.request(json!({"type":"typing","typing":true})).await;
+    let (_carol, joined) = Client::join(&server, "r", "carol").await;
+    let others: Vec<_> = joined["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["identity"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        others.contains(&"alice".to_string()),
+        "alice is still in the room: {others:?}"
+    );
+
+    let mut back = Client::connect(&server).await;
+    back.received = received;
+    back.send(json!({"type":"resume","id":"x","token":token,"received":received}))
+        .await;
+    let mut kinds = Vec::new();
+    let resumed = loop {
+        let m = back.recv().await;
+        if m["request_id"] == "x" {
+            break m;
+        }
+        kinds.push(m["type"].as_str().unwrap().to_string());
+        if m["type"] == "chat" {
+            assert_eq!(m["message"]["text"], "while you were away");
+        }
+    };
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    assert_eq!(kinds, ["chat", "typing", "participant_joined"]);
+    assert_eq!(resumed["replayed"], 3);
+    assert_eq!(back.received, received + 4, "three replayed and resumed");
+    let new_token = resumed["resume_token"].as_str().unwrap().to_string();
+    assert_ne!(new_token, token);
+    assert_eq!(
+        common::metric(&server, r#"sfu_signal_resumes_total{outcome="resumed"}"#).await,
+        Some(1.0)
+    );
+
+    // The same session: alice's chat reaches bob from the sid she joined with, and bob never
+    // saw her leave.
+    back.request(json!({"type":"chat","text":"back"})).await;
+    loop {
+        let m = bob.recv().await;
+        assert_ne!(m["type"], "participant_left", "bob saw a leave: {m}");
+        if m["type"] == "chat" && m["message"]["text"] == "back" {
+            assert_eq!(m["message"]["sender"]["identity"], "alice");
+            break;
+        }
+    }
+
+    // A token works once.
+    let mut again = Client::connect(&server).await;
+    let refused = again
+        .request(json!({"type":"resume","token":token,"received":0}))
+        .await;
+    assert_eq!(refused["code"], "resume_failed", "{refused}");
+
+    // The new token takes the session over even while its socket is alive (the client saw a
+    // dead network first); the old socket is dropped.
+    let received = back.received;
+    let mut third = Client::connect(&server).await;
+    let resumed = third
+        .request(json!({"type":"resume","token":new_token,"received":received}))
+        .await;
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    assert_eq!(resumed["replayed"], 0);
+    assert!(
+        back.try_recv(common::WAIT).await.is_none(),
+        "the old socket is closed"
+    );
+    assert_eq!(common::metric(&server, "sfu_participants").await, Some(3.0));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_that_cannot_be_resumed_leave() {
+    let server = common::start(|c| c.signal.resume_window = Duration::from_secs(20)).await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+
+    // Claiming more messages than were sent: refused, and the participant leaves at once
+    // (not at the end of the window).
+    let (dave, token) = join_resumable(&server, "r", "dave").await;
+    bob.recv_type("participant_joined").await;
+    dave.drop_hard();
+    let mut back = Client::connect(&server).await;
+    let refused = back
+        .request(json!({"type":"resume","token":token,"received":99}))
+        .await;
+    assert_eq!(refused["code"], "resume_failed", "{refused}");
+    let left = bob.recv_type("participant_left").await;
+    assert_eq!(left["identity"], "dave");
+
+    // A client that closes its socket means to leave: nobody waits for a resume.
+    let (erin, _) = join_resumable(&server, "r", "erin").await;
+    bob.recv_type("participant_joined").await;
+    erin.close().await;
+    let left = bob.recv_type("participant_left").await;
+    assert_eq!(left["identity"], "erin");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_not_resumed_within_the_window_leaves() {
+    let server = common::start(|c| c.signal.resume_window = Duration::from_secs(1)).await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    let (alice, joined) = Client::join(&server, "r", "alice").await;
+    let token = joined["resume_token"].as_str().unwrap().to_string();
+    bob.recv_type("participant_joined").await;
+    alice.drop_hard();
+    let left = bob.recv_type("participant_left").await;
+    assert_eq!(
+        (left["identity"].clone(), left["reason"].clone()),
+        (json!("alice"), json!("disconnected"))
+    );
+    assert_eq!(
+        common::metric(&server, r#"sfu_signal_resumes_total{outcome="expired"}"#).await,
+        Some(1.0)
+    );
+    let mut late = Client::connect(&server).await;
+    let refused = late
+        .request(json!({"type":"resume","token":token,"received":1}))
+        .await;
+    assert_eq!(refused["code"], "resume_failed", "{refused}");
+    server.shutdown().await;
+}

@@ -4,4 +4,5 @@
 //! room events into messages.
 
 pub mod protocol;
+pub mod resume;
 pub mod session;

@@ -38,6 +38,16 @@ pub enum Request {
         #[serde(default)]
         protocol: Option<u32>,
     },
+    /// On a new connection, instead of `join`: take over the session whose socket dropped, within
+    /// `resume_window_ms` of the drop. `received` counts the messages the client had from that
+    /// session, `joined` being the first. The server sends every later one again, in order, then
+    /// answers `resumed`.
+    Resume {
+        #[serde(default)]
+        id: Option<String>,
+        token: String,
+        received: u64,
+    },
     /// Leave the room; the server answers `leave{reason:"client_left"}` and closes.
     Leave {
         #[serde(default)]
@@ -144,6 +154,7 @@ impl Request {
     pub fn id(&self) -> Option<&str> {
         match self {
             Request::Join { id, .. }
+            | Request::Resume { id, .. }
             | Request::Leave { id }
             | Request::Chat { id, .. }
             | Request::Typing { id, .. }
@@ -164,6 +175,7 @@ impl Request {
     pub fn kind(&self) -> &'static str {
         match self {
             Request::Join { .. } => "join",
+            Request::Resume { .. } => "resume",
             Request::Leave { .. } => "leave",
             Request::Chat { .. } => "chat",
             Request::Typing { .. } => "typing",
@@ -185,6 +197,7 @@ impl Request {
 /// Types a client may send, for metric labels and the `unknown_type` check.
 pub const REQUEST_TYPES: &[&str] = &[
     "join",
+    "resume",
     "leave",
     "chat",
     "typing",
@@ -347,6 +360,9 @@ pub enum ErrorCode {
     CodecNotSupported,
     /// More tracks declared with `publish` than a participant may have waiting.
     TrackLimit,
+    /// A `resume` that cannot be honoured (unknown or used token, session over, messages the
+    /// client missed no longer kept): join again.
+    ResumeFailed,
     /// Something failed inside the server; the connection goes on.
     Internal,
 }
@@ -377,6 +393,7 @@ impl ErrorCode {
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::CodecNotSupported => "codec_not_supported",
             ErrorCode::TrackLimit => "track_limit",
+            ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -416,6 +433,18 @@ pub enum ServerMessage {
         /// Every track published in the room now.
         tracks: Vec<TrackInfo>,
         ice_servers: Vec<IceServer>,
+        /// Presented in `resume` after the socket drops; absent when resume is off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+        /// How long after a drop the session waits for the resume (0: resume is off).
+        resume_window_ms: u64,
+    },
+    /// The answer to `resume`, after the messages the client missed.
+    Resumed {
+        /// The token for the next resume (the one presented is used up).
+        resume_token: String,
+        /// How many messages were sent again before this answer.
+        replayed: u64,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -514,6 +543,7 @@ impl ServerMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             ServerMessage::Joined { .. } => "joined",
+            ServerMessage::Resumed { .. } => "resumed",
             ServerMessage::ParticipantJoined { .. } => "participant_joined",
             ServerMessage::ParticipantLeft { .. } => "participant_left",
             ServerMessage::Chat { .. } => "chat",

@@ -2,14 +2,18 @@
 //!
 //! The session owns the socket. It checks every frame (size, JSON, type, fields, rate), answers
 //! every request exactly once, and forwards what the room queues for this participant. However it
-//! ends (leave, kick, replace, shutdown, a dead socket), it sends `leave{reason}` when the socket is
-//! still there and takes the participant out of its room.
+//! ends (leave, kick, replace, shutdown, resume window over), it sends `leave{reason}` when the
+//! socket is still there and takes the participant out of its room.
+//!
+//! When a joined participant's socket dies, the session outlives it for `signal.resume_window`:
+//! the participant stays in the room, what it is sent is logged, and a new connection presenting
+//! the resume token takes the session over and gets what it missed ([`super::resume`]).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::stream::StreamExt;
 use futures_util::SinkExt;
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
@@ -30,8 +34,7 @@ use crate::rtc::{
 use crate::signal::protocol::{
     encode, parse_request, ErrorCode, Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
 };
-
-type Sink = SplitSink<WebSocket, Message>;
+use crate::signal::resume::{Handover, ReplayLog, ResumeTokens, Sink, Stream};
 
 /// Publisher offers a client may send per second, and in a burst above that: a browser offers
 /// when its tracks change, not in a loop.
@@ -50,10 +53,21 @@ pub struct Context {
     pub media: Arc<MediaEngine>,
     /// Cancelled once, when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// The resume tokens of joined sessions.
+    pub resumes: ResumeTokens,
 }
 
-/// Why the socket could not take a message: the session ends without a goodbye.
+/// Why the socket could not take a message: the session ends without a goodbye, or waits for a
+/// resume.
 struct SocketGone;
+
+/// Why a resume did not take.
+enum TakeOver {
+    /// The client was told it cannot resume; the participant leaves.
+    Refused,
+    /// The new socket died too.
+    Lost,
+}
 
 /// The session's state once it has joined.
 struct Joined {
@@ -69,11 +83,26 @@ enum Next {
     Continue,
     /// The client asked to leave; the answer was sent.
     Leave,
+    /// The client presented a resume token: this socket goes to the session behind it.
+    HandOver {
+        session: mpsc::Sender<Handover>,
+        request_id: Option<String>,
+        received: u64,
+    },
 }
 
 struct Session {
     app: Arc<Context>,
-    sink: Sink,
+    /// The socket's sending half; `None` while a joined session waits to be resumed.
+    sink: Option<Sink>,
+    /// Everything sent from `joined` on, numbered, for a resume.
+    log: ReplayLog,
+    /// The token that resumes this session now (joined, and resume enabled).
+    resume_token: Option<String>,
+    /// Where a connection presenting the token sends its socket.
+    handover: mpsc::Sender<Handover>,
+    /// False once something was lost that a resume could not give back.
+    resumable: bool,
     /// A token checked before the upgrade (`/ws?token=`), used when `join` carries none.
     preauth: Option<Claims>,
     joined: Option<Joined>,
@@ -90,17 +119,23 @@ struct Session {
 pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) {
     let metrics = app.metrics.clone();
     metrics.signal_connections.inc();
-    let (sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
+    let mut stream = Some(stream);
     let (outbound_tx, mut outbound_rx) = mpsc::channel::<Encoded>(OUTBOUND_QUEUE);
     let (media_events, mut media_rx, media_overflow) =
         EventSink::channel(MEDIA_EVENT_QUEUE, &metrics);
+    let (handover, mut handover_rx) = mpsc::channel::<Handover>(1);
     let now = Instant::now();
     let signal = &app.config.signal;
     let mut session = Session {
         limiter: TokenBucket::new(signal.rate_per_second, signal.burst, now),
         offer_limiter: TokenBucket::new(OFFERS_PER_SECOND, OFFER_BURST, now),
         app: app.clone(),
-        sink,
+        sink: Some(sink),
+        log: ReplayLog::default(),
+        resume_token: None,
+        handover,
+        resumable: true,
         preauth,
         joined: None,
         end: Arc::new(SessionEnd::default()),
@@ -109,14 +144,21 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
     };
     let join_deadline = tokio::time::sleep(signal.join_timeout);
     tokio::pin!(join_deadline);
+    // Armed when the socket of a joined session dies.
+    let resume_deadline = tokio::time::sleep(signal.resume_window);
+    tokio::pin!(resume_deadline);
     let mut ping = tokio::time::interval(signal.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let end = session.end.clone();
+    // Whether this session holds a socket that `signal_connections` counts.
+    let mut counted = true;
 
-    // `Some(reason)`: tell the client why and close; `None`: the socket is gone already.
+    // `Some(reason)`: tell the client why (if its socket is there) and close; `None`: the
+    // socket is gone and the session is not kept for a resume.
     let goodbye: Option<LeaveReason> = loop {
-        tokio::select! {
+        // What ended the socket, if something did in this turn.
+        let lost = tokio::select! {
             biased;
             _ = app.shutdown.cancelled() => break Some(LeaveReason::ServerShutdown),
             _ = end.ended() => break Some(end.reason().unwrap_or(LeaveReason::Disconnected)),
@@ -124,59 +166,95 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
             // is ended like a slow consumer of room events.
             _ = media_overflow.cancelled() => break Some(LeaveReason::SlowConsumer),
             _ = &mut join_deadline, if session.joined.is_none() => break Some(LeaveReason::JoinTimeout),
-            Some(event) = outbound_rx.recv() => {
-                if session.send_encoded(&event).await.is_err() {
-                    break None;
+            _ = &mut resume_deadline, if session.sink.is_none() => {
+                metrics.signal_resumes.with_label_values(&["expired"]).inc();
+                tracing::info!("signaling client did not resume within resume_window");
+                break Some(LeaveReason::Disconnected);
+            }
+            Some(new) = handover_rx.recv(), if session.joined.is_some() => {
+                if !counted {
+                    metrics.signal_connections.inc();
+                    counted = true;
+                }
+                stream = Some(new.stream);
+                last_heard = Instant::now();
+                match session.take_over(new.sink, new.request_id, new.received).await {
+                    Ok(()) => false,
+                    Err(TakeOver::Refused) => break Some(LeaveReason::Disconnected),
+                    Err(TakeOver::Lost) => true,
                 }
             }
+            Some(event) = outbound_rx.recv() => session.send_encoded(&event).await.is_err(),
             Some(event) = media_rx.recv() => match session.on_media_event(event).await {
-                Ok(Next::Continue) => {}
                 Ok(Next::Leave) => break Some(LeaveReason::MediaFailed),
-                Err(SocketGone) => break None,
+                Ok(_) => false,
+                Err(SocketGone) => true,
             },
-            frame = stream.next() => {
+            frame = next_frame(&mut stream) => {
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => match session.on_text(&text).await {
-                        Ok(Next::Continue) => {}
+                        Ok(Next::Continue) => false,
                         Ok(Next::Leave) => break Some(LeaveReason::ClientLeft),
-                        Err(SocketGone) => break None,
+                        Ok(Next::HandOver { session: to, request_id, received }) => {
+                            match session.hand_over(to, &mut stream, request_id, received).await {
+                                Ok(()) => break None,
+                                Err(SocketGone) => true,
+                            }
+                        }
+                        Err(SocketGone) => true,
                     },
                     Some(Ok(Message::Binary(_))) => {
                         let reply = ServerMessage::error(
                             ErrorCode::BadRequest,
                             "binary frames are not supported; send JSON text",
                         );
-                        if session.send(&reply, None).await.is_err() {
-                            break None;
-                        }
+                        session.send(&reply, None).await.is_err()
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => false,
+                    // A client that closes its socket means to go: no resume is waited for.
+                    Some(Ok(Message::Close(_))) => break None,
+                    None => true,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "websocket read failed");
                         if let Some((code, reason)) = close_for(e) {
                             session.close(code, reason).await;
                         }
-                        break None;
+                        true
                     }
                 }
             }
-            _ = ping.tick() => {
+            _ = ping.tick(), if session.sink.is_some() => {
                 if last_heard.elapsed() > app.config.signal.ping_timeout {
                     tracing::info!("signaling client silent past ping_timeout, disconnecting");
-                    break None;
-                }
-                if session.write(Message::Ping(Default::default())).await.is_err() {
-                    break None;
+                    true
+                } else {
+                    session.write(Message::Ping(Default::default())).await.is_err()
                 }
             }
+        };
+        if lost {
+            // The socket died (or, for a session waiting to be resumed, its log overflowed).
+            stream = None;
+            let had_socket = session.sink.take().is_some();
+            if !(had_socket && session.resumable()) {
+                break None;
+            }
+            tracing::info!("signaling socket lost; the participant waits for a resume");
+            metrics.signal_connections.dec();
+            counted = false;
+            resume_deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + app.config.signal.resume_window);
         }
     };
 
     let reason = goodbye.unwrap_or(LeaveReason::Disconnected);
     if reason == LeaveReason::SlowConsumer {
         metrics.signal_slow_consumers.inc();
+    }
+    if let Some(token) = session.resume_token.take() {
+        app.resumes.revoke(&token);
     }
     if let Some(joined) = session.joined.take() {
         let leave = Command::Leave {
@@ -191,14 +269,16 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
         app.rooms.leave(&joined.room, &joined.me.sid, reason);
         tracing::info!(room = joined.room.name(), identity = %joined.me.identity, ?reason, "participant left");
     }
-    if goodbye.is_some() {
+    if goodbye.is_some() && session.sink.is_some() {
         // The client's own `leave` was answered already.
         if reason != LeaveReason::ClientLeft {
             let _ = session.send(&ServerMessage::Leave { reason }, None).await;
         }
         session.close(close_code::NORMAL, "").await;
     }
-    metrics.signal_connections.dec();
+    if counted {
+        metrics.signal_connections.dec();
+    }
 }
 
 impl Session {
@@ -220,7 +300,131 @@ impl Session {
             .with_label_values(&[message.kind()])
             .inc();
         let text = encode(message, request_id);
-        self.write(Message::Text(text.into())).await
+        self.deliver(text.into()).await
+    }
+
+    /// Sends one message. Once joined, every message is logged with its number first, and a
+    /// session without a socket keeps it there for the client's resume.
+    async fn deliver(&mut self, text: Utf8Bytes) -> Result<(), SocketGone> {
+        if self.joined.is_none() {
+            return self.write(Message::Text(text)).await;
+        }
+        let seq = match self.log.push(text.clone()) {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::info!("signaling client cannot resume: {e}");
+                self.resumable = false;
+                return Err(SocketGone);
+            }
+        };
+        if self.sink.is_none() {
+            return Ok(());
+        }
+        self.write(Message::Text(text)).await?;
+        self.log.written(seq);
+        Ok(())
+    }
+
+    /// Whether the socket's loss leaves the participant waiting for a resume.
+    fn resumable(&self) -> bool {
+        self.resumable && self.joined.is_some() && self.resume_token.is_some()
+    }
+
+    /// Takes over a new socket for this session: sends what the client missed, then `resumed`
+    /// with a new token.
+    async fn take_over(
+        &mut self,
+        sink: Sink,
+        request_id: Option<String>,
+        received: u64,
+    ) -> Result<(), TakeOver> {
+        // An old socket still there (the client saw it die first) is dropped, unannounced.
+        self.sink = Some(sink);
+        let missed = match self.log.after(received) {
+            Ok(missed) => missed,
+            Err(e) => {
+                let message = format!("this session cannot be resumed: {e}; join again");
+                return match self.refuse_resume(message, request_id.as_deref()).await {
+                    Ok(_) => Err(TakeOver::Refused),
+                    Err(SocketGone) => Err(TakeOver::Lost),
+                };
+            }
+        };
+        let replayed = missed.len() as u64;
+        for (seq, text) in missed {
+            self.write(Message::Text(text))
+                .await
+                .map_err(|SocketGone| TakeOver::Lost)?;
+            self.log.written(seq);
+        }
+        if let Some(old) = self.resume_token.take() {
+            self.app.resumes.revoke(&old);
+        }
+        let token = self.app.resumes.issue(self.handover.clone());
+        self.resume_token = Some(token.clone());
+        self.app
+            .metrics
+            .signal_resumes
+            .with_label_values(&["resumed"])
+            .inc();
+        if let Some(joined) = &self.joined {
+            tracing::info!(room = joined.room.name(), identity = %joined.me.identity, replayed, "participant resumed");
+        }
+        let reply = ServerMessage::Resumed {
+            resume_token: token,
+            replayed,
+        };
+        self.send(&reply, request_id.as_deref())
+            .await
+            .map_err(|SocketGone| TakeOver::Lost)
+    }
+
+    /// Gives this connection's socket to the session behind a resume token. On failure the
+    /// socket stays here and the client is told.
+    async fn hand_over(
+        &mut self,
+        to: mpsc::Sender<Handover>,
+        stream: &mut Option<Stream>,
+        request_id: Option<String>,
+        received: u64,
+    ) -> Result<(), SocketGone> {
+        let (Some(sink), Some(read)) = (self.sink.take(), stream.take()) else {
+            return Err(SocketGone);
+        };
+        let handover = Handover {
+            sink,
+            stream: read,
+            request_id,
+            received,
+        };
+        match to.send(handover).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(back)) => {
+                self.sink = Some(back.sink);
+                *stream = Some(back.stream);
+                self.refuse_resume(
+                    "that session has ended; join again",
+                    back.request_id.as_deref(),
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+
+    /// Answers a `resume` that cannot be honoured.
+    async fn refuse_resume(
+        &mut self,
+        message: impl Into<String>,
+        request_id: Option<&str>,
+    ) -> Result<Next, SocketGone> {
+        self.app
+            .metrics
+            .signal_resumes
+            .with_label_values(&["refused"])
+            .inc();
+        self.error(ErrorCode::ResumeFailed, message, request_id)
+            .await
     }
 
     /// Writes one frame, giving up after `signal.write_timeout`: a client that stops reading
@@ -228,7 +432,10 @@ impl Session {
     /// participant) alive for ever, its room events piling up.
     async fn write(&mut self, message: Message) -> Result<(), SocketGone> {
         let timeout = self.app.config.signal.write_timeout;
-        match tokio::time::timeout(timeout, self.sink.send(message)).await {
+        let Some(sink) = self.sink.as_mut() else {
+            return Err(SocketGone);
+        };
+        match tokio::time::timeout(timeout, sink.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(SocketGone),
             Err(_) => {
@@ -245,8 +452,7 @@ impl Session {
             .signal_messages_sent
             .with_label_values(&[event.kind])
             .inc();
-        self.write(Message::Text(Utf8Bytes::from(&*event.text)))
-            .await
+        self.deliver(Utf8Bytes::from(&*event.text)).await
     }
 
     async fn error(
@@ -267,7 +473,9 @@ impl Session {
         }));
         if self.write(frame).await.is_ok() {
             let timeout = self.app.config.signal.write_timeout;
-            let _ = tokio::time::timeout(timeout, self.sink.close()).await;
+            if let Some(sink) = self.sink.as_mut() {
+                let _ = tokio::time::timeout(timeout, sink.close()).await;
+            }
         }
     }
 
@@ -346,6 +554,35 @@ impl Session {
                 Ok(Next::Continue)
             }
             Request::Chat { id, text } => self.on_chat(id.as_deref(), text).await,
+            Request::Resume {
+                id,
+                token,
+                received,
+            } => {
+                if self.joined.is_some() {
+                    return self
+                        .error(
+                            ErrorCode::AlreadyJoined,
+                            "this connection has joined already",
+                            id.as_deref(),
+                        )
+                        .await;
+                }
+                match self.app.resumes.take(&token) {
+                    Some(session) => Ok(Next::HandOver {
+                        session,
+                        request_id: id,
+                        received,
+                    }),
+                    None => {
+                        self.refuse_resume(
+                            "unknown or used resume token, or its session has ended; join again",
+                            id.as_deref(),
+                        )
+                        .await
+                    }
+                }
+            }
             Request::Typing { id, typing } => self.on_typing(id.as_deref(), typing).await,
             other => self.on_media_request(other).await,
         }
@@ -761,6 +998,10 @@ impl Session {
             return self.error(code, e.to_string(), id).await;
         }
         tracing::info!(room = room.name(), identity = %info.identity, sid = %info.sid, "participant joined");
+        let resume_window = self.app.config.signal.resume_window;
+        if !resume_window.is_zero() {
+            self.resume_token = Some(self.app.resumes.issue(self.handover.clone()));
+        }
         self.joined = Some(Joined {
             room: room.clone(),
             me: ChatSender {
@@ -782,6 +1023,8 @@ impl Session {
             chat_history: joined.chat_history,
             tracks: joined.tracks,
             ice_servers: Vec::new(),
+            resume_token: self.resume_token.clone(),
+            resume_window_ms: resume_window.as_millis() as u64,
         };
         self.send(&reply, id).await?;
         Ok(Next::Continue)
@@ -889,6 +1132,14 @@ fn close_for(error: axum::Error) -> Option<(u16, &'static str)> {
         tungstenite::Error::Utf8(_) => Some((close_code::INVALID, "text is not UTF-8")),
         tungstenite::Error::Protocol(_) => Some((close_code::PROTOCOL, "protocol error")),
         _ => None,
+    }
+}
+
+/// The next frame of the socket; never, while there is none.
+async fn next_frame(stream: &mut Option<Stream>) -> Option<Result<Message, axum::Error>> {
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
     }
 }
 

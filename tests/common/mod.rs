@@ -28,6 +28,8 @@ pub fn config(tweak: impl FnOnce(&mut Config)) -> Config {
     config.rtc.bind = [127, 0, 0, 1].into();
     config.rtc.udp_port = 0;
     config.rtc.public_ips = vec![[127, 0, 0, 1].into()];
+    // A dropped socket is a leave, as most tests expect; the resume tests turn resume on.
+    config.signal.resume_window = Duration::ZERO;
     tweak(&mut config);
     config.validate().expect("test config is valid");
     config
@@ -71,6 +73,8 @@ pub fn http_url(server: &Server, path: &str) -> String {
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u32,
+    /// Messages received since (and including) the last `joined`: what a `resume` presents.
+    pub received: u64,
 }
 
 /// How a connection ended, as the client saw it.
@@ -89,7 +93,11 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
-        Self { ws, next_id: 0 }
+        Self {
+            ws,
+            next_id: 0,
+            received: 0,
+        }
     }
 
     /// Connects with a 4 KiB socket receive buffer: once this client stops reading, the
@@ -106,7 +114,11 @@ impl Client {
             tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
                 .await
                 .expect("websocket connects");
-        Self { ws, next_id: 0 }
+        Self {
+            ws,
+            next_id: 0,
+            received: 0,
+        }
     }
 
     /// Connects and joins `room` as `identity`; returns the client and its `joined` message.
@@ -172,7 +184,12 @@ impl Client {
                 .ok()??;
             match frame {
                 Ok(Message::Text(t)) => {
-                    return Some(serde_json::from_str(&t).expect("server sends JSON"))
+                    let message: Value = serde_json::from_str(&t).expect("server sends JSON");
+                    if message["type"] == "joined" {
+                        self.received = 0;
+                    }
+                    self.received += 1;
+                    return Some(message);
                 }
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,

@@ -1,0 +1,228 @@
+//! Session resume: the numbered log of what a joined session sent, and the tokens that let a new
+//! WebSocket take a session over.
+//!
+//! A participant whose WebSocket drops is kept for `signal.resume_window`. Every message the
+//! server sends it from `joined` on is numbered (joined is 1) and kept in its [`ReplayLog`], also
+//! while no socket is there. A client that reconnects sends `resume{token, received}`: the session
+//! behind the token takes the new socket over ([`Handover`]) and sends every message numbered above
+//! `received` again, in order, then `resumed` with a new token. Tokens are single-use: taking one
+//! out of [`ResumeTokens`] is what makes it used.
+
+use std::collections::VecDeque;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use dashmap::DashMap;
+use futures_util::stream::{SplitSink, SplitStream};
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::mpsc;
+
+/// The sending half of a session's WebSocket.
+pub type Sink = SplitSink<WebSocket, Message>;
+/// The receiving half of a session's WebSocket.
+pub type Stream = SplitStream<WebSocket>;
+
+/// Messages a log keeps at most; older ones cannot be replayed.
+pub const LOG_MESSAGES: usize = 1024;
+/// Bytes of message text a log keeps at most (messages shared by a room count fully).
+pub const LOG_BYTES: usize = 1 << 20;
+
+/// A new WebSocket for a session, from the connection that presented its resume token.
+pub struct Handover {
+    pub sink: Sink,
+    pub stream: Stream,
+    /// The `resume` request's id, for the `resumed` answer.
+    pub request_id: Option<String>,
+    /// How many messages the client received from this session (from `joined` on).
+    pub received: u64,
+}
+
+/// The live resume tokens of this server, each leading to one session.
+#[derive(Default)]
+pub struct ResumeTokens {
+    sessions: DashMap<String, mpsc::Sender<Handover>>,
+}
+
+impl ResumeTokens {
+    /// A fresh token leading to `session`.
+    pub fn issue(&self, session: mpsc::Sender<Handover>) -> String {
+        let token = format!("RS_{}", Alphanumeric.sample_string(&mut rand::rng(), 32));
+        self.sessions.insert(token.clone(), session);
+        token
+    }
+
+    /// Uses a token: it leads nowhere afterwards.
+    pub fn take(&self, token: &str) -> Option<mpsc::Sender<Handover>> {
+        self.sessions.remove(token).map(|(_, session)| session)
+    }
+
+    /// Withdraws a token (its session ended or was given a new one).
+    pub fn revoke(&self, token: &str) {
+        self.sessions.remove(token);
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+/// Why a log cannot go on or cannot replay.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// Keeping one more message would drop one the client has not been sent.
+    #[error("more than {LOG_MESSAGES} messages or {LOG_BYTES} bytes waited for the client")]
+    Overflow,
+    /// The client says it received more than was sent.
+    #[error("the client says it received {received} messages; {sent} were sent")]
+    Ahead { received: u64, sent: u64 },
+    /// Messages the client missed are no longer kept.
+    #[error("messages after {received} are no longer kept (the oldest kept is {oldest})")]
+    Gone { received: u64, oldest: u64 },
+}
+
+/// What a joined session sent, numbered from 1, the newest [`LOG_MESSAGES`] / [`LOG_BYTES`].
+#[derive(Debug)]
+pub struct ReplayLog {
+    /// The number of `messages[0]`.
+    first: u64,
+    messages: VecDeque<Utf8Bytes>,
+    bytes: usize,
+    /// The highest number written to a socket (0: none).
+    written: u64,
+}
+
+impl Default for ReplayLog {
+    fn default() -> Self {
+        Self {
+            first: 1,
+            messages: VecDeque::new(),
+            bytes: 0,
+            written: 0,
+        }
+    }
+}
+
+impl ReplayLog {
+    /// The number of the last message logged (0: none).
+    pub fn last(&self) -> u64 {
+        self.first + self.messages.len() as u64 - 1
+    }
+
+    /// Logs a message and gives its number. Older messages make room; a message never written
+    /// to a socket never does.
+    pub fn push(&mut self, text: Utf8Bytes) -> Result<u64, ReplayError> {
+        self.bytes += text.len();
+        self.messages.push_back(text);
+        while self.messages.len() > LOG_MESSAGES || self.bytes > LOG_BYTES {
+            if self.first > self.written {
+                return Err(ReplayError::Overflow);
+            }
+            let Some(old) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes -= old.len();
+            self.first += 1;
+        }
+        Ok(self.last())
+    }
+
+    /// Message `seq` was written to a socket.
+    pub fn written(&mut self, seq: u64) {
+        self.written = self.written.max(seq);
+    }
+
+    /// The messages after the first `received`, in order, for a client that received that many.
+    pub fn after(&self, received: u64) -> Result<Vec<(u64, Utf8Bytes)>, ReplayError> {
+        let last = self.last();
+        if received > last {
+            return Err(ReplayError::Ahead {
+                received,
+                sent: last,
+            });
+        }
+        if received + 1 < self.first {
+            return Err(ReplayError::Gone {
+                received,
+                oldest: self.first,
+            });
+        }
+        let skip = (received + 1 - self.first) as usize;
+        Ok(self
+            .messages
+            .iter()
+            .skip(skip)
+            .enumerate()
+            .map(|(i, text)| (received + 1 + i as u64, text.clone()))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Utf8Bytes {
+        Utf8Bytes::from(s.to_string())
+    }
+
+    #[test]
+    fn numbers_from_one_and_replays_what_the_client_missed() {
+        let mut log = ReplayLog::default();
+        assert_eq!(log.last(), 0);
+        for (i, s) in ["joined", "chat", "typing"].into_iter().enumerate() {
+            let seq = log.push(text(s)).unwrap();
+            assert_eq!(seq, i as u64 + 1);
+            log.written(seq);
+        }
+        let missed = log.after(1).unwrap();
+        assert_eq!(
+            missed
+                .iter()
+                .map(|(n, t)| (*n, t.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(2, "chat"), (3, "typing")]
+        );
+        assert!(log.after(3).unwrap().is_empty());
+        assert_eq!(
+            log.after(4),
+            Err(ReplayError::Ahead {
+                received: 4,
+                sent: 3
+            })
+        );
+    }
+
+    #[test]
+    fn old_written_messages_make_room_and_can_no_longer_be_replayed() {
+        let mut log = ReplayLog::default();
+        for _ in 0..LOG_MESSAGES + 10 {
+            let seq = log.push(text("x")).unwrap();
+            log.written(seq);
+        }
+        assert_eq!(log.last(), LOG_MESSAGES as u64 + 10);
+        assert_eq!(
+            log.after(5),
+            Err(ReplayError::Gone {
+                received: 5,
+                oldest: 11
+            })
+        );
+        assert_eq!(log.after(10).unwrap().len(), LOG_MESSAGES);
+    }
+
+    #[test]
+    fn a_message_never_written_is_never_dropped() {
+        let mut log = ReplayLog::default();
+        let seq = log.push(text("joined")).unwrap();
+        log.written(seq);
+        // The socket is gone: nothing more is written.
+        let big = "y".repeat(LOG_BYTES / 2);
+        for _ in 0..2 {
+            log.push(text(&big)).unwrap();
+        }
+        assert_eq!(log.push(text(&big)), Err(ReplayError::Overflow));
+    }
+}
