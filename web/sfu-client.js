@@ -5,8 +5,11 @@
  * What the SfuClient owns:
  *  - The signaling WebSocket. It matches each request to its answer (`id` / `request_id`) with a
  *    promise and a timeout, sends keepalive pings, and turns a server `leave{reason}` or a closed
- *    socket into a readable message. It reconnects on its own if enabled: it rejoins with the
- *    same token and publishes the local tracks again.
+ *    socket into a readable message. It reconnects on its own if enabled: when the socket drops
+ *    it resumes the same session on a new socket (same sid, media untouched, missed messages
+ *    replayed by the server); if that cannot be done, it rejoins with the same token and
+ *    publishes the local tracks again. A media connection that drops after connecting gets an
+ *    ICE restart.
  *  - The publisher RTCPeerConnection. The client makes the offers. This covers the local tracks,
  *    3-layer simulcast for the camera, and renegotiation, one offer at a time. The server's
  *    `track_published` is matched to our own tracks by `cid`.
@@ -79,7 +82,14 @@
  *                       `browser_error` (the browser refused an operation; `cause` has its
  *                       DOMException) and `publisher_layers_failed` (pausing or resuming our
  *                       simulcast layers failed after retries; the video goes on)
- *   reconnecting        {attempt, maxAttempts, delay, reason, message}
+ *   reconnecting        {attempt, maxAttempts, delay, reason, message, resume}   the socket dropped;
+ *                       with `resume: true` the session is being resumed (same sid, media and
+ *                       room state kept, `maxAttempts` null: it tries until the server's resume
+ *                       window ends), otherwise a full rejoin is being tried
+ *   resumed             {replayed, attempt}   the session was taken over on a new socket; the
+ *                       `replayed` messages we missed were handled as usual before this event
+ *   ice_restart         {target}   a media connection went disconnected/failed after it had
+ *                       connected; the client restarts its ICE on its own
  *   disconnected        {reason, message, code, error}   the session is over
  */
 
@@ -151,6 +161,8 @@ const SERVER_BUSY_ATTEMPTS = 3;
 const SERVER_BUSY_BACKOFF_MS = 500;
 /** The server takes one publisher offer per second after a burst of five. */
 const OFFER_RETRY_MS = 1000;
+/** How long a media connection may stay `disconnected` before the client restarts its ICE. */
+const ICE_RESTART_DELAY_MS = 2000;
 
 /**
  * Applying the layers the server wants us to send (dynacast) can fail for a moment: Chrome
@@ -217,6 +229,15 @@ export class SfuClient extends EventTarget {
     this._reconnecting = false;
     this._pingTimer = null;
     this._iceServers = [];
+    /** Messages received since (and including) `joined`: what a `resume` says it has. */
+    this._received = 0;
+    /** The server's token for resuming this session after a drop, and for how long it may. */
+    this._resumeToken = null;
+    this._resumeWindowMs = 0;
+    /** True while a dropped session is being resumed (media and room state are kept). */
+    this._resuming = false;
+    /** Pending ICE restarts after a media connection went disconnected/failed, by target. */
+    this._iceRestartTimers = new Map();
     this._resetMedia();
   }
 
@@ -309,7 +330,7 @@ export class SfuClient extends EventTarget {
   }
 
   _openSocket() {
-    this._setState('connecting');
+    if (!this._reconnecting) this._setState('connecting');
     return new Promise((resolve, reject) => {
       let ws;
       try {
@@ -330,12 +351,12 @@ export class SfuClient extends EventTarget {
           return;
         }
         opened = true;
-        this._setState('connected');
+        if (!this._reconnecting) this._setState('connected');
         this._startPing(ws);
         resolve();
       };
       ws.onmessage = (e) => {
-        if (ws === this.ws) this._onMessage(e.data);
+        if (ws === this.ws) this._onMessage(e.data, true);
       };
       // An error event carries no detail; the close event that always follows has the code.
       ws.onerror = () => {};
@@ -376,6 +397,13 @@ export class SfuClient extends EventTarget {
     const wasJoined = this.state === 'joined';
     const reason = this._leaveReason ?? (this._leaving ? 'client_left' : 'disconnected');
     this._rejectPending(new SfuError('disconnected', closeMessage(reason, event, this._mediaFailure)));
+    if (this._resuming) return; // the resume loop goes on, media and room state kept
+    // The socket dropped without the server ending the session: the server keeps us for its
+    // resume window, media included. Take the session over on a new socket.
+    if (this.options.reconnect && !this._leaving && wasJoined && reason === 'disconnected' && this._resumeToken) {
+      this._resume(closeMessage(reason, event, this._mediaFailure));
+      return;
+    }
     this._teardownMedia();
     this.participants.clear();
     this.tracks.clear();
@@ -398,6 +426,64 @@ export class SfuClient extends EventTarget {
       code: event?.code,
       error: reason === 'client_left' ? null : error ?? new SfuError(reason, message),
     });
+  }
+
+  /**
+   * Resumes the session after its socket dropped: new sockets, with back-off, until one takes
+   * the session over within the server's resume window. The server sends again what we missed
+   * (handled as usual), then `resumed`. Same identity and sid; nobody saw us leave. If it cannot
+   * be resumed, a full rejoin follows.
+   */
+  async _resume(message) {
+    this._resuming = true;
+    this._reconnecting = true;
+    this._setState('reconnecting');
+    const deadline = Date.now() + this._resumeWindowMs;
+    let attempt = 0;
+    while (!this._leaving && Date.now() < deadline) {
+      attempt++;
+      const delay = Math.min(250 * 2 ** (attempt - 1), 4_000, Math.max(0, deadline - Date.now()));
+      this._emit('reconnecting', { attempt, maxAttempts: null, delay, reason: 'disconnected', message, resume: true });
+      await sleep(delay);
+      if (this._leaving) break;
+      try {
+        await this._openSocket();
+        const answer = await this.request('resume', { token: this._resumeToken, received: this._received }, 10_000);
+        this._resumeToken = answer.resume_token;
+        this._resuming = false;
+        this._reconnecting = false;
+        this._setState('joined');
+        this._emit('resumed', { replayed: answer.replayed, attempt });
+        // The network that dropped the socket may have moved the media paths too.
+        for (const [target, pc] of [['publisher', this._pub], ['subscriber', this._sub]]) {
+          if (pc && ['disconnected', 'failed'].includes(pc.iceConnectionState)) this._scheduleIceRestart(target, 0);
+        }
+        return;
+      } catch (err) {
+        const ws = this.ws;
+        if (ws) {
+          ws.close();
+          this._onSocketClosed(ws, { code: 1000, reason: '' });
+        }
+        if (err.code === 'resume_failed') {
+          console.info(`sfu: the session could not be resumed (${err.message}); joining again`);
+          break;
+        }
+        if (!TRANSIENT.has(err.code)) break;
+      }
+    }
+    this._resuming = false;
+    this._reconnecting = false;
+    this._resumeToken = null;
+    if (this.state === 'closed') return; // leave() finished it already
+    this._teardownMedia();
+    this.participants.clear();
+    this.tracks.clear();
+    if (this._leaving) {
+      this._finish('client_left', {});
+      return;
+    }
+    this._reconnect('disconnected', message);
   }
 
   async _reconnect(reason, message) {
@@ -449,13 +535,19 @@ export class SfuClient extends EventTarget {
 
   // ------------------------------------------------------------------ messages
 
-  _onMessage(text) {
+  _onMessage(text, fromSocket = false) {
     let msg;
     try {
       msg = JSON.parse(text);
     } catch {
       console.warn('sfu: ignoring a frame that is not JSON', text);
       return;
+    }
+    // What came over the socket is counted from `joined` (1) on, replays included: a resume
+    // tells the server this number.
+    if (fromSocket) {
+      if (msg.type === 'joined') this._received = 0;
+      this._received++;
     }
     if (msg.request_id != null) {
       const pending = this._pending.get(msg.request_id);
@@ -564,6 +656,8 @@ export class SfuClient extends EventTarget {
     this.server = msg.server;
     this.participants = new Map(msg.participants.map((p) => [p.sid, p]));
     this.tracks = new Map(msg.tracks.map((t) => [t.sid, t]));
+    this._resumeToken = msg.resume_token ?? null;
+    this._resumeWindowMs = msg.resume_window_ms ?? 0;
     this._iceServers = (msg.ice_servers ?? []).map((s) => ({
       urls: s.urls,
       ...(s.username != null ? { username: s.username } : {}),
@@ -1088,10 +1182,40 @@ export class SfuClient extends EventTarget {
 
   _onConnectionState(target, pc) {
     if (pc !== this._pub && pc !== this._sub) return;
-    this._emit('connection_state', { target, state: pc.connectionState });
-    if (pc.connectionState === 'failed') {
-      this._emitError(new SfuError('media_failed', `the ${target} media connection failed: the server could not be reached over UDP (firewall or wrong public address?)`));
+    const state = pc.connectionState;
+    this._emit('connection_state', { target, state });
+    if (state === 'connected') {
+      pc._everConnected = true;
+      clearTimeout(this._iceRestartTimers.get(target));
+      this._iceRestartTimers.delete(target);
+    } else if (state === 'failed' && !pc._everConnected) {
+      this._emitError(new SfuError('media_failed', `the ${target} media connection never connected: no path to the server's media address was found (did the browser gather any ICE candidate? is UDP to the server blocked?)`));
+    } else if (pc._everConnected && (state === 'failed' || state === 'disconnected')) {
+      // A network change (new address, Wi-Fi to mobile): restart ICE, at once when failed,
+      // after a moment when only disconnected (that often heals by itself).
+      this._scheduleIceRestart(target, state === 'failed' ? 0 : ICE_RESTART_DELAY_MS);
     }
+  }
+
+  /** Restarts ICE on one media connection after `delay` ms, if it has not recovered by then. */
+  _scheduleIceRestart(target, delay) {
+    if (this._iceRestartTimers.has(target)) return;
+    this._iceRestartTimers.set(target, setTimeout(() => {
+      this._iceRestartTimers.delete(target);
+      const pc = target === 'publisher' ? this._pub : this._sub;
+      if (!pc || pc.signalingState === 'closed' || this.state !== 'joined') return;
+      if (!['disconnected', 'failed'].includes(pc.iceConnectionState)) return;
+      console.info(`sfu: the ${target} media connection is ${pc.iceConnectionState}; restarting ICE`);
+      this._emit('ice_restart', { target });
+      let restart;
+      if (target === 'publisher') {
+        pc.restartIce();
+        restart = this._negotiatePublisher();
+      } else {
+        restart = this.request('restart_ice');
+      }
+      restart.catch((err) => this._emitError(err, `restarting ICE on the ${target} connection failed`));
+    }, delay));
   }
 
   /**
@@ -1236,6 +1360,8 @@ export class SfuClient extends EventTarget {
 
   /** Closes both peer connections. Local tracks stay, ready to be published again on rejoin. */
   _teardownMedia() {
+    for (const timer of this._iceRestartTimers.values()) clearTimeout(timer);
+    this._iceRestartTimers.clear();
     for (const sid of [...this._remote.keys()]) this._removeRemote(sid);
     this._pub?.close();
     this._sub?.close();

@@ -8,6 +8,7 @@
 
 import { spawn } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -330,6 +331,48 @@ export function sentLayers(person) {
       if (s.type === 'outbound-rtp' && s.kind === 'video') out[s.rid ?? ''] = { frameWidth: s.frameWidth ?? 0, framesEncoded: s.framesEncoded ?? 0, active: s.active };
     });
     return out;
+  });
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 in front of the server's HTTP/WebSocket port, whose `cut()` drops every
+ * connection through it at once, with no WebSocket close frame: the browser and the server see
+ * the signaling socket die as on a dead network. New connections pass as before, unless `held`
+ * is set: then they are dropped as they come (the network is still down).
+ */
+export async function startTcpProxy(targetUrl) {
+  const target = new URL(targetUrl);
+  const sockets = new Set();
+  const control = { held: false };
+  const proxy = net.createServer((client) => {
+    if (control.held) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(Number(target.port), target.hostname);
+    for (const [a, b] of [[client, upstream], [upstream, client]]) {
+      sockets.add(a);
+      a.on('error', () => {});
+      a.on('close', () => {
+        sockets.delete(a);
+        b.destroy();
+      });
+      a.pipe(b);
+    }
+  });
+  await new Promise((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return Object.assign(control, {
+    url: `http://127.0.0.1:${proxy.address().port}`,
+    /** Drops every open connection; returns how many there were (both sides counted). */
+    cut() {
+      const n = sockets.size;
+      for (const s of sockets) s.destroy();
+      return n;
+    },
+    close() {
+      for (const s of sockets) s.destroy();
+      return new Promise((resolve) => proxy.close(resolve));
+    },
   });
 }
 

@@ -30,6 +30,7 @@ import {
   shownProblems,
   sleep,
   startServer,
+  startTcpProxy,
   until,
 } from './lib.mjs';
 
@@ -43,10 +44,19 @@ const MEDIA_TIMEOUT_MS = 30_000;
 
 const metrics = {};
 let server;
+/** Each page reaches the server through a proxy of its own, so a test can drop its sockets. */
+const proxies = {};
 let browser;
 const people = {};
 /** The message Alice sent, which a late joiner must find in the history. */
 let chatText;
+
+/** The server's count of resumed sessions. */
+async function resumeCount() {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('sfu_signal_resumes_total{outcome="resumed"}'));
+  return line ? Number(line.split(' ').pop()) : 0;
+}
 
 /** Runs one step; on failure prints what the pages and the server said, then fails. */
 async function diagnose(fn) {
@@ -65,7 +75,8 @@ async function diagnose(fn) {
 }
 
 async function join(name, { expectRemoteVideo }) {
-  const person = await openPerson(browser, server.url, { room: ROOM, name });
+  proxies[name] = await startTcpProxy(server.url);
+  const person = await openPerson(browser, proxies[name].url, { room: ROOM, name });
   people[name] = person;
   person.joinToFirstFrameMs = await joinAndTimeFirstFrame(person, { expectRemoteVideo });
   return person;
@@ -171,6 +182,7 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
   after(async () => {
     for (const p of Object.values(people)) await p.context.close().catch(() => {});
     await browser?.close();
+    for (const p of Object.values(proxies)) await p.close();
     await server?.stop();
     mkdirSync(LOG_DIR, { recursive: true });
     writeFileSync(path.join(LOG_DIR, 'metrics.json'), `${JSON.stringify(metrics, null, 2)}\n`);
@@ -271,6 +283,45 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
       assertReceiving(Bob, 'Alice'),
       assertReceiving(Alice, 'Bob'),
     ]);
+  }));
+
+  it('page A loses its signaling socket (no close frame) and the network stays down a while: it shows reconnecting, media goes on, then it resumes the same session with the chat it missed, and B never sees it leave', () => diagnose(async () => {
+    const { Alice, Bob } = people;
+    const watch = (p) => p.page.evaluate(() => {
+      window.__resume = { states: [], resumed: [], left: [], sid: window.sfu.me.sid };
+      window.sfu.addEventListener('state', (e) => window.__resume.states.push(e.detail.state));
+      window.sfu.addEventListener('resumed', (e) => window.__resume.resumed.push(e.detail));
+      window.sfu.addEventListener('participant_left', (e) => window.__resume.left.push(e.detail.identity));
+    });
+    await Promise.all([watch(Alice), watch(Bob)]);
+    const resumesBefore = await resumeCount();
+    proxies.Alice.held = true;
+    const cut = proxies.Alice.cut();
+    assert.ok(cut >= 2, `Alice's signaling socket went through her proxy (${cut} sockets cut)`);
+    await until(() => Alice.page.evaluate(() => window.sfu.state === 'reconnecting'),
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: 'Alice to show reconnecting' });
+    await Alice.page.locator('body.reconnecting').waitFor({ timeout: 5_000 });
+    // While Alice has no signaling socket: Bob chats, and Alice's media still reaches him.
+    const text = `sent while Alice was away ${Date.now()}`;
+    await Bob.page.evaluate((text) => window.sfu.sendChat(text), text);
+    await assertReceiving(Bob, 'Alice');
+    assert.equal(await Alice.page.evaluate(() => window.sfu.state), 'reconnecting', 'Alice got back while her network was down');
+    proxies.Alice.held = false;
+    const seen = await until(() => Alice.page.evaluate(() => (window.__resume.resumed.length ? window.__resume : null)),
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: 'Alice to resume' });
+    console.log(`Alice resumed: ${JSON.stringify(seen.resumed)}, states ${JSON.stringify(seen.states)}`);
+    assert.equal(seen.states.at(-1), 'joined', `Alice's states: ${JSON.stringify(seen.states)}`);
+    assert.ok(seen.resumed[0].replayed >= 1, `the chat was replayed: ${JSON.stringify(seen.resumed)}`);
+    assert.equal(await Alice.page.evaluate(() => window.sfu.me.sid), seen.sid, 'Alice came back as someone else');
+    await Alice.page.locator('#chat-log', { hasText: text }).waitFor({ timeout: 10_000 });
+    assert.equal(await Alice.page.locator('body.reconnecting').count(), 0, 'the page still says reconnecting');
+    assert.equal(await resumeCount() - resumesBefore, 1, 'the server counted one resume');
+    await Promise.all([assertReceiving(Bob, 'Alice'), assertReceiving(Alice, 'Bob')]);
+    assert.deepEqual(await Bob.page.evaluate(() => window.__resume.left), [], 'Bob saw someone leave');
+    assert.deepEqual(await Bob.page.evaluate(() => window.__resume.states), [], 'Bob\'s connection was touched');
+    // Alice's requests work on the new socket.
+    await Alice.page.evaluate(() => window.sfu.sendChat('back again'));
+    await Bob.page.locator('#chat-log', { hasText: 'back again' }).waitFor({ timeout: 10_000 });
   }));
 
   it('page B sets quality low then high on A\'s tile: the frame width goes down, then up, without freezes', async (t) => diagnose(async () => {
