@@ -278,6 +278,62 @@ async fn subscriber_keyframe_requests_are_throttled_upstream() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_track_reaches_nobody_and_resumes_at_a_keyframe() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, video, sid, mut subs) = publishing_room(&server, &["bob"]).await;
+    let bob = &mut subs[0];
+    let (seq, counter, ts) = send_vp8(&video, 3, 2, 100, 1, 0, 0).await;
+    assert!(
+        receives_from(bob, 0, counter - 1).await,
+        "bob receives alice"
+    );
+    let before_mute = bob.received_of("video/vp8").len();
+
+    let answer = alice
+        .request(json!({"type":"mute","track":sid,"muted":true}))
+        .await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    let event = bob.recv_type("track_muted").await;
+    assert_eq!(
+        (event["track"].as_str(), event["muted"].as_bool()),
+        (Some(sid.as_str()), Some(true))
+    );
+    // A client that goes on sending while muted: none of it is forwarded.
+    let muted_from = counter;
+    let (seq, counter, ts) = send_vp8(&video, 10, 2, 0, seq, counter, ts).await;
+
+    let alice_plis = alice.plis.clone();
+    let plis = move || alice_plis.lock().unwrap().get("cam").copied().unwrap_or(0);
+    let plis_before = plis();
+    let answer = alice
+        .request(json!({"type":"mute","track":sid,"muted":false}))
+        .await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    // Unmuted: delta frames are held back, and alice is asked for a keyframe.
+    let (seq, counter, ts) = send_vp8(&video, 3, 2, 0, seq, counter, ts).await;
+    assert!(
+        common::eventually(|| async { plis() > plis_before }).await,
+        "no keyframe request reached alice after the unmute"
+    );
+    let keyframe_at = counter;
+    send_vp8(&video, 3, 2, 100, seq, counter, ts).await;
+    assert!(
+        receives_from(bob, before_mute, keyframe_at).await,
+        "bob never received alice again after the unmute"
+    );
+    let after: Vec<u32> = bob.received_of("video/vp8")[before_mute..]
+        .iter()
+        .filter_map(|p| counter_of(&p.payload))
+        .collect();
+    assert!(
+        after.iter().all(|&c| c < muted_from || c >= keyframe_at),
+        "forwarded while muted or before the keyframe ({muted_from}..{keyframe_at}): {after:?}"
+    );
+    assert_eq!(after.iter().find(|&&c| c >= muted_from), Some(&keyframe_at));
+    server.shutdown().await;
+}
+
 /// The subscriber's sequence numbers that arrived, on the media stream itself or as the original
 /// sequence number of an RTX resend.
 fn recovered_seqs(client: &MediaClient) -> HashSet<u16> {

@@ -129,6 +129,8 @@ pub struct Router<S, R> {
     dynacast: Dynacast,
     /// Temporal layers seen in the publisher's packets (highest TID + 1; 0 without).
     temporal_layers: u8,
+    /// The publisher muted the track: nothing of it is forwarded to anyone.
+    muted: bool,
 }
 
 impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
@@ -142,7 +144,26 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
             subscriptions: HashMap::new(),
             dynacast: Dynacast::default(),
             temporal_layers: 0,
+            muted: false,
         }
+    }
+
+    /// The publisher muted (or unmuted) the track. Muted, nothing is forwarded and no
+    /// subscriber takes bandwidth for it; unmuted, video resumes at a keyframe, which
+    /// [`Router::keyframe_for_targets`] asks for. False if nothing changed.
+    pub fn set_muted(&mut self, muted: bool) -> bool {
+        if self.muted == muted {
+            return false;
+        }
+        self.muted = muted;
+        for r in self.subscriptions.values_mut() {
+            r.subscription.set_paused(r.paused || muted);
+        }
+        true
+    }
+
+    pub fn is_muted(&self) -> bool {
+        self.muted
     }
 
     pub fn codec(&self) -> Codec {
@@ -208,6 +229,7 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
             return false;
         }
         let mut subscription = Subscription::new(self.codec);
+        subscription.set_paused(self.muted);
         // What is live now: its first packets go straight to the right layer.
         for (index, layer) in self.layers.iter().enumerate() {
             if let Some(at) = layer.as_ref().and_then(|l| l.receiver.last_packet()) {
@@ -245,7 +267,7 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
             return false;
         };
         r.paused = paused;
-        r.subscription.set_paused(paused);
+        r.subscription.set_paused(paused || self.muted);
         true
     }
 
@@ -334,7 +356,7 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
             let preferred = r.subscription.selector().preferred();
             r.subscription = Subscription::new(codec);
             r.subscription.set_preferred(preferred);
-            r.subscription.set_paused(r.paused);
+            r.subscription.set_paused(r.paused || self.muted);
         }
     }
 
@@ -386,7 +408,7 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
     /// nobody would ever ask for it again.
     pub fn demand<K>(&mut self, subscriber: &S, key: K, now: Instant) -> Option<Demand<K>> {
         let r = self.subscriptions.get(subscriber)?;
-        if r.paused {
+        if r.paused || self.muted {
             return None;
         }
         let preferred = r.subscription.selector().preferred();
@@ -698,6 +720,36 @@ mod tests {
         r.on_packet(&video(0, 4, true, t + 3 * MS), t + 3 * MS, &mut out);
         assert_eq!(out.deliveries.len(), 1);
         assert!(!r.set_paused(&9, true), "not subscribed");
+    }
+
+    #[test]
+    fn a_muted_publication_reaches_nobody_and_resumes_at_a_keyframe() {
+        let t = Instant::now();
+        let mut r = single();
+        routed(&mut r, 1, "x");
+        let mut out = Fanout::default();
+        r.on_packet(&video(0, 1, true, t), t, &mut out);
+        assert_eq!(out.deliveries.len(), 1);
+        assert!(r.set_muted(true));
+        assert!(!r.set_muted(true), "no change");
+        // A subscriber arriving while it is muted gets nothing either.
+        routed(&mut r, 2, "y");
+        r.on_packet(&video(0, 2, true, t + MS), t + MS, &mut out);
+        assert!(out.deliveries.is_empty(), "muted, yet forwarded");
+        assert!(r.demand(&1, "k", t).is_none(), "muted takes no bandwidth");
+        // A subscriber's own pause outlives the unmute.
+        r.set_paused(&2, true);
+        assert!(r.set_muted(false));
+        r.on_packet(&video(0, 3, false, t + 2 * MS), t + 2 * MS, &mut out);
+        assert!(out.deliveries.is_empty(), "a delta frame after unmute");
+        assert_eq!(out.waiting_for_keyframe, 1);
+        assert!(
+            out.keyframe_request.is_some(),
+            "the publisher is asked for one"
+        );
+        r.on_packet(&video(0, 4, true, t + 3 * MS), t + 3 * MS, &mut out);
+        assert_eq!(out.deliveries.len(), 1);
+        assert_eq!(out.deliveries[0].subscriber, 1);
     }
 
     #[test]

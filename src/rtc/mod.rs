@@ -146,6 +146,14 @@ pub enum Command {
         subscribed: bool,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
+    /// The publisher muted (true) or unmuted one of its tracks: forwarding stops, or resumes
+    /// at a keyframe it is asked for.
+    SetMuted {
+        participant: String,
+        track: String,
+        muted: bool,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
     /// A subscriber's choice of layer for one video track it receives.
     SetQuality {
         participant: String,
@@ -184,6 +192,7 @@ impl Command {
             | Command::Candidate { participant, .. }
             | Command::Unpublish { participant, .. }
             | Command::Subscribe { participant, .. }
+            | Command::SetMuted { participant, .. }
             | Command::SetQuality { participant, .. }
             | Command::RestartIce { participant, .. }
             | Command::InjectFault { participant, .. } => Some(participant),

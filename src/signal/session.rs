@@ -715,13 +715,21 @@ impl Session {
                 }
                 r.map(|()| None)
             }
-            // The muted flag is the room's: what others are told. Forwarding goes on (the
-            // client stops sending), so the media worker is not involved.
+            // The media worker stops forwarding (or resumes at a keyframe); the room tells the
+            // others.
             Request::Mute { track, muted, .. } => {
-                if room.set_muted(&participant, &track, muted) {
-                    Ok(None)
-                } else {
-                    Err(MediaError::TrackNotFound)
+                let forwarding = media
+                    .ask(|reply| Command::SetMuted {
+                        participant: participant.clone(),
+                        track: track.clone(),
+                        muted,
+                        reply,
+                    })
+                    .await;
+                match forwarding {
+                    Ok(()) if room.set_muted(&participant, &track, muted) => Ok(None),
+                    Ok(()) => Err(MediaError::TrackNotFound),
+                    Err(e) => Err(e),
                 }
             }
             Request::Subscribe { track, .. }

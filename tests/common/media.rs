@@ -764,7 +764,8 @@ pub fn opus_payload(counter: u32) -> Bytes {
 }
 
 /// Sends `frames` VP8 frames of `packets_per_frame` packets at 30 fps, a keyframe every
-/// `keyframe_every` frames (and first), starting at sequence number `seq` and counter `counter`.
+/// `keyframe_every` frames (and first; 0: delta frames only), starting at sequence number `seq`
+/// and counter `counter`.
 /// Returns the next (seq, counter, timestamp).
 pub async fn send_vp8(
     track: &PublishedTrack,
@@ -778,7 +779,7 @@ pub async fn send_vp8(
     let mut tick = tokio::time::interval(Duration::from_millis(33));
     for frame in 0..frames {
         tick.tick().await;
-        let keyframe = frame % keyframe_every == 0;
+        let keyframe = keyframe_every > 0 && frame % keyframe_every == 0;
         for i in 0..packets_per_frame {
             let payload = vp8_payload(counter, i == 0, keyframe, if keyframe { 1100 } else { 600 });
             track.sent.lock().unwrap().insert(counter, payload.clone());

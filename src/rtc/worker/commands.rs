@@ -87,6 +87,14 @@ impl Worker {
             } => {
                 let _ = reply.send(self.set_subscribed(&participant, &track, subscribed));
             }
+            Command::SetMuted {
+                participant,
+                track,
+                muted,
+                reply,
+            } => {
+                let _ = reply.send(self.set_muted(&participant, &track, muted));
+            }
             Command::SetQuality {
                 participant,
                 track,
@@ -154,6 +162,21 @@ impl Worker {
         for track in existing {
             self.subscribe(&participant, &track);
         }
+    }
+
+    /// The publisher muted or unmuted `track`; unmuted video is asked for a keyframe at once,
+    /// so subscribers see it again without waiting for the next one.
+    fn set_muted(&mut self, participant: &str, track: &str, muted: bool) -> Result<(), MediaError> {
+        let publication = self
+            .publications
+            .get_mut(track)
+            .filter(|p| p.participant == participant)
+            .ok_or(MediaError::TrackNotFound)?;
+        if publication.router.set_muted(muted) && !muted {
+            let layers = publication.router.keyframe_for_targets(Instant::now());
+            self.request_keyframes(track, &layers);
+        }
+        Ok(())
     }
 
     /// `subscribe` (true) or `unsubscribe` (false) from the client: a subscription that exists
