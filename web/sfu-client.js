@@ -41,7 +41,8 @@
  *   publishScreen({audio, name}?)                     -> {video: LocalTrack, audio: LocalTrack|null}
  *   publishTrack(mediaStreamTrack, {source, name, simulcast}?) -> LocalTrack
  *   unpublish(localTrack | sid | MediaStreamTrack)
- *   mute(localTrack | sid | MediaStreamTrack, muted)
+ *   mute(localTrack | sid | MediaStreamTrack, muted)   stops sending (nothing encoded; a camera is
+ *                       released and opened again on unmute) and the server stops forwarding
  *   setQuality(trackSid, 'auto'|'low'|'medium'|'high'|'off')   a remote video's simulcast layer
  *   subscribe(trackSid) / unsubscribe(trackSid)
  *   sendChat(text) -> chat message;  setTyping(bool);  ping()
@@ -161,6 +162,8 @@ const SERVER_BUSY_ATTEMPTS = 3;
 const SERVER_BUSY_BACKOFF_MS = 500;
 /** The server takes one publisher offer per second after a burst of five. */
 const OFFER_RETRY_MS = 1000;
+/** What publishCamera asks of the camera unless told otherwise. */
+const DEFAULT_CAMERA = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
 /** How long a media connection may stay `disconnected` before the client restarts its ICE. */
 const ICE_RESTART_DELAY_MS = 2000;
 
@@ -697,13 +700,19 @@ export class SfuClient extends EventTarget {
   async publishCamera({ simulcast = true, constraints, name = 'camera' } = {}) {
     this._requireJoined('publish the camera');
     const stream = await getMedia('camera', () =>
-      navigator.mediaDevices.getUserMedia({
-        video: constraints ?? { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
-      }));
+      navigator.mediaDevices.getUserMedia({ video: constraints ?? DEFAULT_CAMERA }));
     const track = stream.getVideoTracks()[0];
     // Tells the encoder to keep the frame rate when bandwidth is short (faces move; text does not).
     track.contentHint = 'motion';
-    return releaseOnError(stream, () => this.publishTrack(track, { source: 'camera', name, simulcast, stream }));
+    const local = await releaseOnError(stream, () => this.publishTrack(track, { source: 'camera', name, simulcast, stream }));
+    // Camera off (mute) releases the device; camera on opens it again with the same constraints.
+    local.reacquire = async () => {
+      const again = await getMedia('camera', () => navigator.mediaDevices.getUserMedia({ video: constraints ?? DEFAULT_CAMERA }));
+      const [video] = again.getVideoTracks();
+      video.contentHint = 'motion';
+      return video;
+    };
+    return local;
   }
 
   async publishMicrophone({ constraints, name = 'microphone' } = {}) {
@@ -833,11 +842,44 @@ export class SfuClient extends EventTarget {
   async mute(which, muted = true) {
     const local = this._findLocal(which);
     if (!local) throw new SfuError('track_not_found', 'no such local track');
-    local.muted = !!muted;
-    local.track.enabled = !muted;
+    muted = !!muted;
+    if (local.muted === muted) return;
+    local.muted = muted;
+    const sender = local.transceiver?.sender;
+    if (muted) {
+      // Nothing is encoded or sent (not black frames or silence), and the server forwards
+      // nothing of the track. A camera is released: its light goes off.
+      local.track.enabled = false;
+      await sender?.replaceTrack(null);
+      if (local.reacquire) local.track.stop();
+    } else {
+      if (local.track.readyState === 'ended' && local.reacquire) await this._reacquire(local);
+      local.track.enabled = true;
+      if (!sender && this.state === 'joined') {
+        // Muted through a rejoin, which publishes only live tracks: publish it now.
+        const announced = this._addToPublisher(local);
+        await this._negotiatePublisher();
+        await announced;
+        this._emit('local_track_muted', { local, muted: false });
+        return;
+      }
+      await sender?.replaceTrack(local.track);
+    }
     this._emit('local_track_muted', { local, muted: local.muted });
-    // Without a sid yet, the flag is sent once the server announces the track.
+    // Without a sid yet, the flag is sent once the server announces the track. Unmuted, the
+    // server asks the encoder for a keyframe, so the others see us again at once.
     if (local.sid) await this.request('mute', { track: local.sid, muted: local.muted });
+  }
+
+  /** Opens the device of a local track released by mute() again; `local_track` tells the page. */
+  async _reacquire(local) {
+    const track = await local.reacquire();
+    this.localTracks.delete(local.id);
+    local.id = track.id;
+    local.track = track;
+    local.stream = new MediaStream([track]);
+    this.localTracks.set(local.id, local);
+    this._emit('local_track', { local });
   }
 
   /**

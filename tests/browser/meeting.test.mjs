@@ -259,6 +259,30 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     await icon.waitFor({ state: 'hidden', timeout: 10_000 });
   }));
 
+  it('page A turns its camera off: the device is released, nothing is encoded, B\'s tile shows it and decodes nothing; camera on: B sees A again', () => diagnose(async () => {
+    const { Alice, Bob } = people;
+    const camera = () => Alice.page.evaluate(() => {
+      const local = [...window.sfu.localTracks.values()].find((l) => l.source === 'camera');
+      return { state: local.track.readyState, sending: !!local.transceiver.sender.track };
+    });
+    const encoded = async () => Object.values(await sentLayers(Alice)).reduce((n, l) => n + l.framesEncoded, 0);
+    const decoded = async () => (await receivedFrom(Bob, 'Alice')).video?.framesDecoded ?? 0;
+    await Alice.page.click('#toggle-camera');
+    await Bob.page.locator('.tile[data-identity="Alice"].video-muted').waitFor({ timeout: 10_000 });
+    assert.deepEqual(await camera(), { state: 'ended', sending: false }, 'the camera was not released');
+    // Frames in flight when the button was clicked have landed by now: the counts stand still.
+    const before = { encoded: await encoded(), decoded: await decoded() };
+    await sleep(2_000);
+    const after = { encoded: await encoded(), decoded: await decoded() };
+    assert.deepEqual(after, before, 'camera off, yet Alice encoded or Bob decoded frames');
+    await Alice.page.click('#toggle-camera');
+    await until(async () => (await camera()).state === 'live', { timeoutMs: 10_000, what: 'Alice\'s camera to open again' });
+    assert.equal(await Alice.page.evaluate(() => document.querySelector('#local-video').srcObject?.getVideoTracks()[0]?.readyState), 'live',
+      'the local preview does not show the reopened camera');
+    await Bob.page.locator('.tile[data-identity="Alice"]:not(.video-muted)').waitFor({ timeout: 10_000 });
+    await assertReceiving(Bob, 'Alice');
+  }));
+
   it('page A restarts ICE on both its connections (as after a network change): new credentials are in use and media keeps flowing both ways', () => diagnose(async () => {
     const { Alice, Bob } = people;
     const ufrags = () => Alice.page.evaluate(() => {
