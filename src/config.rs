@@ -100,6 +100,11 @@ pub struct RtcConfig {
     /// answer are both set; past it the client gets `media_failed` with the cause.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Also take media over TCP (ICE-TCP, passive candidates of lower priority than UDP), for
+    /// clients whose UDP is blocked.
+    pub ice_tcp: bool,
+    /// First TCP port for ICE-TCP; media worker N listens on `tcp_port + N` (0: any free port).
+    pub tcp_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,6 +230,8 @@ impl Default for RtcConfig {
             public_ips: Vec::new(),
             auto_subscribe: true,
             connect_timeout: Duration::from_secs(20),
+            ice_tcp: true,
+            tcp_port: 7881,
         }
     }
 }

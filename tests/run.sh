@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v unshare >/dev/null || need_pkgs+=(util-linux)
+# The ICE-TCP browser test drops UDP in its namespace with an nftables rule.
+command -v nft >/dev/null || need_pkgs+=(nftables)
 # Browser tests: Debian's Chromium, driven by playwright-core from Node.
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 command -v node >/dev/null || need_pkgs+=(nodejs)
@@ -50,5 +52,7 @@ exec unshare -n sh -c '
   cargo test --workspace --locked --offline || status=1
   echo "== browser tests (headless Chromium)"
   (cd tests/browser && node --test meeting.test.mjs) || status=1
+  echo "== ICE-TCP browser test (in a namespace of its own: it drops all UDP there)"
+  unshare -n sh -c "ip link set lo up; cd tests/browser && node --test ice-tcp.test.mjs" || status=1
   exit $status
 '

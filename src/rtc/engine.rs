@@ -112,16 +112,37 @@ impl MediaEngine {
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, addr.port()))
                 .collect();
+            let tcp = if config.rtc.ice_tcp {
+                let port = worker_port(config.rtc.tcp_port, index)?;
+                let bind = SocketAddr::new(config.rtc.bind, port);
+                let listener = std::net::TcpListener::bind(bind).map_err(|e| {
+                    anyhow::anyhow!("cannot bind ICE-TCP {bind} (rtc.bind, rtc.tcp_port): {e}")
+                })?;
+                Some(listener)
+            } else {
+                None
+            };
+            let tcp_candidates: Vec<SocketAddr> = match &tcp {
+                Some(listener) => {
+                    let port = listener.local_addr()?.port();
+                    advertised
+                        .iter()
+                        .map(|ip| SocketAddr::new(*ip, port))
+                        .collect()
+                }
+                None => Vec::new(),
+            };
             let (tx, rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
             let settings = worker::Settings {
                 candidates,
+                tcp_candidates,
                 auto_subscribe: config.rtc.auto_subscribe,
                 connect_timeout: config.rtc.connect_timeout,
             };
             let worker_metrics = metrics.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-media-{index}"))
-                .spawn(move || worker::run(socket, settings, rx, worker_metrics))?;
+                .spawn(move || worker::run(socket, tcp, settings, rx, worker_metrics))?;
             tracing::info!(%addr, ?advertised, "media worker {index} listening");
             workers.push(WorkerThread {
                 handle: MediaHandle::new(tx, &metrics),

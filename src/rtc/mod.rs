@@ -22,6 +22,7 @@ pub mod demux;
 pub mod engine;
 pub mod sdp;
 pub mod stack;
+pub mod tcp;
 mod worker;
 
 use std::time::Duration;

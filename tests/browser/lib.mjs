@@ -85,6 +85,7 @@ export async function startServer({ env: extraEnv = {}, logName = 'server.log' }
       SFU_HTTP_PORT: '0',
       SFU_RTC_BIND: '127.0.0.1',
       SFU_RTC_UDP_PORT: '0',
+      SFU_RTC_TCP_PORT: '0',
       SFU_RTC_PUBLIC_IPS: '["127.0.0.1"]',
       ...extraEnv,
     },

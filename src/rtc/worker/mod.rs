@@ -1,4 +1,5 @@
-//! A media worker: one thread, one UDP socket, the peer connections of the rooms it hosts.
+//! A media worker: one thread, one UDP socket (and an ICE-TCP listener, `rtc::tcp`), the peer
+//! connections of the rooms it hosts.
 //!
 //! The loop waits on a datagram, a command from the control plane, the earliest timeout any
 //! peer asked for, or housekeeping; each input goes to one `Rtc`, and what comes out is sent
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 use str0m::change::SdpPendingOffer;
 use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid, Pt};
+use str0m::net::Protocol;
 use str0m::rtp::Ssrc;
 use tokio::sync::mpsc;
 
@@ -52,6 +54,7 @@ use crate::model::{FailureCause, TrackKind, TrackSource};
 use crate::rtc::batch::{RecvBatch, SendBatch, Sent};
 use crate::rtc::demux::Demux;
 use crate::rtc::stack::panic_message;
+use crate::rtc::tcp::{self, TcpConnections, TcpInput};
 use crate::rtc::{Command, EventSink, Fault};
 use negotiation::Negotiation;
 use peers::Peer;
@@ -77,6 +80,8 @@ type Route = (Mid, Pt);
 pub struct Settings {
     /// The addresses (with this worker's port) given to clients as ICE host candidates.
     pub candidates: Vec<SocketAddr>,
+    /// The same, with this worker's ICE-TCP port (passive TCP candidates); empty without.
+    pub tcp_candidates: Vec<SocketAddr>,
     /// Subscribe every participant to every publication in its room without being asked.
     pub auto_subscribe: bool,
     /// How long a peer may take to connect once negotiated (`rtc.connect_timeout`).
@@ -117,8 +122,9 @@ struct Participant {
     allocator: Allocator<String>,
 }
 
-/// One published track's media: where it comes from and its Router. What it is called and
-/// whether it is muted is the room's to say.
+/// One published track's media: where it comes from and its Router (which also knows whether
+/// it is muted: then nothing is forwarded). What it is called, and telling others it is muted,
+/// is the room's.
 struct Publication {
     /// The publisher's participant sid.
     participant: String,
@@ -143,6 +149,8 @@ struct RoomMedia {
 
 struct Worker {
     socket: tokio::net::UdpSocket,
+    /// ICE-TCP connections, when `rtc.ice_tcp` is on.
+    tcp: Option<TcpConnections>,
     /// Datagrams of the current flush, sent together.
     batch: SendBatch,
     /// The address clients send to: what `Input::Receive` names as the destination.
@@ -181,6 +189,7 @@ struct Worker {
 /// goes on untouched.
 pub fn run(
     socket: std::net::UdpSocket,
+    tcp: Option<std::net::TcpListener>,
     settings: Settings,
     mut inbox: mpsc::Receiver<Command>,
     metrics: Arc<Metrics>,
@@ -206,7 +215,20 @@ pub fn run(
                 return;
             }
         };
-        let mut worker = Worker::new(socket, settings.clone(), metrics.clone());
+        let tcp = match tcp.as_ref().map(|l| {
+            let local = settings.tcp_candidates.first().copied();
+            let local = local.map_or_else(|| l.local_addr(), Ok)?;
+            let _guard = runtime.enter();
+            TcpConnections::new(l.try_clone()?, local)
+        }) {
+            Some(Ok(tcp)) => Some(tcp),
+            Some(Err(e)) => {
+                tracing::error!("media worker cannot use its ICE-TCP listener: {e}");
+                return;
+            }
+            None => None,
+        };
+        let mut worker = Worker::new(socket, tcp, settings.clone(), metrics.clone());
         let ended = catch_unwind(AssertUnwindSafe(|| {
             runtime.block_on(worker.run(&mut inbox));
         }));
@@ -229,7 +251,12 @@ pub fn run(
 }
 
 impl Worker {
-    fn new(socket: tokio::net::UdpSocket, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        socket: tokio::net::UdpSocket,
+        tcp: Option<TcpConnections>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let local = settings.candidates.first().copied().unwrap_or_else(|| {
             socket
                 .local_addr()
@@ -237,6 +264,7 @@ impl Worker {
         });
         Self {
             socket,
+            tcp,
             batch: SendBatch::default(),
             local,
             settings,
@@ -275,6 +303,7 @@ impl Worker {
                     Ok(()) => self.drain_socket(&mut received),
                     Err(e) => tracing::debug!("media socket read: {e}"),
                 },
+                input = tcp::next_input(&mut self.tcp) => self.on_tcp(input),
                 command = inbox.recv() => match command {
                     None | Some(Command::Shutdown) => return,
                     Some(command) => self.on_command_isolated(command),
@@ -314,8 +343,41 @@ impl Worker {
     /// input produced (a received packet) until it is polled, and the next input would find
     /// it there. What the packet was forwarded to waits for the flush.
     fn take_datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
-        if let Some(id) = self.on_datagram(source, datagram) {
+        if let Some(id) = self.on_datagram(source, datagram, Protocol::Udp) {
             self.poll_isolated(id);
+        }
+    }
+
+    /// A connection or datagram of ICE-TCP. A connection whose first datagram belongs to no
+    /// peer is closed: it is nobody's.
+    fn on_tcp(&mut self, input: TcpInput) {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        match input {
+            TcpInput::Accepted(stream, addr) => {
+                if !tcp.open(stream, addr) {
+                    self.counters.dropped_unknown_source.inc();
+                }
+            }
+            TcpInput::Datagram(addr, datagram) => {
+                match self.on_datagram(addr, &datagram, Protocol::Tcp) {
+                    Some(id) => {
+                        if let Some(tcp) = self.tcp.as_mut() {
+                            tcp.routed(addr);
+                        }
+                        self.poll_isolated(id);
+                    }
+                    None => {
+                        if let Some(tcp) = self.tcp.as_mut() {
+                            if !tcp.is_routed(addr) {
+                                tcp.close(addr);
+                            }
+                        }
+                    }
+                }
+            }
+            TcpInput::Closed(addr) => tcp.close(addr),
         }
     }
 

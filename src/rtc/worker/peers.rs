@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Input, Output, Reason, Rtc, RtcError};
 
 use super::stats::timeout_reason;
@@ -57,6 +57,17 @@ impl Worker {
                 rtc.add_local_candidate(candidate);
             }
         }
+        // Passive: clients connect to us. ICE ranks TCP host candidates below UDP ones.
+        for c in &self.settings.tcp_candidates {
+            let candidate = Candidate::builder()
+                .tcp()
+                .host(*c)
+                .tcptype(TcpType::Passive)
+                .build();
+            if let Ok(candidate) = candidate {
+                rtc.add_local_candidate(candidate);
+            }
+        }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         self.demux.add(ufrag, id);
         self.timers.push(Reverse((now, id)));
@@ -78,7 +89,12 @@ impl Worker {
     }
 
     /// Hands a datagram to the peer it belongs to; that peer, if any, must be polled next.
-    pub(super) fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8]) -> Option<PeerId> {
+    pub(super) fn on_datagram(
+        &mut self,
+        source: SocketAddr,
+        datagram: &[u8],
+        proto: Protocol,
+    ) -> Option<PeerId> {
         let Some(peer_id) = self.demux.route(source, datagram) else {
             self.counters.dropped_unknown_source.inc();
             return None;
@@ -90,9 +106,12 @@ impl Worker {
         let input = Input::Receive(
             Instant::now(),
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.local,
+                destination: match (proto, &self.tcp) {
+                    (Protocol::Tcp, Some(tcp)) => tcp.local,
+                    _ => self.local,
+                },
                 contents,
             },
         );
@@ -207,6 +226,17 @@ impl Worker {
                     // check str0m verified: the address is this peer's from now on.
                     if t.contents.first().is_some_and(|&b| b < 4) {
                         self.demux.learn(t.destination, id);
+                    }
+                    if t.proto == Protocol::Tcp {
+                        // Queued on its connection; a full queue drops, as UDP would.
+                        let queued = self
+                            .tcp
+                            .as_mut()
+                            .is_some_and(|tcp| tcp.send(t.destination, &t.contents));
+                        if !queued {
+                            self.counters.dropped_socket_full.inc();
+                        }
+                        continue;
                     }
                     // Leaves with the flush's other datagrams (or when the batch is full).
                     let sent = self.batch.push(&self.socket, &t.contents, t.destination);

@@ -402,9 +402,10 @@ impl Worker {
         };
         let text = candidate.strip_prefix("a=").unwrap_or(candidate);
         match Candidate::from_sdp_string(text) {
-            // The server takes media over UDP only. Browsers trickle TCP candidates too (often
-            // first, as `127.0.0.1 9 typ host tcptype active`); one that pairs with nothing
-            // left ICE with a candidate and no pair, and it gave the connection up.
+            // A client's TCP candidates are active (`127.0.0.1 9 typ host tcptype active`): it
+            // connects to our passive one, and ICE-lite learns its address from its checks on
+            // that connection. Added, one that pairs with nothing left ICE with a candidate
+            // and no pair, and it gave the connection up.
             Ok(c) if c.proto() != Protocol::Udp => {
                 tracing::debug!("ignoring non-UDP candidate `{text}`");
             }
