@@ -1,6 +1,7 @@
 /**
  * sfu-client.js: the browser side of the `sfu` signaling protocol v1 (docs/protocol.md).
- * One dependency-free ES module. It imports nothing and touches no DOM.
+ * One dependency-free ES module. It imports nothing and touches no DOM, but for watching the size
+ * and visibility of the video elements the page hands to observeVideo() (adaptive stream).
  *
  * What the SfuClient owns:
  *  - The signaling WebSocket. It matches each request to its answer (`id` / `request_id`) with a
@@ -44,6 +45,9 @@
  *   mute(localTrack | sid | MediaStreamTrack, muted)   stops sending (nothing encoded; a camera is
  *                       released and opened again on unmute) and the server stops forwarding
  *   setQuality(trackSid, 'auto'|'low'|'medium'|'high'|'off')   a remote video's simulcast layer
+ *   observeVideo(trackSid, videoElement) -> stop()   adaptive stream: the server sends the layer
+ *                       that fills the element, nothing while it is hidden; `auto` quality
+ *   unobserveVideo(trackSid)
  *   subscribe(trackSid) / unsubscribe(trackSid)
  *   sendChat(text) -> chat message;  setTyping(bool);  ping()
  *   getTrackStats(trackSid) -> {width, height, fps, bitrate, rtt, layer} | null   (local or remote)
@@ -162,6 +166,10 @@ const SERVER_BUSY_ATTEMPTS = 3;
 const SERVER_BUSY_BACKOFF_MS = 500;
 /** The server takes one publisher offer per second after a burst of five. */
 const OFFER_RETRY_MS = 1000;
+/** Adaptive stream: a view size is sent once it has not changed for this long. */
+const ADAPTIVE_SETTLE_MS = 300;
+/** Adaptive stream: a size within this fraction of the last one sent is not sent again. */
+const ADAPTIVE_STEP = 0.15;
 /** What publishCamera asks of the camera unless told otherwise. */
 const DEFAULT_CAMERA = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
 /** How long a media connection may stay `disconnected` before the client restarts its ICE. */
@@ -241,6 +249,9 @@ export class SfuClient extends EventTarget {
     this._resuming = false;
     /** Pending ICE restarts after a media connection went disconnected/failed, by target. */
     this._iceRestartTimers = new Map();
+    /** Adaptive stream: the elements showing remote videos, by track sid (observeVideo). */
+    this._watched = new Map();
+    this._onVisibility = null;
     this._resetMedia();
   }
 
@@ -893,7 +904,91 @@ export class SfuClient extends EventTarget {
     if (!QUALITIES.includes(quality)) {
       throw new SfuError('bad_request', `quality must be one of ${QUALITIES.join(', ')}`);
     }
+    const watch = this._watched.get(trackSid);
+    if (watch) {
+      // A chosen quality takes the track over from adaptive stream; `auto` gives it back.
+      watch.manual = quality !== 'auto';
+      if (!watch.manual) {
+        watch.sent = null;
+        return this._sendViewSize(trackSid);
+      }
+    }
     return this.request('set_quality', { track: trackSid, quality: quality === 'auto' ? 'high' : quality });
+  }
+
+  /**
+   * Adaptive stream: watches the element that shows remote video `trackSid` and tells the
+   * server the size it is drawn at (in device pixels), so the server sends the smallest layer
+   * that fills it, and nothing while it is hidden (not displayed, scrolled or clipped out of
+   * view, or the page in the background). A change is sent once it settles (ADAPTIVE_SETTLE_MS)
+   * and only if it is a real one (ADAPTIVE_STEP). setQuality() with a quality other than
+   * `auto` overrides it for that track. Returns a function that stops watching; a removed track
+   * stops being watched on its own.
+   */
+  observeVideo(trackSid, element) {
+    this.unobserveVideo(trackSid);
+    const watch = { element, visible: true, manual: false, sent: null, timer: null };
+    watch.resize = new ResizeObserver(() => this._viewChanged(trackSid));
+    watch.resize.observe(element);
+    watch.intersect = new IntersectionObserver((entries) => {
+      watch.visible = entries[entries.length - 1].isIntersecting;
+      this._viewChanged(trackSid);
+    });
+    watch.intersect.observe(element);
+    if (!this._onVisibility) {
+      this._onVisibility = () => { for (const sid of this._watched.keys()) this._viewChanged(sid); };
+      document.addEventListener('visibilitychange', this._onVisibility);
+    }
+    this._watched.set(trackSid, watch);
+    this._viewChanged(trackSid);
+    return () => { if (this._watched.get(trackSid) === watch) this.unobserveVideo(trackSid); };
+  }
+
+  /** Stops adaptive stream for a track (the server keeps the last size it was told). */
+  unobserveVideo(trackSid) {
+    const watch = this._watched.get(trackSid);
+    if (!watch) return;
+    watch.resize.disconnect();
+    watch.intersect.disconnect();
+    clearTimeout(watch.timer);
+    this._watched.delete(trackSid);
+  }
+
+  _viewChanged(trackSid) {
+    const watch = this._watched.get(trackSid);
+    if (!watch || watch.manual) return;
+    clearTimeout(watch.timer);
+    watch.timer = setTimeout(() => {
+      this._sendViewSize(trackSid).catch((err) => {
+        // The track may have gone meanwhile; anything else is news.
+        if (err.code !== 'track_not_found' && err.code !== 'not_connected' && err.code !== 'disconnected') {
+          this._emitError(err, 'telling the server the size of a video failed');
+        }
+      });
+    }, ADAPTIVE_SETTLE_MS);
+  }
+
+  /** Sends the size `trackSid`'s element is drawn at, or `off`, when that changed. */
+  async _sendViewSize(trackSid) {
+    const watch = this._watched.get(trackSid);
+    if (!watch || watch.manual || this.state !== 'joined') return undefined;
+    const { element } = watch;
+    const hidden = !watch.visible || document.visibilityState === 'hidden' ||
+      element.clientWidth === 0 || element.clientHeight === 0;
+    const scale = globalThis.devicePixelRatio || 1;
+    const view = hidden ? null : {
+      width: Math.round(element.clientWidth * scale),
+      height: Math.round(element.clientHeight * scale),
+    };
+    const last = watch.sent;
+    if (last !== null) {
+      const same = view === null ? last.off
+        : !last.off && Math.abs(view.width - last.width) <= last.width * ADAPTIVE_STEP &&
+          Math.abs(view.height - last.height) <= last.height * ADAPTIVE_STEP;
+      if (same) return undefined;
+    }
+    watch.sent = view ?? { off: true };
+    return this.request('set_quality', { track: trackSid, ...(view ?? { quality: 'off' }) });
   }
 
   /**
@@ -1200,6 +1295,7 @@ export class SfuClient extends EventTarget {
     this._remote.delete(sid);
     this._statsPrev.delete(sid);
     this._layers.delete(sid);
+    this.unobserveVideo(sid);
     if (remote.emitted) {
       this._emit('track_removed', {
         track: info ?? { sid, participant: remote.participant },

@@ -346,11 +346,25 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     // Alice's requests work on the new socket.
     await Alice.page.evaluate(() => window.sfu.sendChat('back again'));
     await Bob.page.locator('#chat-log', { hasText: 'back again' }).waitFor({ timeout: 10_000 });
+
+    // A drop with the network still there: the first attempt, a quarter second later, resumes.
+    await Alice.page.evaluate(() => { window.__resume.resumed = []; });
+    const cutAt = Date.now();
+    proxies.Alice.cut();
+    const again = await until(() => Alice.page.evaluate(() => window.__resume.resumed[0] ?? null),
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: 'Alice to resume after a plain drop' });
+    const resumeMs = Date.now() - cutAt;
+    console.log(`Alice resumed ${resumeMs} ms after her socket was cut (attempt ${again.attempt})`);
+    metrics.resume_after_drop_ms = resumeMs;
+    assert.equal(again.attempt, 1, `resumed only at attempt ${again.attempt}`);
   }));
 
   it('page B sets quality low then high on A\'s tile: the frame width goes down, then up, without freezes', async (t) => diagnose(async () => {
     const { Alice, Bob } = people;
-    // Wait until Bob gets a layer above Alice's smallest, so there is somewhere to go down to.
+    // Adaptive stream sends the layer that fills Bob's tile of Alice, perhaps her smallest:
+    // ask for her best, then wait until Bob gets a layer above her smallest, so there is
+    // somewhere to go down to.
+    await Bob.page.selectOption('.tile[data-identity="Alice"] select.quality', 'high');
     let smallest = 0;
     const start = await until(async () => {
       const widths = Object.values(await sentLayers(Alice)).filter((l) => l.frameWidth > 0).map((l) => l.frameWidth);
@@ -382,6 +396,34 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
       `Alice's video froze during the switches (freezeCount ${start.video.freezeCount} -> ${end.video.freezeCount})`);
     // Back to auto, as a person would leave it.
     await Bob.page.selectOption('.tile[data-identity="Alice"] select.quality', 'auto');
+  }));
+
+  it('page B draws A\'s video small, large, then not at all (adaptive stream): the layer follows the element, and nothing comes while it is hidden', () => diagnose(async () => {
+    const { Bob } = people;
+    await Bob.page.selectOption('.tile[data-identity="Alice"] select.quality', 'auto');
+    const draw = (css) => Bob.page.evaluate((css) => {
+      document.querySelector('.tile[data-identity="Alice"] video').style.cssText = css;
+    }, css);
+    const width = async () => (await receivedFrom(Bob, 'Alice')).video?.frameWidth ?? 0;
+    const layer = () => Bob.page.evaluate(() =>
+      window.sfu.remoteLayer(document.querySelector('.tile[data-identity="Alice"]').dataset.videoTrack)?.quality);
+    await draw('width: 160px !important; height: 90px !important; flex: none !important;');
+    const small = await until(async () => { const w = await width(); return w > 0 && w <= 320 ? w : null; },
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: `Alice's video to come down to its smallest layer in a 160x90 element (now ${await width()}, ${await layer()})` });
+    await draw('width: 1280px !important; height: 720px !important; flex: none !important;');
+    const large = await until(async () => { const w = await width(); return w >= 1280 ? w : null; },
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: `Alice's video to go up to 1280 in a 1280x720 element (now ${await width()}, ${await layer()})` });
+    console.log(`adaptive stream: 160x90 element -> ${small} wide, 1280x720 element -> ${large} wide`);
+    await draw('display: none !important;');
+    await until(async () => (await layer()) === 'off', { timeoutMs: MEDIA_TIMEOUT_MS, what: 'the server to stop Alice\'s video for a hidden element' });
+    // What was in flight when it stopped has been decoded after a second; then nothing more.
+    await sleep(1_000);
+    const before = (await receivedFrom(Bob, 'Alice')).video.framesDecoded;
+    await sleep(2_000);
+    const after = (await receivedFrom(Bob, 'Alice')).video.framesDecoded;
+    assert.equal(after, before, 'frames kept coming for a hidden element');
+    await draw('');
+    await assertReceiving(Bob, 'Alice');
   }));
 
   it('page B\'s tile of A says "Video paused: low bandwidth" while the server pauses it, and notes only a step down for bandwidth', () => diagnose(async () => {
