@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::room::Rooms;
 use crate::rtc::MediaEngine;
 use crate::signal::session::{self, encode_room_event};
+use crate::turn_server::{self, Turn};
 
 /// What every handler and session shares.
 #[derive(Clone)]
@@ -44,8 +45,9 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Builds every part; starts the media workers (binding their UDP sockets).
-    pub fn new(config: Config) -> anyhow::Result<Self> {
+    /// Builds every part; starts the media workers (binding their UDP sockets) and the TURN
+    /// server, when enabled.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let media = MediaEngine::start(&config, metrics.clone())?;
         let shutdown = CancellationToken::new();
@@ -59,6 +61,34 @@ impl AppState {
         let config = Arc::new(config);
         let auth = Arc::new(Auth::new(&config.auth));
         let media = Arc::new(media);
+        let turn = if config.turn.enabled {
+            let secret = if config.turn.secret.is_empty() {
+                turn_server::derive_secret(&config.auth.api_secret)
+            } else {
+                config.turn.secret.as_bytes().to_vec()
+            };
+            let started = Turn::start(
+                &config.turn,
+                config.rtc.bind,
+                media.advertised_ips(),
+                media.media_addrs(),
+                secret,
+                metrics.clone(),
+            )
+            .await;
+            match started {
+                Ok(turn) => Some(Arc::new(turn)),
+                // Dev mode turns TURN on by itself: a port in use (a coturn on this machine)
+                // must not keep the server from starting.
+                Err(e) if config.dev => {
+                    tracing::warn!("dev mode runs without its TURN server: {e}");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
         let session = Arc::new(session::Context {
             config: config.clone(),
             auth: auth.clone(),
@@ -67,6 +97,7 @@ impl AppState {
             media: media.clone(),
             shutdown: shutdown.clone(),
             resumes: Default::default(),
+            turn,
         });
         Ok(Self(Arc::new(AppInner {
             auth,

@@ -55,6 +55,7 @@ pub struct Config {
     pub room: RoomConfig,
     pub chat: ChatConfig,
     pub signal: SignalConfig,
+    pub turn: TurnConfig,
     pub log: LogConfig,
     /// Set by `--dev`, never read from a file: dev key/secret, the dev token endpoint.
     #[serde(skip)]
@@ -191,6 +192,60 @@ pub struct SignalConfig {
     pub resume_window: Duration,
 }
 
+/// The embedded TURN server (`src/turn_server.rs`), and other ICE servers clients are given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// Run the embedded TURN server (UDP). Off by default; on with `--dev` unless set.
+    pub enabled: bool,
+    /// Its UDP port (0: any free port).
+    pub udp_port: u16,
+    /// The ports relayed addresses are taken from, inclusive.
+    pub relay_port_min: u16,
+    pub relay_port_max: u16,
+    /// Signs the per-participant credentials (TURN REST: HMAC-SHA1). Empty: derived from
+    /// `auth.api_secret`. Set the same one in coturn (`static-auth-secret`) to use both.
+    pub secret: String,
+    /// How long a participant's TURN credential is valid.
+    #[serde(with = "humantime_serde")]
+    pub credential_ttl: Duration,
+    /// Allocations one credential (participant) may hold at once, and all together.
+    pub max_allocations_per_user: usize,
+    pub max_allocations: usize,
+    /// Bits per second one allocation may relay each way; past it datagrams are dropped.
+    pub max_bitrate: u64,
+    /// More ICE servers for clients (an operator's STUN or coturn), given in `joined`.
+    pub ice_servers: Vec<IceServerConfig>,
+}
+
+/// An ICE server from the config, passed to clients as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServerConfig {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            udp_port: 3478,
+            relay_port_min: 40000,
+            relay_port_max: 40999,
+            secret: String::new(),
+            credential_ttl: Duration::from_secs(12 * 3600),
+            max_allocations_per_user: 8,
+            max_allocations: 2000,
+            max_bitrate: 10_000_000,
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -309,6 +364,10 @@ impl Config {
             .get("http")
             .and_then(|http| http.get("bind"))
             .is_some();
+        let turn_chosen = table
+            .get("turn")
+            .and_then(|turn| turn.get("enabled"))
+            .is_some();
         let mut config = Self::from_table(table)?;
         config.dev = dev;
         if dev {
@@ -319,6 +378,9 @@ impl Config {
             config.auth.api_secret = DEV_API_SECRET.into();
             if !bind_chosen {
                 config.http.bind = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+            }
+            if !turn_chosen {
+                config.turn.enabled = true;
             }
         }
         config.validate()?;
@@ -437,6 +499,23 @@ impl Config {
                 "must be longer than signal.ping_interval",
             ));
         }
+        if self.turn.relay_port_min == 0 || self.turn.relay_port_min > self.turn.relay_port_max {
+            return Err(ConfigError::key(
+                "turn.relay_port_min",
+                "must be above 0 and at most turn.relay_port_max",
+            ));
+        }
+        positive(
+            "turn.max_allocations_per_user",
+            self.turn.max_allocations_per_user,
+        )?;
+        positive("turn.max_allocations", self.turn.max_allocations)?;
+        if self.turn.max_bitrate < 8 {
+            return Err(ConfigError::key(
+                "turn.max_bitrate",
+                "must be at least 8 (bits per second)",
+            ));
+        }
         if self.signal.join_timeout.is_zero() {
             return Err(ConfigError::key("signal.join_timeout", "must be above 0"));
         }
@@ -477,7 +556,9 @@ fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    const SECTIONS: &[&str] = &["http", "rtc", "auth", "room", "chat", "signal", "log"];
+    const SECTIONS: &[&str] = &[
+        "http", "rtc", "auth", "room", "chat", "signal", "turn", "log",
+    ];
     for (name, value) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;

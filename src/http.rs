@@ -297,7 +297,7 @@ impl Server {
         };
         raise_open_file_limit();
         let http = config.http.clone();
-        let state = AppState::new(config)?;
+        let state = AppState::new(config).await?;
         let app = router(state.clone()).into_make_service();
         let handle = axum_server::Handle::new();
         let refused = state.metrics.http_connections_refused.clone();
@@ -347,6 +347,9 @@ impl Server {
         }
         self.handle.graceful_shutdown(Some(Duration::from_secs(1)));
         let _ = self.task.await;
+        if let Some(turn) = &state.session.turn {
+            turn.close().await;
+        }
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || state.media.shutdown()).await;
     }

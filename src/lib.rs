@@ -21,10 +21,12 @@
 //!   the stack, panic boundaries, bounded queues to and from the control plane.
 //! - [`forward`]: the sans-IO forwarding core: every forwarding decision (a publication's
 //!   [`forward::router::Router`], its subscriptions, layer choice, allocation, dynacast).
+//! - [`turn_server`]: the embedded TURN server, its credentials and what it may relay to.
 //! - [`metrics`]: the one Prometheus registry.
 //! - [`logging`]: the log filter and format, and the rate limit per log line.
 //!
-//! Dependencies point one way: `http -> signal -> room -> model`, `signal -> rtc -> forward`;
+//! Dependencies point one way: `http -> signal -> room -> model`, `signal -> rtc -> forward`,
+//! `signal -> turn_server`;
 //! nothing imports `http` (but `main.rs` and the tests), `signal` takes the parts it needs
 //! ([`signal::session::Context`]) without importing `app`, and `room` and `rtc` never import
 //! `signal` (tests/layering.rs checks all of it).
@@ -34,7 +36,8 @@
 //! Each fact has one owner; the others ask it or are told by it.
 //! - **Room** (`room/`): who is in a room (identity, name, grants), the track catalogue that
 //!   participants see (a track's name, source, layers and **muted** flag), and the chat. A
-//!   `mute` request changes only the room: forwarding is the same for a muted track.
+//!   `mute` request goes to the media worker first (a muted track's Router forwards nothing),
+//!   then to the room, which tells the others.
 //! - **Media worker** (`rtc/`): a participant's two peer connections, each Publication's media
 //!   (where its packets come from, its format, its layers' SSRCs) and the subscriber
 //!   connection's offer/answer state. It mints a track's sid when its m-line appears and tells
@@ -71,3 +74,4 @@ pub mod model;
 pub mod room;
 pub mod rtc;
 pub mod signal;
+pub mod turn_server;

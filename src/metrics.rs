@@ -70,6 +70,12 @@ pub struct Metrics {
     /// Session resumes by outcome: resumed, refused (bad token or missed messages gone),
     /// expired (the window passed without one).
     pub signal_resumes: IntCounterVec,
+    /// Embedded TURN: allocations now, bytes relayed (both ways), requests refused by reason
+    /// (peer: not this SFU's media address; quota; credentials: expired or malformed; rate:
+    /// datagrams over an allocation's bitrate).
+    pub turn_allocations: IntGauge,
+    pub turn_relayed_bytes: IntCounter,
+    pub turn_refusals: IntCounterVec,
     pub http_connections_refused: IntCounter,
     /// Log lines the per-call-site rate limit dropped (brought up to date at each scrape).
     log_lines_suppressed: IntCounter,
@@ -180,6 +186,25 @@ impl Metrics {
                      expired",
                 ),
                 &["outcome"],
+            )
+            .expect("valid metric"),
+            turn_allocations: IntGauge::new(
+                "sfu_turn_allocations",
+                "Allocations on the embedded TURN server now",
+            )
+            .expect("valid metric"),
+            turn_relayed_bytes: IntCounter::new(
+                "sfu_turn_relayed_bytes_total",
+                "Bytes the embedded TURN server relayed, both ways",
+            )
+            .expect("valid metric"),
+            turn_refusals: IntCounterVec::new(
+                Opts::new(
+                    "sfu_turn_refusals_total",
+                    "TURN requests or datagrams refused: peer (not this SFU's media address), \
+                     quota, credentials, rate",
+                ),
+                &["reason"],
             )
             .expect("valid metric"),
             http_connections_refused: IntCounter::new(
@@ -403,6 +428,9 @@ impl Metrics {
             Box::new(m.chat_messages.clone()),
             Box::new(m.signal_slow_consumers.clone()),
             Box::new(m.signal_resumes.clone()),
+            Box::new(m.turn_allocations.clone()),
+            Box::new(m.turn_relayed_bytes.clone()),
+            Box::new(m.turn_refusals.clone()),
             Box::new(m.http_connections_refused.clone()),
             Box::new(m.log_lines_suppressed.clone()),
             Box::new(m.peers.clone()),

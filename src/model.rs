@@ -219,3 +219,13 @@ pub enum RoomEvent {
         muted: bool,
     },
 }
+
+/// An ICE server a client may use (STUN or TURN), as `joined.ice_servers` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}

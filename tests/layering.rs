@@ -1,5 +1,6 @@
 //! The dependency rule of DESIGN.md, checked on the source: `http -> signal -> room -> model`,
-//! `signal -> rtc -> forward`; nothing imports `http`; `signal` takes what it needs without
+//! `signal -> rtc -> forward`, `signal -> turn_server` (a leaf, like the TURN server is a
+//! service of its own); nothing imports `http`; `signal` takes what it needs without
 //! importing `app`; `room/` and `rtc/` never import `signal`; `forward/` imports nothing of
 //! the crate but itself and `model`; only `rtc/` names the WebRTC stack (str0m), and its files
 //! stay short enough to read.
@@ -79,7 +80,15 @@ fn rtc_imports_neither_signal_nor_room_nor_http() {
 
 #[test]
 fn signal_imports_neither_http_nor_app() {
-    assert_clean("signal", &[LEAVES, &["signal", "room", "rtc"]].concat());
+    assert_clean(
+        "signal",
+        &[LEAVES, &["signal", "room", "rtc", "turn_server"]].concat(),
+    );
+}
+
+#[test]
+fn turn_server_imports_only_leaves() {
+    assert_clean("turn_server", LEAVES);
 }
 
 #[test]

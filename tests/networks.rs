@@ -1,5 +1,7 @@
-//! A client whose network changes: ICE restarts on both of its connections, with media going
-//! on. (TURN, ICE over TCP and session resume are not built yet.)
+//! Real networks: a client whose network changes (ICE restarts on both of its connections, with
+//! media going on), and clients that reach the media only through the embedded TURN server,
+//! which relays to this SFU and nothing else. (ICE over TCP and session resume have their
+//! tests in tests/browser and tests/signaling.rs.)
 
 mod common;
 
@@ -153,5 +155,203 @@ async fn ice_restarts_on_both_connections_keep_media_flowing() {
         "the audio after the subscriber's restart reaches bob's connection: {} of {payloads} bytes",
         received_bytes(&bob.subscriber).await - before
     );
+    server.shutdown().await;
+}
+
+/// The embedded TURN server's address and a participant's credential, from the ICE servers
+/// `joined` gave it.
+fn turn_credential(ice_servers: &serde_json::Value) -> (String, String, String) {
+    let server = &ice_servers[0];
+    let url = server["urls"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no TURN url in {ice_servers}"));
+    let addr = url
+        .strip_prefix("turn:")
+        .and_then(|u| u.split('?').next())
+        .expect("turn:HOST:PORT?transport=udp")
+        .to_string();
+    (
+        addr,
+        server["username"].as_str().unwrap().to_string(),
+        server["credential"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The ICE servers `identity` is given on joining `room` (signaling only; it leaves again).
+async fn ice_servers_for(
+    server: &sfu::http::Server,
+    room: &str,
+    identity: &str,
+) -> serde_json::Value {
+    let (client, joined) = common::Client::join(server, room, identity).await;
+    client.close().await;
+    joined["ice_servers"].clone()
+}
+
+/// The candidate type of the local side of a connection's nominated pair.
+async fn local_candidate_type(pc: &RTCPeerConnection) -> Option<String> {
+    let stats = pc.get_stats().await;
+    stats.reports.values().find_map(|r| match r {
+        webrtc::stats::StatsReportType::CandidatePair(p) if p.nominated => {
+            match stats.reports.get(&p.local_candidate_id)? {
+                webrtc::stats::StatsReportType::LocalCandidate(c) => {
+                    Some(c.candidate_type.to_string())
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_clients_publish_and_receive_through_the_embedded_turn_server() {
+    let server = common::start(|c| c.turn.enabled = true).await;
+    let alice_ice = ice_servers_for(&server, "r", "alice").await;
+    let (addr, username, _) = turn_credential(&alice_ice);
+    assert!(addr.starts_with("127.0.0.1:"), "TURN at {addr}");
+    assert!(username.ends_with(":alice"), "username {username}");
+    let bob_ice = ice_servers_for(&server, "r", "bob").await;
+
+    let mut alice = MediaClient::join_relayed(&server, "r", "alice", &alice_ice).await;
+    let bob = MediaClient::join_relayed(&server, "r", "bob", &bob_ice).await;
+    let video = alice.add_track("video", "cam").await;
+    alice.negotiate_publisher().await;
+    let sid = alice.published_sid("cam").await;
+    assert!(
+        connected(&alice.publisher).await,
+        "alice's publisher never connected"
+    );
+    assert!(bob.track_open(&sid).await, "bob never got alice's camera");
+    assert!(
+        connected(&bob.subscriber).await,
+        "bob's subscriber never connected"
+    );
+    let (_, counter, _) = common::media::send_vp8(&video, 20, 2, 10, 1, 0, 0).await;
+    let got = common::eventually(|| async {
+        bob.received_of("video/vp8")
+            .iter()
+            .any(|p| common::media::counter_of(&p.payload).is_some_and(|c| c + 1 >= counter))
+    })
+    .await;
+    assert!(got, "bob never received alice's video through the relay");
+    for (who, pc) in [("alice", &alice.publisher), ("bob", &bob.subscriber)] {
+        assert_eq!(
+            local_candidate_type(pc).await.as_deref(),
+            Some("relay"),
+            "{who}'s connection is not relayed"
+        );
+    }
+    let relayed = common::metric(&server, "sfu_turn_relayed_bytes_total").await;
+    assert!(
+        relayed.unwrap_or(0.0) > 20_000.0,
+        "relayed bytes: {relayed:?}"
+    );
+    let allocations = common::metric(&server, "sfu_turn_allocations").await;
+    assert!(
+        allocations.unwrap_or(0.0) >= 2.0,
+        "allocations: {allocations:?}"
+    );
+    server.shutdown().await;
+}
+
+/// A TURN client of the webrtc-rs family (the independent side of the protocol).
+async fn turn_client(addr: &str, username: &str, password: &str) -> turn::client::Client {
+    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: addr.to_string(),
+        turn_serv_addr: addr.to_string(),
+        username: username.to_string(),
+        password: password.to_string(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: std::sync::Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .expect("turn client");
+    client.listen().await.expect("listen");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_turn_server_relays_to_this_sfu_only_for_valid_credentials_within_its_caps() {
+    use webrtc_util::Conn;
+    let server = common::start(|c| {
+        c.turn.enabled = true;
+        c.turn.max_allocations_per_user = 2;
+    })
+    .await;
+    let ice = ice_servers_for(&server, "r", "alice").await;
+    let (addr, username, password) = turn_credential(&ice);
+    let refusals = |reason: &'static str| {
+        let server = &server;
+        async move {
+            common::metric(
+                server,
+                &format!(r#"sfu_turn_refusals_total{{reason="{reason}"}}"#),
+            )
+            .await
+            .unwrap_or(0.0)
+        }
+    };
+
+    // A valid credential allocates; the relay reaches the SFU's media port, nothing else.
+    let client = turn_client(&addr, &username, &password).await;
+    let relay = client
+        .allocate()
+        .await
+        .expect("alice's credential allocates");
+    let media = server.state.media.media_addrs()[0];
+    relay
+        .send_to(b"hello", media)
+        .await
+        .expect("a permission for the SFU's media address");
+    let elsewhere: std::net::SocketAddr = "127.0.0.99:9".parse().unwrap();
+    assert!(
+        relay.send_to(b"hello", elsewhere).await.is_err(),
+        "a permission for another address was granted: an open relay"
+    );
+    assert!(refusals("peer").await >= 1.0);
+
+    // Caps: two allocations per credential.
+    let second = turn_client(&addr, &username, &password).await;
+    let _second_relay = second.allocate().await.expect("a second allocation");
+    let third = turn_client(&addr, &username, &password).await;
+    assert!(
+        third.allocate().await.is_err(),
+        "a third allocation passed the cap of 2"
+    );
+    assert!(refusals("quota").await >= 1.0);
+
+    // Wrong password, someone else's, expired.
+    let wrong = turn_client(&addr, &username, "not-the-password").await;
+    assert!(
+        wrong.allocate().await.is_err(),
+        "a wrong password allocated"
+    );
+    let bob = ice_servers_for(&server, "r", "bob").await;
+    let (_, _, bobs_password) = turn_credential(&bob);
+    let borrowed = turn_client(&addr, &username, &bobs_password).await;
+    assert!(
+        borrowed.allocate().await.is_err(),
+        "bob's password worked for alice"
+    );
+    let secret = sfu::turn_server::derive_secret(&common::config(|_| {}).auth.api_secret);
+    let expired_user = "1000:alice";
+    let expired = sfu::turn_server::password(&secret, expired_user);
+    let stale = turn_client(&addr, expired_user, &expired).await;
+    assert!(
+        stale.allocate().await.is_err(),
+        "an expired credential allocated"
+    );
+    assert!(refusals("credentials").await >= 1.0);
+
+    for c in [client, second, third, wrong, borrowed, stale] {
+        let _ = c.close().await;
+    }
     server.shutdown().await;
 }

@@ -207,6 +207,8 @@ export class SfuClient extends EventTarget {
    * @param {boolean} [options.reconnect=true] rejoin on its own after an unexpected disconnect
    * @param {number} [options.maxReconnectAttempts=5]
    * @param {number} [options.pingInterval=15000] ms between keepalive pings (0 disables them)
+   * @param {'all'|'relay'} [options.iceTransportPolicy='all'] `relay`: media only through the
+   *   TURN servers `joined.ice_servers` lists (the server's own, when it runs one)
    */
   constructor(options = {}) {
     super();
@@ -215,6 +217,7 @@ export class SfuClient extends EventTarget {
       reconnect: true,
       maxReconnectAttempts: 5,
       pingInterval: 15_000,
+      iceTransportPolicy: 'all',
       ...options,
     };
     this.url = null;
@@ -1101,7 +1104,7 @@ export class SfuClient extends EventTarget {
 
   _ensurePublisher() {
     if (this._pub) return this._pub;
-    const pc = new RTCPeerConnection({ iceServers: this._iceServers, bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({ iceServers: this._iceServers, iceTransportPolicy: this.options.iceTransportPolicy, bundlePolicy: 'max-bundle' });
     pc.onicecandidate = (e) => this._sendCandidate('publisher', e.candidate);
     pc.onconnectionstatechange = () => this._onConnectionState('publisher', pc);
     this._pub = pc;
@@ -1231,7 +1234,7 @@ export class SfuClient extends EventTarget {
 
   _ensureSubscriber() {
     if (this._sub) return this._sub;
-    const pc = new RTCPeerConnection({ iceServers: this._iceServers, bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({ iceServers: this._iceServers, iceTransportPolicy: this.options.iceTransportPolicy, bundlePolicy: 'max-bundle' });
     pc.onicecandidate = (e) => this._sendCandidate('subscriber', e.candidate);
     pc.onconnectionstatechange = () => this._onConnectionState('subscriber', pc);
     pc.ontrack = (e) => this._onRemoteTrack(e);

@@ -29,6 +29,8 @@ struct WorkerThread {
 /// The media workers: one thread and one UDP socket each.
 pub struct MediaEngine {
     workers: Vec<WorkerThread>,
+    /// The addresses clients are told to reach the workers at.
+    advertised: Vec<IpAddr>,
     placements: Arc<Mutex<Placements>>,
 }
 
@@ -152,6 +154,7 @@ impl MediaEngine {
         }
         Ok(Self {
             workers,
+            advertised,
             placements: Arc::default(),
         })
     }
@@ -185,6 +188,23 @@ impl MediaEngine {
     /// The UDP addresses the workers listen on.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.workers.iter().map(|w| w.addr).collect()
+    }
+
+    /// The addresses clients are told to reach this machine's media at.
+    pub fn advertised_ips(&self) -> &[IpAddr] {
+        &self.advertised
+    }
+
+    /// The UDP media addresses clients send to: each advertised address with each worker's port.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.advertised
+            .iter()
+            .flat_map(|ip| {
+                self.workers
+                    .iter()
+                    .map(|w| SocketAddr::new(*ip, w.addr.port()))
+            })
+            .collect()
     }
 
     /// Object counts summed over all workers.

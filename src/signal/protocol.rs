@@ -406,15 +406,8 @@ pub struct ServerInfo {
     pub protocol: u32,
 }
 
-/// An ICE server a client may use (STUN/TURN).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IceServer {
-    pub urls: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-}
+/// An ICE server a client may use, as `joined` lists them.
+pub use crate::model::IceServer;
 
 /// Every message the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

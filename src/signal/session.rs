@@ -32,9 +32,11 @@ use crate::rtc::{
     MEDIA_EVENT_QUEUE,
 };
 use crate::signal::protocol::{
-    encode, parse_request, ErrorCode, Request, ServerInfo, ServerMessage, PROTOCOL_VERSION,
+    encode, parse_request, ErrorCode, IceServer, Request, ServerInfo, ServerMessage,
+    PROTOCOL_VERSION,
 };
 use crate::signal::resume::{Handover, ReplayLog, ResumeTokens, Sink, Stream};
+use crate::turn_server::Turn;
 
 /// Publisher offers a client may send per second, and in a burst above that: a browser offers
 /// when its tracks change, not in a loop.
@@ -55,6 +57,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// The resume tokens of joined sessions.
     pub resumes: ResumeTokens,
+    /// The embedded TURN server, when enabled: each participant gets a credential of its own.
+    pub turn: Option<Arc<Turn>>,
 }
 
 /// Why the socket could not take a message: the session ends without a goodbye, or waits for a
@@ -1020,6 +1024,7 @@ impl Session {
             permissions,
             media,
         });
+        let ice_servers = self.ice_servers(&info.identity);
         let reply = ServerMessage::Joined {
             server: ServerInfo {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -1030,12 +1035,24 @@ impl Session {
             participants: joined.others,
             chat_history: joined.chat_history,
             tracks: joined.tracks,
-            ice_servers: Vec::new(),
+            ice_servers,
             resume_token: self.resume_token.clone(),
             resume_window_ms: resume_window.as_millis() as u64,
         };
         self.send(&reply, id).await?;
         Ok(Next::Continue)
+    }
+
+    /// The ICE servers a participant is given: the embedded TURN server with a credential of
+    /// its own, then the configured ones.
+    fn ice_servers(&self, identity: &str) -> Vec<IceServer> {
+        let own = self.app.turn.iter().map(|t| t.ice_server(identity));
+        let configured = self.app.config.turn.ice_servers.iter().map(|s| IceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone(),
+            credential: s.credential.clone(),
+        });
+        own.chain(configured).collect()
     }
 
     /// The joined state, or a `not_joined` answer.

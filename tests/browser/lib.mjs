@@ -86,6 +86,7 @@ export async function startServer({ env: extraEnv = {}, logName = 'server.log' }
       SFU_RTC_BIND: '127.0.0.1',
       SFU_RTC_UDP_PORT: '0',
       SFU_RTC_TCP_PORT: '0',
+      SFU_TURN_UDP_PORT: '0',
       SFU_RTC_PUBLIC_IPS: '["127.0.0.1"]',
       ...extraEnv,
     },

@@ -26,7 +26,9 @@ use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
+use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_codec::{
@@ -210,7 +212,12 @@ fn register_codecs(media: &mut MediaEngine, h264: bool) {
 /// A peer connection set up for loopback-only tests: host candidates on 127.0.0.1, UDP4, no
 /// mDNS, Opus and VP8 with RTX, default interceptors (without TWCC if `!twcc`: a client whose
 /// only bandwidth feedback is the REMB it sends itself) plus the tap.
-async fn peer_connection(tap: Tap, h264: bool, twcc: bool) -> Arc<RTCPeerConnection> {
+async fn peer_connection(
+    tap: Tap,
+    h264: bool,
+    twcc: bool,
+    config: RTCConfiguration,
+) -> Arc<RTCPeerConnection> {
     let mut media = MediaEngine::default();
     register_codecs(&mut media, h264);
     // RFC 6464 audio levels, which the server's active-speaker detection reads.
@@ -256,7 +263,7 @@ async fn peer_connection(tap: Tap, h264: bool, twcc: bool) -> Arc<RTCPeerConnect
         .with_setting_engine(settings)
         .build();
     Arc::new(
-        api.new_peer_connection(RTCConfiguration::default())
+        api.new_peer_connection(config)
             .await
             .expect("peer connection"),
     )
@@ -299,13 +306,22 @@ impl MediaClient {
 
     /// Joins as a client whose connections also take H.264 (the default client knows VP8 only).
     pub async fn join_with_h264(server: &Server, room: &str, identity: &str) -> Self {
-        Self::join_inner(server, room, identity, None, true, true).await
+        Self::join_inner(server, room, identity, None, true, true, Default::default()).await
     }
 
     /// Joins as a client that sends no TWCC feedback: the server learns its bandwidth only
     /// from the REMB the test sends (`send_remb`).
     pub async fn join_remb_only(server: &Server, room: &str, identity: &str) -> Self {
-        Self::join_inner(server, room, identity, None, false, false).await
+        Self::join_inner(
+            server,
+            room,
+            identity,
+            None,
+            false,
+            false,
+            Default::default(),
+        )
+        .await
     }
 
     /// Joins with the subscriber connection's media going through `via`: `(the server's media
@@ -316,7 +332,33 @@ impl MediaClient {
         identity: &str,
         via: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     ) -> Self {
-        Self::join_inner(server, room, identity, via, false, true).await
+        Self::join_inner(server, room, identity, via, false, true, Default::default()).await
+    }
+
+    /// Joins as a client whose connections may use relayed candidates only (ICE transport
+    /// policy `relay`), through `ice_servers` as a `joined` message lists them.
+    pub async fn join_relayed(
+        server: &Server,
+        room: &str,
+        identity: &str,
+        ice_servers: &Value,
+    ) -> Self {
+        let ice_servers = ice_servers
+            .as_array()
+            .expect("ice_servers is a list")
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: serde_json::from_value(s["urls"].clone()).expect("urls"),
+                username: s["username"].as_str().unwrap_or_default().to_string(),
+                credential: s["credential"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect();
+        let config = RTCConfiguration {
+            ice_servers,
+            ice_transport_policy: RTCIceTransportPolicy::Relay,
+            ..Default::default()
+        };
+        Self::join_inner(server, room, identity, None, false, true, config).await
     }
 
     async fn join_inner(
@@ -326,6 +368,7 @@ impl MediaClient {
         via: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
         h264: bool,
         twcc: bool,
+        config: RTCConfiguration,
     ) -> Self {
         let url = format!("ws://{}/ws", server.local_addr);
         let (ws, _) = tokio_tungstenite::connect_async(&url)
@@ -333,8 +376,8 @@ impl MediaClient {
             .expect("connect");
         let (mut sink, mut stream) = ws.split();
         let received: Tap = Arc::default();
-        let publisher = peer_connection(Arc::default(), h264, true).await;
-        let subscriber = peer_connection(received.clone(), h264, twcc).await;
+        let publisher = peer_connection(Arc::default(), h264, true, config.clone()).await;
+        let subscriber = peer_connection(received.clone(), h264, twcc, config).await;
         // The tap sees packets as the application reads them: read every track to its end.
         subscriber.on_track(Box::new(|track, _receiver, _transceiver| {
             Box::pin(async move {

@@ -28,6 +28,7 @@ pub fn config(tweak: impl FnOnce(&mut Config)) -> Config {
     config.rtc.bind = [127, 0, 0, 1].into();
     config.rtc.udp_port = 0;
     config.rtc.tcp_port = 0;
+    config.turn.udp_port = 0;
     config.rtc.public_ips = vec![[127, 0, 0, 1].into()];
     // A dropped socket is a leave, as most tests expect; the resume tests turn resume on.
     config.signal.resume_window = Duration::ZERO;
