@@ -355,3 +355,77 @@ async fn the_turn_server_relays_to_this_sfu_only_for_valid_credentials_within_it
     }
     server.shutdown().await;
 }
+
+/// Runs coturn's TURN test client (Debian's `coturn` package) against `turn` (host:port),
+/// sending ten 100-byte messages to `peer`; returns its output, stdout and stderr together.
+async fn turnutils_uclient(
+    turn: &str,
+    username: &str,
+    password: &str,
+    peer: std::net::SocketAddr,
+) -> String {
+    let (host, port) = turn.rsplit_once(':').expect("host:port");
+    let args: Vec<String> = [
+        "-u",
+        username,
+        "-w",
+        password,
+        "-p",
+        port,
+        "-e",
+        &peer.ip().to_string(),
+        "-r",
+        &peer.port().to_string(),
+        "-n",
+        "10",
+        "-l",
+        "100",
+        "-c",
+        "-X",
+        host,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = tokio::process::Command::new("turnutils_uclient")
+        .args(&args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+        .await
+        .expect("turnutils_uclient finished within 30 s")
+        .expect("turnutils_uclient runs (tests/run.sh installs Debian's coturn)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturns_test_client_relays_to_the_sfu_through_it_and_nowhere_else() {
+    let server = common::start(|c| c.turn.enabled = true).await;
+    let ice = ice_servers_for(&server, "r", "alice").await;
+    let (addr, username, password) = turn_credential(&ice);
+    let media = server.state.media.media_addrs()[0];
+    let out = turnutils_uclient(&addr, &username, &password, media).await;
+    assert!(
+        out.contains("tot_send_msgs=10"),
+        "uclient did not send through an allocation:\n{out}"
+    );
+    let relayed = common::metric(&server, "sfu_turn_relayed_bytes_total").await;
+    assert!(
+        relayed.unwrap_or(0.0) >= 1000.0,
+        "relayed {relayed:?} bytes of uclient's 1000:\n{out}"
+    );
+
+    let elsewhere: std::net::SocketAddr = "127.0.0.99:9".parse().unwrap();
+    let out = turnutils_uclient(&addr, &username, &password, elsewhere).await;
+    assert!(
+        out.contains("403"),
+        "uclient was not refused another peer:\n{out}"
+    );
+    let refused = common::metric(&server, r#"sfu_turn_refusals_total{reason="peer"}"#).await;
+    assert!(refused.unwrap_or(0.0) >= 1.0, "refusals: {refused:?}");
+    server.shutdown().await;
+}

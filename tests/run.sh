@@ -9,6 +9,8 @@ command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v unshare >/dev/null || need_pkgs+=(util-linux)
 # The ICE-TCP browser test drops UDP in its namespace with an nftables rule.
 command -v nft >/dev/null || need_pkgs+=(nftables)
+# The TURN interop test runs coturn's test client, turnutils_uclient.
+command -v turnutils_uclient >/dev/null || need_pkgs+=(coturn)
 # Browser tests: Debian's Chromium, driven by playwright-core from Node.
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 command -v node >/dev/null || need_pkgs+=(nodejs)
