@@ -73,6 +73,7 @@ impl AppState {
                 media.advertised_ips(),
                 media.media_addrs(),
                 secret,
+                config.turn_tls(),
                 metrics.clone(),
             )
             .await;

@@ -200,6 +200,13 @@ pub struct TurnConfig {
     pub enabled: bool,
     /// Its UDP port (0: any free port).
     pub udp_port: u16,
+    /// Its TURN-over-TLS port (0: any free port), served when it has a certificate:
+    /// `turn.tls_cert`/`tls_key`, else `http.tls_cert`/`tls_key`.
+    pub tls_port: u16,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The name in its certificate, for `turns:` URLs (else the first advertised address).
+    pub domain: Option<String>,
     /// The ports relayed addresses are taken from, inclusive.
     pub relay_port_min: u16,
     pub relay_port_max: u16,
@@ -234,6 +241,10 @@ impl Default for TurnConfig {
         Self {
             enabled: false,
             udp_port: 3478,
+            tls_port: 5349,
+            tls_cert: None,
+            tls_key: None,
+            domain: None,
             relay_port_min: 40000,
             relay_port_max: 40999,
             secret: String::new(),
@@ -340,6 +351,17 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// The certificate and key TURN over TLS serves with, if any.
+    pub fn turn_tls(&self) -> Option<(&Path, &Path)> {
+        match (&self.turn.tls_cert, &self.turn.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => match (&self.http.tls_cert, &self.http.tls_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                _ => None,
+            },
+        }
+    }
+
     /// Loads the config as `sfu serve` does: defaults, then the file, then the environment.
     pub fn load(
         path: Option<&Path>,

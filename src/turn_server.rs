@@ -1,5 +1,5 @@
-//! The embedded TURN server (RFC 8656 over UDP), for clients that cannot reach the media ports
-//! directly: the webrtc-rs `turn` crate speaks the protocol; this module decides who may use it
+//! The embedded TURN server (RFC 8656 over UDP, and over TLS when it has a certificate), for
+//! clients that cannot reach the media ports directly: the webrtc-rs `turn` crate speaks the protocol; this module decides who may use it
 //! and for what.
 //!
 //! - **Credentials** are TURN REST style: the username is `expiry:identity` (Unix seconds), the
@@ -181,16 +181,16 @@ fn xor_address(value: &[u8], transaction_id: &[u8; 12]) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// The TURN listening socket, with the guard in front of the TURN server.
+/// A TURN listener (UDP socket or TLS connections), with the guard in front of the TURN server.
 struct GuardedListener {
-    socket: UdpSocket,
+    inner: Arc<dyn Conn + Send + Sync>,
     guard: Arc<Guard>,
 }
 
 #[async_trait]
 impl Conn for GuardedListener {
     async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        Ok(self.socket.connect(addr).await?)
+        self.inner.connect(addr).await
     }
 
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
@@ -199,7 +199,7 @@ impl Conn for GuardedListener {
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
-            let (n, from) = self.socket.recv_from(buf).await?;
+            let (n, from) = self.inner.recv_from(buf).await?;
             let mut m = Message::new();
             if !stun::message::is_message(&buf[..n]) || m.unmarshal_binary(&buf[..n]).is_err() {
                 return Ok((n, from));
@@ -208,13 +208,13 @@ impl Conn for GuardedListener {
                 return Ok((n, from));
             };
             if let Some(answer) = error_response(&m, code, reason) {
-                let _ = self.socket.send_to(&answer, from).await;
+                let _ = self.inner.send_to(&answer, from).await;
             }
         }
     }
 
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        Ok(self.socket.send(buf).await?)
+        self.inner.send(buf).await
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
@@ -222,11 +222,11 @@ impl Conn for GuardedListener {
         if stun::message::is_message(buf) && m.unmarshal_binary(buf).is_ok() {
             self.guard.answered(&m);
         }
-        Ok(self.socket.send_to(buf, target).await?)
+        self.inner.send_to(buf, target).await
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.socket.local_addr()?)
+        self.inner.local_addr()
     }
 
     fn remote_addr(&self) -> Option<SocketAddr> {
@@ -240,6 +240,179 @@ impl Conn for GuardedListener {
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
     }
+}
+
+/// TLS connections a TURN/TLS listener keeps at most.
+const MAX_TLS_CONNECTIONS: usize = 4096;
+/// A TLS client must finish its handshake within this long.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// TURN over TLS (RFC 8656 §3.1): the accepted connections behind one packet-style [`Conn`],
+/// each message cut from its stream by its own length (STUN header, or ChannelData padded to 4
+/// bytes), each reply written to the connection of its 5-tuple's address.
+struct TlsConnections {
+    local: SocketAddr,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
+    writers: Writers,
+}
+
+type Writers = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
+
+impl TlsConnections {
+    fn start(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, incoming) = mpsc::channel(1024);
+        let writers: Writers = Arc::default();
+        let open = writers.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, addr)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let count = open.lock().unwrap_or_else(|e| e.into_inner()).len();
+                if count >= MAX_TLS_CONNECTIONS {
+                    continue;
+                }
+                let served = serve_tls(tcp, addr, acceptor.clone(), tx.clone(), open.clone());
+                tokio::spawn(served);
+            }
+        });
+        Self {
+            local,
+            incoming: tokio::sync::Mutex::new(incoming),
+            writers,
+        }
+    }
+}
+
+/// One TURN/TLS client: its handshake, then its messages in and its replies out.
+async fn serve_tls(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    incoming: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    writers: Writers,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await else {
+        return;
+    };
+    let (mut read, mut write) = tokio::io::split(tls);
+    let (out, mut queue) = mpsc::channel::<Vec<u8>>(256);
+    writers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(addr, out);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = queue.recv().await {
+            if write.write_all(&message).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let mut head = [0u8; 4];
+        if read.read_exact(&mut head).await.is_err() {
+            break;
+        }
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let (rest, keep) = match head[0] >> 6 {
+            // STUN: a 20-byte header, then `len` bytes of attributes.
+            0 => (16 + len, 20 + len),
+            // ChannelData: `len` bytes of data, padded to 4 over a stream.
+            1 => ((len + 3) & !3, 4 + len),
+            _ => break,
+        };
+        let mut message = vec![0u8; 4 + rest];
+        message[..4].copy_from_slice(&head);
+        if read.read_exact(&mut message[4..]).await.is_err() {
+            break;
+        }
+        message.truncate(keep);
+        if incoming.send((message, addr)).await.is_err() {
+            break;
+        }
+    }
+    writers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&addr);
+    writer.abort();
+}
+
+#[async_trait]
+impl Conn for TlsConnections {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let Some((message, from)) = self.incoming.lock().await.recv().await else {
+            return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe).into());
+        };
+        let n = message.len().min(buf.len());
+        buf[..n].copy_from_slice(&message[..n]);
+        Ok((n, from))
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        Ok(buf.len())
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        let writer = self
+            .writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&target)
+            .cloned();
+        if let Some(writer) = writer {
+            // A client that does not read loses messages, as over UDP.
+            let _ = writer.try_send(buf.to_vec());
+        }
+        Ok(buf.len())
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// A TLS acceptor for the certificate and key in these PEM files.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("TURN TLS certificate {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("TURN TLS key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A byte budget refilled at a fixed rate, one second deep.
@@ -434,13 +607,15 @@ pub struct Turn {
 
 impl Turn {
     /// Starts the TURN server of `config` for the media addresses `peers`; `advertised` are
-    /// the addresses clients reach this machine at.
+    /// the addresses clients reach this machine at. With `tls` (certificate and key files) it
+    /// takes TURN over TLS too, on `turn.tls_port`.
     pub async fn start(
         config: &TurnConfig,
         bind: IpAddr,
         advertised: &[IpAddr],
         peers: Vec<SocketAddr>,
         secret: Vec<u8>,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::new(bind, config.udp_port))
@@ -464,19 +639,40 @@ impl Turn {
             }
         });
         let advertised_ip = advertised.first().copied().unwrap_or(bind);
-        let server = ::turn::server::Server::new(::turn::server::config::ServerConfig {
-            conn_configs: vec![::turn::server::config::ConnConfig {
+        let relays = || {
+            Box::new(Relays {
+                bind,
+                advertised: advertised_ip,
+                ports: (config.relay_port_min, config.relay_port_max),
+                guard: guard.clone(),
+            })
+        };
+        let mut conn_configs = vec![::turn::server::config::ConnConfig {
+            conn: Arc::new(GuardedListener {
+                inner: Arc::new(socket),
+                guard: guard.clone(),
+            }),
+            relay_addr_generator: relays(),
+        }];
+        let mut tls_addr = None;
+        if let Some((cert, key)) = tls {
+            let acceptor = tls_acceptor(cert, key)?;
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(bind, config.tls_port))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot bind TURN TLS {bind}:{}: {e}", config.tls_port)
+                })?;
+            tls_addr = Some(listener.local_addr()?);
+            conn_configs.push(::turn::server::config::ConnConfig {
                 conn: Arc::new(GuardedListener {
-                    socket,
+                    inner: Arc::new(TlsConnections::start(listener, acceptor)),
                     guard: guard.clone(),
                 }),
-                relay_addr_generator: Box::new(Relays {
-                    bind,
-                    advertised: advertised_ip,
-                    ports: (config.relay_port_min, config.relay_port_max),
-                    guard: guard.clone(),
-                }),
-            }],
+                relay_addr_generator: relays(),
+            });
+        }
+        let server = ::turn::server::Server::new(::turn::server::config::ServerConfig {
+            conn_configs,
             realm: REALM.into(),
             auth_handler: Arc::new(RestAuth {
                 secret: secret.clone(),
@@ -486,11 +682,19 @@ impl Turn {
             alloc_close_notify: Some(closed_tx),
         })
         .await?;
-        let urls = advertised
+        let mut urls: Vec<String> = advertised
             .iter()
             .map(|ip| format!("turn:{}?transport=udp", SocketAddr::new(*ip, addr.port())))
             .collect();
-        tracing::info!(%addr, "TURN server listening");
+        if let Some(tls_addr) = tls_addr {
+            // Clients check the certificate against this name.
+            let host = match &config.domain {
+                Some(domain) => domain.clone(),
+                None => advertised_ip.to_string(),
+            };
+            urls.push(format!("turns:{host}:{}?transport=tcp", tls_addr.port()));
+        }
+        tracing::info!(%addr, ?tls_addr, "TURN server listening");
         Ok(Self {
             server,
             secret,

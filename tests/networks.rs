@@ -357,36 +357,22 @@ async fn the_turn_server_relays_to_this_sfu_only_for_valid_credentials_within_it
 }
 
 /// Runs coturn's TURN test client (Debian's `coturn` package) against `turn` (host:port),
-/// sending ten 100-byte messages to `peer`; returns its output, stdout and stderr together.
+/// sending ten 100-byte messages to `peer`, over TLS with `tls`; returns its output, stdout
+/// and stderr together.
 async fn turnutils_uclient(
     turn: &str,
     username: &str,
     password: &str,
     peer: std::net::SocketAddr,
+    tls: bool,
 ) -> String {
     let (host, port) = turn.rsplit_once(':').expect("host:port");
-    let args: Vec<String> = [
-        "-u",
-        username,
-        "-w",
-        password,
-        "-p",
-        port,
-        "-e",
-        &peer.ip().to_string(),
-        "-r",
-        &peer.port().to_string(),
-        "-n",
-        "10",
-        "-l",
-        "100",
-        "-c",
-        "-X",
-        host,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (peer_ip, peer_port) = (peer.ip().to_string(), peer.port().to_string());
+    let mut args: Vec<&str> = if tls { vec!["-t", "-S"] } else { Vec::new() };
+    args.extend([
+        "-u", username, "-w", password, "-p", port, "-e", &peer_ip, "-r", &peer_port, "-n", "10",
+        "-l", "100", "-c", "-X", host,
+    ]);
     let run = tokio::process::Command::new("turnutils_uclient")
         .args(&args)
         .kill_on_drop(true)
@@ -408,7 +394,7 @@ async fn coturns_test_client_relays_to_the_sfu_through_it_and_nowhere_else() {
     let ice = ice_servers_for(&server, "r", "alice").await;
     let (addr, username, password) = turn_credential(&ice);
     let media = server.state.media.media_addrs()[0];
-    let out = turnutils_uclient(&addr, &username, &password, media).await;
+    let out = turnutils_uclient(&addr, &username, &password, media, false).await;
     assert!(
         out.contains("tot_send_msgs=10"),
         "uclient did not send through an allocation:\n{out}"
@@ -420,7 +406,7 @@ async fn coturns_test_client_relays_to_the_sfu_through_it_and_nowhere_else() {
     );
 
     let elsewhere: std::net::SocketAddr = "127.0.0.99:9".parse().unwrap();
-    let out = turnutils_uclient(&addr, &username, &password, elsewhere).await;
+    let out = turnutils_uclient(&addr, &username, &password, elsewhere, false).await;
     assert!(
         out.contains("403"),
         "uclient was not refused another peer:\n{out}"
@@ -428,4 +414,51 @@ async fn coturns_test_client_relays_to_the_sfu_through_it_and_nowhere_else() {
     let refused = common::metric(&server, r#"sfu_turn_refusals_total{reason="peer"}"#).await;
     assert!(refused.unwrap_or(0.0) >= 1.0, "refusals: {refused:?}");
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_over_tls_relays_coturns_test_client_to_the_sfu() {
+    let dir = std::env::temp_dir().join(format!("sfu-turn-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .expect("a self-signed certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("cert");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("key");
+    let server = common::start(|c| {
+        c.turn.enabled = true;
+        c.turn.tls_port = 0;
+        c.turn.tls_cert = Some(cert.clone());
+        c.turn.tls_key = Some(key.clone());
+        c.turn.domain = Some("localhost".into());
+    })
+    .await;
+    let ice = ice_servers_for(&server, "r", "alice").await;
+    let urls: Vec<String> = serde_json::from_value(ice[0]["urls"].clone()).expect("urls");
+    let turns = urls
+        .iter()
+        .find_map(|u| u.strip_prefix("turns:localhost:"))
+        .and_then(|u| u.strip_suffix("?transport=tcp"))
+        .unwrap_or_else(|| panic!("no turns: url in {urls:?}"));
+    let (_, username, password) = turn_credential(&ice);
+    let media = server.state.media.media_addrs()[0];
+    let out = turnutils_uclient(
+        &format!("127.0.0.1:{turns}"),
+        &username,
+        &password,
+        media,
+        true,
+    )
+    .await;
+    assert!(
+        out.contains("tot_send_msgs=10"),
+        "uclient did not send over TLS:\n{out}"
+    );
+    let relayed = common::metric(&server, "sfu_turn_relayed_bytes_total").await;
+    assert!(
+        relayed.unwrap_or(0.0) >= 1000.0,
+        "relayed {relayed:?} bytes over TLS:\n{out}"
+    );
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

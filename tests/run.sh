@@ -55,7 +55,7 @@ exec unshare -n sh -c '
   echo "== browser tests (headless Chromium)"
   (cd tests/browser && node --test meeting.test.mjs) || status=1
   (cd tests/browser && node --test turn.test.mjs) || status=1
-  echo "== ICE-TCP browser test (in a namespace of its own: it drops all UDP there)"
+  echo "== browser tests without UDP: ICE-TCP, TURN over TLS (in a namespace of its own: it drops UDP there)"
   unshare -n sh -c "ip link set lo up; cd tests/browser && node --test ice-tcp.test.mjs" || status=1
   exit $status
 '

@@ -1,6 +1,7 @@
-// ICE over TCP in real headless Chromium: with every UDP datagram in this network namespace
-// dropped (an nftables rule of the test's own), two pages still join, publish and decode each
-// other, over the server's passive TCP candidates, and their selected candidate pairs say tcp.
+// Networks without UDP, in real headless Chromium: with every UDP datagram in this network
+// namespace dropped (an nftables rule of the test's own), two pages still join, publish and
+// decode each other over the server's passive TCP candidates (ICE-TCP), and two pages that may
+// only use relays do so through the embedded TURN server over TLS.
 //
 // Run: `node --test ice-tcp.test.mjs` in tests/browser (after `cargo build`), as root, inside a
 // loopback-only namespace of its own (tests/run.sh gives it one): the rule drops all UDP of the
@@ -8,6 +9,9 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
   joinAndTimeFirstFrame,
@@ -21,8 +25,10 @@ import {
 
 const ROOM = `ice-tcp-${process.pid}`;
 const TABLE = 'sfu_ice_tcp_test';
+/** The TURN server's relay ports; the Linux ephemeral range starts at 32768. */
+const RELAY_PORTS = '20000-20099';
 
-let server;
+const servers = {};
 let browser;
 const people = {};
 
@@ -42,24 +48,43 @@ function selectedPair(person, which) {
     if (!pair) return null;
     const local = report.get(pair.localCandidateId);
     const remote = report.get(pair.remoteCandidateId);
-    return { protocol: local?.protocol, local: local?.candidateType, remote: `${remote?.address}:${remote?.port}`, remoteProtocol: remote?.protocol };
+    return { protocol: local?.protocol, local: local?.candidateType, relayProtocol: local?.relayProtocol, remote: `${remote?.address}:${remote?.port}`, remoteProtocol: remote?.protocol };
   }, which);
 }
 
 describe('ICE over TCP in Chromium, with UDP dropped', { timeout: 5 * 60_000 }, () => {
   before(async () => {
-    // Every UDP datagram of this namespace is dropped: media can only go over TCP.
+    // Every UDP datagram of this namespace is dropped, but those of the TURN server's relay
+    // sockets (RELAY_PORTS, below the kernel's ephemeral ports, so no browser socket has one):
+    // a browser's media can only go over TCP, to the server or to its TURN server over TLS.
     nft('add', 'table', 'inet', TABLE);
     nft('add', 'chain', 'inet', TABLE, 'out', '{ type filter hook output priority 0 ; }');
-    nft('add', 'rule', 'inet', TABLE, 'out', 'meta', 'l4proto', 'udp', 'counter', 'drop');
-    server = await startServer({ logName: 'server-ice-tcp.log' });
-    browser = await launchChromium();
+    nft('add', 'rule', 'inet', TABLE, 'out', 'meta', 'l4proto', 'udp', 'udp', 'sport', '!=', RELAY_PORTS,
+      'udp', 'dport', '!=', RELAY_PORTS, 'counter', 'drop');
+    // TURN over TLS needs a certificate: a self-signed one for "localhost".
+    const dir = mkdtempSync(path.join(tmpdir(), 'sfu-turns-'));
+    const [cert, key] = [path.join(dir, 'cert.pem'), path.join(dir, 'key.pem')];
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+      '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'ignore' });
+    // ICE-TCP is tried without a TURN server to fall back to; TURN over TLS has a server of
+    // its own.
+    servers.tcp = await startServer({ logName: 'server-ice-tcp.log', env: { SFU_TURN_ENABLED: 'false' } });
+    servers.turns = await startServer({
+      logName: 'server-turns.log',
+      env: {
+        SFU_TURN_TLS_PORT: '0', SFU_TURN_TLS_CERT: cert, SFU_TURN_TLS_KEY: key, SFU_TURN_DOMAIN: 'localhost',
+        SFU_TURN_RELAY_PORT_MIN: RELAY_PORTS.split('-')[0], SFU_TURN_RELAY_PORT_MAX: RELAY_PORTS.split('-')[1],
+      },
+    });
+    // The TURN server's certificate is self-signed.
+    browser = await launchChromium({ extraFlags: ['--ignore-certificate-errors'] });
   });
 
   after(async () => {
     for (const p of Object.values(people)) await p.context.close().catch(() => {});
     await browser?.close();
-    await server?.stop();
+    for (const server of Object.values(servers)) await server.stop();
     try {
       nft('delete', 'table', 'inet', TABLE);
     } catch {
@@ -69,7 +94,7 @@ describe('ICE over TCP in Chromium, with UDP dropped', { timeout: 5 * 60_000 }, 
 
   it('two pages connect over TCP and decode each other\'s video', async () => {
     for (const name of ['Alice', 'Bob']) {
-      people[name] = await openPerson(browser, server.url, { room: ROOM, name });
+      people[name] = await openPerson(browser, servers.tcp.url, { room: ROOM, name });
       await joinAndTimeFirstFrame(people[name], { expectRemoteVideo: name === 'Bob', timeoutMs: 60_000 });
     }
     const { Alice, Bob } = people;
@@ -93,5 +118,34 @@ describe('ICE over TCP in Chromium, with UDP dropped', { timeout: 5 * 60_000 }, 
     const dropped = /packets (\d+)/.exec(nft('list', 'table', 'inet', TABLE))?.[1];
     console.log(`UDP datagrams dropped: ${dropped}`);
     assert.ok(Number(dropped) > 0, 'no UDP was dropped: the test did not block what it should');
+  });
+
+  it('two pages that may only use relays decode each other through the TURN server over TLS', async () => {
+    for (const name of ['Carol', 'Dave']) {
+      const person = await openPerson(browser, servers.turns.url, { room: ROOM, name });
+      people[name] = person;
+      await person.page.evaluate(() => { window.sfu.options.iceTransportPolicy = 'relay'; });
+      await joinAndTimeFirstFrame(person, { expectRemoteVideo: name === 'Dave', timeoutMs: 60_000 });
+    }
+    const { Carol, Dave } = people;
+    const urls = await Carol.page.evaluate(() => window.sfu._iceServers.flatMap((s) => s.urls));
+    assert.ok(urls.some((u) => u.startsWith('turns:localhost:')), `no turns: server given: ${JSON.stringify(urls)}`);
+    for (const [viewer, identity] of [[Dave, 'Carol'], [Carol, 'Dave']]) {
+      const first = await until(async () => {
+        const r = await receivedFrom(viewer, identity);
+        return r.video?.framesDecoded > 0 ? r : null;
+      }, { timeoutMs: 60_000, what: `${viewer.name} to decode ${identity}` });
+      await sleep(2_000);
+      const later = await receivedFrom(viewer, identity);
+      assert.ok(later.video.framesDecoded > first.video.framesDecoded, `${viewer.name}: frames from ${identity} stopped`);
+    }
+    for (const person of [Carol, Dave]) {
+      for (const which of ['publisher', 'subscriber']) {
+        const pair = await selectedPair(person, which);
+        console.log(`${person.name} ${which}: ${JSON.stringify(pair)}`);
+        assert.equal(pair?.local, 'relay', `${person.name}'s ${which} connection is not relayed: ${JSON.stringify(pair)}`);
+        assert.equal(pair?.relayProtocol, 'tls', `${person.name}'s ${which} relay is not over TLS: ${JSON.stringify(pair)}`);
+      }
+    }
   });
 });

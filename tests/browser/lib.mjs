@@ -140,12 +140,15 @@ export async function startServer({ env: extraEnv = {}, logName = 'server.log' }
  * Launches the machine's Chromium with CHROMIUM_FLAGS. Its fake camera runs at 20 fps unless
  * `fakeCameraFps` says otherwise (getUserMedia can lower a frame rate, never raise it).
  */
-export async function launchChromium({ fakeCameraFps } = {}) {
+export async function launchChromium({ fakeCameraFps, extraFlags = [] } = {}) {
   const fakeDevice = '--use-fake-device-for-media-stream';
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
-    args: CHROMIUM_FLAGS.map((flag) => (flag === fakeDevice && fakeCameraFps ? `${fakeDevice}=fps=${fakeCameraFps}` : flag)),
+    args: [
+      ...CHROMIUM_FLAGS.map((flag) => (flag === fakeDevice && fakeCameraFps ? `${fakeDevice}=fps=${fakeCameraFps}` : flag)),
+      ...extraFlags,
+    ],
   });
 }
 
