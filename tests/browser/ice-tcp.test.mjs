@@ -1,7 +1,9 @@
-// Networks without UDP, in real headless Chromium: with every UDP datagram in this network
-// namespace dropped (an nftables rule of the test's own), two pages still join, publish and
-// decode each other over the server's passive TCP candidates (ICE-TCP), and two pages that may
-// only use relays do so through the embedded TURN server over TLS.
+// Networks without UDP, in real headless Chromium, with the UDP of this network namespace dropped
+// by an nftables rule of the test's own: two pages whose UDP stops mid-call restart ICE on their
+// own (the web client's reaction to a disconnected connection) and decode again once it is
+// back; two pages join, publish and decode each other over the server's passive TCP candidates
+// (ICE-TCP); and two pages that may only use relays do so through the embedded TURN server over
+// TLS.
 //
 // Run: `node --test ice-tcp.test.mjs` in tests/browser (after `cargo build`), as root, inside a
 // loopback-only namespace of its own (tests/run.sh gives it one): the rule drops all UDP of the
@@ -36,6 +38,28 @@ function nft(...args) {
   return execFileSync('nft', args, { encoding: 'utf8' });
 }
 
+let dropping = false;
+
+/**
+ * Drops every UDP datagram of this namespace but those of the TURN server's relay sockets
+ * (RELAY_PORTS, below the kernel's ephemeral ports, so no browser socket has one): a browser's
+ * media can then only go over TCP, to the server or to its TURN server over TLS.
+ */
+function dropUdp() {
+  if (dropping) return;
+  nft('add', 'table', 'inet', TABLE);
+  nft('add', 'chain', 'inet', TABLE, 'out', '{ type filter hook output priority 0 ; }');
+  nft('add', 'rule', 'inet', TABLE, 'out', 'meta', 'l4proto', 'udp', 'udp', 'sport', '!=', RELAY_PORTS,
+    'udp', 'dport', '!=', RELAY_PORTS, 'counter', 'drop');
+  dropping = true;
+}
+
+function allowUdp() {
+  if (!dropping) return;
+  nft('delete', 'table', 'inet', TABLE);
+  dropping = false;
+}
+
 /** The protocol and candidate types of the pair `person`'s connection `which` uses. */
 function selectedPair(person, which) {
   return person.page.evaluate(async (which) => {
@@ -52,15 +76,8 @@ function selectedPair(person, which) {
   }, which);
 }
 
-describe('ICE over TCP in Chromium, with UDP dropped', { timeout: 5 * 60_000 }, () => {
+describe('Chromium when UDP is dropped: ICE restart, ICE-TCP, TURN over TLS', { timeout: 5 * 60_000 }, () => {
   before(async () => {
-    // Every UDP datagram of this namespace is dropped, but those of the TURN server's relay
-    // sockets (RELAY_PORTS, below the kernel's ephemeral ports, so no browser socket has one):
-    // a browser's media can only go over TCP, to the server or to its TURN server over TLS.
-    nft('add', 'table', 'inet', TABLE);
-    nft('add', 'chain', 'inet', TABLE, 'out', '{ type filter hook output priority 0 ; }');
-    nft('add', 'rule', 'inet', TABLE, 'out', 'meta', 'l4proto', 'udp', 'udp', 'sport', '!=', RELAY_PORTS,
-      'udp', 'dport', '!=', RELAY_PORTS, 'counter', 'drop');
     // TURN over TLS needs a certificate: a self-signed one for "localhost".
     const dir = mkdtempSync(path.join(tmpdir(), 'sfu-turns-'));
     const [cert, key] = [path.join(dir, 'cert.pem'), path.join(dir, 'key.pem')];
@@ -68,7 +85,11 @@ describe('ICE over TCP in Chromium, with UDP dropped', { timeout: 5 * 60_000 }, 
       '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost',
       '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'ignore' });
     // ICE-TCP is tried without a TURN server to fall back to; TURN over TLS has a server of
-    // its own.
+    // its own; the ICE restart one with neither, so that only a restart can bring media back.
+    servers.udp = await startServer({
+      logName: 'server-udp-only.log',
+      env: { SFU_TURN_ENABLED: 'false', SFU_RTC_ICE_TCP: 'false' },
+    });
     servers.tcp = await startServer({ logName: 'server-ice-tcp.log', env: { SFU_TURN_ENABLED: 'false' } });
     servers.turns = await startServer({
       logName: 'server-turns.log',
@@ -85,14 +106,44 @@ describe('ICE over TCP in Chromium, with UDP dropped', { timeout: 5 * 60_000 }, 
     for (const p of Object.values(people)) await p.context.close().catch(() => {});
     await browser?.close();
     for (const server of Object.values(servers)) await server.stop();
-    try {
-      nft('delete', 'table', 'inet', TABLE);
-    } catch {
-      // Not there: nothing to undo.
+    allowUdp();
+  });
+
+  it('pages whose UDP stops for a while restart ICE on their own and decode again once it is back', async () => {
+    for (const name of ['Eve', 'Frank']) {
+      people[name] = await openPerson(browser, servers.udp.url, { room: ROOM, name });
+      await joinAndTimeFirstFrame(people[name], { expectRemoteVideo: name === 'Frank', timeoutMs: 60_000 });
+    }
+    const { Eve, Frank } = people;
+    const ufrags = () => Eve.page.evaluate(() => {
+      const ufrag = (d) => /a=ice-ufrag:(\S+)/.exec(d?.sdp ?? '')?.[1];
+      return { publisher: ufrag(window.sfu._pub?.localDescription), subscriber: ufrag(window.sfu._sub?.remoteDescription) };
+    });
+    const before = await until(async () => { const u = await ufrags(); return u.publisher && u.subscriber ? u : null; },
+      { timeoutMs: 30_000, what: 'both of Eve\'s connections to be negotiated' });
+    await Eve.page.evaluate(() => {
+      window.__restarts = [];
+      window.sfu.addEventListener('ice_restart', (e) => window.__restarts.push(e.detail.target));
+    });
+    dropUdp();
+    const restarted = await until(() => Eve.page.evaluate(() => (window.__restarts.length ? window.__restarts : null)),
+      { timeoutMs: 60_000, what: 'Eve to restart ICE after her UDP stopped' });
+    console.log(`Eve restarted ICE on: ${JSON.stringify(restarted)}`);
+    allowUdp();
+    for (const [viewer, identity] of [[Frank, 'Eve'], [Eve, 'Frank']]) {
+      const first = await receivedFrom(viewer, identity);
+      await until(async () => (await receivedFrom(viewer, identity)).video?.framesDecoded > (first.video?.framesDecoded ?? 0) + 10,
+        { timeoutMs: 60_000, what: `${viewer.name} to decode ${identity} again` });
+    }
+    const after = await ufrags();
+    console.log(`Eve's ICE credentials: ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
+    for (const target of new Set(restarted)) {
+      assert.notEqual(after[target], before[target], `Eve's ${target} connection has its old ICE credentials`);
     }
   });
 
   it('two pages connect over TCP and decode each other\'s video', async () => {
+    dropUdp();
     for (const name of ['Alice', 'Bob']) {
       people[name] = await openPerson(browser, servers.tcp.url, { room: ROOM, name });
       await joinAndTimeFirstFrame(people[name], { expectRemoteVideo: name === 'Bob', timeoutMs: 60_000 });
