@@ -730,6 +730,97 @@ mod tests {
         assert_eq!(p, "7/zfauXrL6LSdBbV8YTfnCWafHk=");
     }
 
+    fn guard(max_per_user: usize, max_total: usize, bitrate: u64) -> Arc<Guard> {
+        Arc::new(Guard {
+            peers: ["127.0.0.1:7882".parse().unwrap()].into_iter().collect(),
+            max_per_user,
+            max_total,
+            max_bytes_per_second: bitrate / 8,
+            allocations: Mutex::default(),
+            pending: Mutex::default(),
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+
+    /// A request or response of `method` and `class`, with a USERNAME and a transaction id.
+    fn message(
+        method: stun::message::Method,
+        class: stun::message::MessageClass,
+        id: u8,
+        user: &str,
+    ) -> Message {
+        let mut m = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(stun::agent::TransactionId([id; 12])),
+            Box::new(MessageType::new(method, class)),
+            Box::new(stun::textattrs::TextAttribute::new(
+                ATTR_USERNAME,
+                user.into(),
+            )),
+        ];
+        m.build(&setters).unwrap();
+        m
+    }
+
+    /// `user` asks to allocate; the TURN server grants it. Whether the guard let it through.
+    fn allocate(g: &Guard, id: u8, user: &str) -> bool {
+        let request = message(METHOD_ALLOCATE, CLASS_REQUEST, id, user);
+        if g.check(&request).is_some() {
+            return false;
+        }
+        g.answered(&message(METHOD_ALLOCATE, CLASS_SUCCESS_RESPONSE, id, user));
+        true
+    }
+
+    #[test]
+    fn allocations_are_capped_per_user_and_in_all_and_freed_when_they_close() {
+        let g = guard(2, 3, 8000);
+        assert!(allocate(&g, 1, "1:alice"));
+        assert!(allocate(&g, 2, "1:alice"));
+        assert!(!allocate(&g, 3, "1:alice"), "alice's third");
+        assert!(allocate(&g, 4, "1:bob"));
+        assert!(!allocate(&g, 5, "1:carol"), "the fourth in all");
+        g.closed("1:alice");
+        assert!(
+            allocate(&g, 6, "1:carol"),
+            "a closed allocation frees its place"
+        );
+        assert_eq!(g.metrics.turn_allocations.get(), 3);
+        let quota = g.metrics.turn_refusals.with_label_values(&["quota"]).get();
+        assert_eq!(quota, 2);
+    }
+
+    #[tokio::test]
+    async fn an_allocation_relays_at_most_its_bitrate() {
+        let g = guard(1, 1, 8000); // 1,000 bytes per second
+        let relay = RelaySocket {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            guard: g.clone(),
+            sent: Mutex::new(Budget {
+                bytes: 1000.0,
+                at: Instant::now(),
+            }),
+            received: Mutex::new(Budget {
+                bytes: 1000.0,
+                at: Instant::now(),
+            }),
+        };
+        assert!(relay.spend(&relay.sent, 600));
+        assert!(
+            !relay.spend(&relay.sent, 600),
+            "1,200 bytes at once from a 1,000 budget"
+        );
+        assert!(
+            relay.spend(&relay.received, 600),
+            "each way has its own budget"
+        );
+        assert_eq!(g.metrics.turn_relayed_bytes.get(), 1200);
+        assert_eq!(
+            g.metrics.turn_refusals.with_label_values(&["rate"]).get(),
+            1
+        );
+    }
+
     #[test]
     fn xor_peer_addresses_decode() {
         // 192.0.2.1:32853 XORed with the magic cookie (RFC 5769 §2.2).
