@@ -9,6 +9,7 @@
 //! out of [`ResumeTokens`] is what makes it used.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use dashmap::DashMap;
@@ -25,6 +26,10 @@ pub type Stream = SplitStream<WebSocket>;
 pub const LOG_MESSAGES: usize = 1024;
 /// Bytes of message text a log keeps at most (messages shared by a room count fully).
 pub const LOG_BYTES: usize = 1 << 20;
+/// How long a message written to a live socket is kept: a client learns its socket died well
+/// within this (its keepalive pings go unanswered within 25 s, the server's after
+/// `signal.ping_timeout`), and anything older it had received. Keeps a long meeting's log short.
+pub const LOG_WRITTEN_FOR: Duration = Duration::from_secs(60);
 
 /// A new WebSocket for a session, from the connection that presented its resume token.
 pub struct Handover {
@@ -88,7 +93,8 @@ pub enum ReplayError {
 pub struct ReplayLog {
     /// The number of `messages[0]`.
     first: u64,
-    messages: VecDeque<Utf8Bytes>,
+    /// Each message and when it was logged.
+    messages: VecDeque<(Utf8Bytes, Instant)>,
     bytes: usize,
     /// The highest number written to a socket (0: none).
     written: u64,
@@ -111,19 +117,24 @@ impl ReplayLog {
         self.first + self.messages.len() as u64 - 1
     }
 
-    /// Logs a message and gives its number. Older messages make room; a message never written
-    /// to a socket never does.
-    pub fn push(&mut self, text: Utf8Bytes) -> Result<u64, ReplayError> {
+    /// Logs a message at `now` and gives its number. Older messages make room, and written
+    /// ones older than [`LOG_WRITTEN_FOR`] go; a message never written to a socket never does.
+    pub fn push(&mut self, text: Utf8Bytes, now: Instant) -> Result<u64, ReplayError> {
         self.bytes += text.len();
-        self.messages.push_back(text);
-        while self.messages.len() > LOG_MESSAGES || self.bytes > LOG_BYTES {
-            if self.first > self.written {
+        self.messages.push_back((text, now));
+        while let Some((old, at)) = self.messages.front() {
+            let full = self.messages.len() > LOG_MESSAGES || self.bytes > LOG_BYTES;
+            let stale = now.saturating_duration_since(*at) > LOG_WRITTEN_FOR;
+            let written = self.first <= self.written;
+            let evict = full || (stale && written);
+            if !evict {
+                break;
+            }
+            if !written {
                 return Err(ReplayError::Overflow);
             }
-            let Some(old) = self.messages.pop_front() else {
-                break;
-            };
             self.bytes -= old.len();
+            self.messages.pop_front();
             self.first += 1;
         }
         Ok(self.last())
@@ -155,7 +166,7 @@ impl ReplayLog {
             .iter()
             .skip(skip)
             .enumerate()
-            .map(|(i, text)| (received + 1 + i as u64, text.clone()))
+            .map(|(i, (text, _))| (received + 1 + i as u64, text.clone()))
             .collect())
     }
 }
@@ -171,9 +182,10 @@ mod tests {
     #[test]
     fn numbers_from_one_and_replays_what_the_client_missed() {
         let mut log = ReplayLog::default();
+        let now = Instant::now();
         assert_eq!(log.last(), 0);
         for (i, s) in ["joined", "chat", "typing"].into_iter().enumerate() {
-            let seq = log.push(text(s)).unwrap();
+            let seq = log.push(text(s), now).unwrap();
             assert_eq!(seq, i as u64 + 1);
             log.written(seq);
         }
@@ -198,8 +210,9 @@ mod tests {
     #[test]
     fn old_written_messages_make_room_and_can_no_longer_be_replayed() {
         let mut log = ReplayLog::default();
+        let now = Instant::now();
         for _ in 0..LOG_MESSAGES + 10 {
-            let seq = log.push(text("x")).unwrap();
+            let seq = log.push(text("x"), now).unwrap();
             log.written(seq);
         }
         assert_eq!(log.last(), LOG_MESSAGES as u64 + 10);
@@ -214,15 +227,41 @@ mod tests {
     }
 
     #[test]
+    fn written_messages_go_after_a_minute_unwritten_ones_stay() {
+        let mut log = ReplayLog::default();
+        let start = Instant::now();
+        let seq = log.push(text("joined"), start).unwrap();
+        log.written(seq);
+        let seq = log.push(text("chat"), start).unwrap();
+        log.written(seq);
+        // The socket died: these two are not written.
+        log.push(text("typing"), start + Duration::from_secs(30))
+            .unwrap();
+        let later = start + LOG_WRITTEN_FOR + Duration::from_secs(5);
+        log.push(text("leave"), later).unwrap();
+        assert_eq!(
+            log.after(0),
+            Err(ReplayError::Gone {
+                received: 0,
+                oldest: 3
+            }),
+            "the two written a minute ago are gone"
+        );
+        let kept: Vec<_> = log.after(2).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(kept, vec![3, 4], "unwritten ones stay however old");
+    }
+
+    #[test]
     fn a_message_never_written_is_never_dropped() {
         let mut log = ReplayLog::default();
-        let seq = log.push(text("joined")).unwrap();
+        let now = Instant::now();
+        let seq = log.push(text("joined"), now).unwrap();
         log.written(seq);
         // The socket is gone: nothing more is written.
         let big = "y".repeat(LOG_BYTES / 2);
         for _ in 0..2 {
-            log.push(text(&big)).unwrap();
+            log.push(text(&big), now).unwrap();
         }
-        assert_eq!(log.push(text(&big)), Err(ReplayError::Overflow));
+        assert_eq!(log.push(text(&big), now), Err(ReplayError::Overflow));
     }
 }

@@ -313,7 +313,7 @@ impl Session {
         if self.joined.is_none() {
             return self.write(Message::Text(text)).await;
         }
-        let seq = match self.log.push(text.clone()) {
+        let seq = match self.log.push(text.clone(), Instant::now()) {
             Ok(seq) => seq,
             Err(e) => {
                 tracing::info!("signaling client cannot resume: {e}");
