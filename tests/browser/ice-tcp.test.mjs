@@ -15,15 +15,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import {
-  joinAndTimeFirstFrame,
-  launchChromium,
-  openPerson,
-  receivedFrom,
-  sleep,
-  startServer,
-  until,
-} from './lib.mjs';
+import { launchChromium, meetAndDecode, receivedFrom, startServer, until } from './lib.mjs';
 
 const ROOM = `ice-tcp-${process.pid}`;
 const TABLE = 'sfu_ice_tcp_test';
@@ -32,7 +24,7 @@ const RELAY_PORTS = '20000-20099';
 
 const servers = {};
 let browser;
-const people = {};
+const people = [];
 
 function nft(...args) {
   return execFileSync('nft', args, { encoding: 'utf8' });
@@ -58,22 +50,6 @@ function allowUdp() {
   if (!dropping) return;
   nft('delete', 'table', 'inet', TABLE);
   dropping = false;
-}
-
-/** The protocol and candidate types of the pair `person`'s connection `which` uses. */
-function selectedPair(person, which) {
-  return person.page.evaluate(async (which) => {
-    const pc = which === 'publisher' ? window.sfu._pub : window.sfu._sub;
-    const report = await pc.getStats();
-    let pair = null;
-    report.forEach((s) => {
-      if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
-    });
-    if (!pair) return null;
-    const local = report.get(pair.localCandidateId);
-    const remote = report.get(pair.remoteCandidateId);
-    return { protocol: local?.protocol, local: local?.candidateType, relayProtocol: local?.relayProtocol, remote: `${remote?.address}:${remote?.port}`, remoteProtocol: remote?.protocol };
-  }, which);
 }
 
 describe('Chromium when UDP is dropped: ICE restart, ICE-TCP, TURN over TLS', { timeout: 5 * 60_000 }, () => {
@@ -103,18 +79,15 @@ describe('Chromium when UDP is dropped: ICE restart, ICE-TCP, TURN over TLS', { 
   });
 
   after(async () => {
-    for (const p of Object.values(people)) await p.context.close().catch(() => {});
+    for (const p of people) await p.context.close().catch(() => {});
     await browser?.close();
     for (const server of Object.values(servers)) await server.stop();
     allowUdp();
   });
 
   it('pages whose UDP stops for a while restart ICE on their own and decode again once it is back', async () => {
-    for (const name of ['Eve', 'Frank']) {
-      people[name] = await openPerson(browser, servers.udp.url, { room: ROOM, name });
-      await joinAndTimeFirstFrame(people[name], { expectRemoteVideo: name === 'Frank', timeoutMs: 60_000 });
-    }
-    const { Eve, Frank } = people;
+    const { people: [Eve, Frank] } = await meetAndDecode(browser, servers.udp.url, { room: ROOM, names: ['Eve', 'Frank'] });
+    people.push(Eve, Frank);
     const ufrags = () => Eve.page.evaluate(() => {
       const ufrag = (d) => /a=ice-ufrag:(\S+)/.exec(d?.sdp ?? '')?.[1];
       return { publisher: ufrag(window.sfu._pub?.localDescription), subscriber: ufrag(window.sfu._sub?.remoteDescription) };
@@ -144,25 +117,11 @@ describe('Chromium when UDP is dropped: ICE restart, ICE-TCP, TURN over TLS', { 
 
   it('two pages connect over TCP and decode each other\'s video', async () => {
     dropUdp();
-    for (const name of ['Alice', 'Bob']) {
-      people[name] = await openPerson(browser, servers.tcp.url, { room: ROOM, name });
-      await joinAndTimeFirstFrame(people[name], { expectRemoteVideo: name === 'Bob', timeoutMs: 60_000 });
-    }
-    const { Alice, Bob } = people;
-    for (const [viewer, identity] of [[Bob, 'Alice'], [Alice, 'Bob']]) {
-      const first = await until(async () => {
-        const r = await receivedFrom(viewer, identity);
-        return r.video?.framesDecoded > 0 ? r : null;
-      }, { timeoutMs: 60_000, what: `${viewer.name} to decode ${identity}` });
-      await sleep(2_000);
-      const later = await receivedFrom(viewer, identity);
-      assert.ok(later.video.framesDecoded > first.video.framesDecoded, `${viewer.name}: frames from ${identity} stopped`);
-    }
-    for (const person of [Alice, Bob]) {
-      for (const which of ['publisher', 'subscriber']) {
-        const pair = await selectedPair(person, which);
-        console.log(`${person.name} ${which}: ${JSON.stringify(pair)}`);
-        assert.equal(pair?.protocol, 'tcp', `${person.name}'s ${which} connection is not on TCP: ${JSON.stringify(pair)}`);
+    const met = await meetAndDecode(browser, servers.tcp.url, { room: ROOM, names: ['Alice', 'Bob'] });
+    people.push(...met.people);
+    for (const [name, connections] of Object.entries(met.pairs)) {
+      for (const [which, pair] of Object.entries(connections)) {
+        assert.equal(pair?.protocol, 'tcp', `${name}'s ${which} connection is not on TCP: ${JSON.stringify(pair)}`);
       }
     }
     // The rule did drop UDP: the browsers tried it first.
@@ -172,30 +131,14 @@ describe('Chromium when UDP is dropped: ICE restart, ICE-TCP, TURN over TLS', { 
   });
 
   it('two pages that may only use relays decode each other through the TURN server over TLS', async () => {
-    for (const name of ['Carol', 'Dave']) {
-      const person = await openPerson(browser, servers.turns.url, { room: ROOM, name });
-      people[name] = person;
-      await person.page.evaluate(() => { window.sfu.options.iceTransportPolicy = 'relay'; });
-      await joinAndTimeFirstFrame(person, { expectRemoteVideo: name === 'Dave', timeoutMs: 60_000 });
-    }
-    const { Carol, Dave } = people;
-    const urls = await Carol.page.evaluate(() => window.sfu._iceServers.flatMap((s) => s.urls));
+    const met = await meetAndDecode(browser, servers.turns.url, { room: ROOM, names: ['Carol', 'Dave'], policy: 'relay' });
+    people.push(...met.people);
+    const urls = await met.people[0].page.evaluate(() => window.sfu._iceServers.flatMap((s) => s.urls));
     assert.ok(urls.some((u) => u.startsWith('turns:localhost:')), `no turns: server given: ${JSON.stringify(urls)}`);
-    for (const [viewer, identity] of [[Dave, 'Carol'], [Carol, 'Dave']]) {
-      const first = await until(async () => {
-        const r = await receivedFrom(viewer, identity);
-        return r.video?.framesDecoded > 0 ? r : null;
-      }, { timeoutMs: 60_000, what: `${viewer.name} to decode ${identity}` });
-      await sleep(2_000);
-      const later = await receivedFrom(viewer, identity);
-      assert.ok(later.video.framesDecoded > first.video.framesDecoded, `${viewer.name}: frames from ${identity} stopped`);
-    }
-    for (const person of [Carol, Dave]) {
-      for (const which of ['publisher', 'subscriber']) {
-        const pair = await selectedPair(person, which);
-        console.log(`${person.name} ${which}: ${JSON.stringify(pair)}`);
-        assert.equal(pair?.local, 'relay', `${person.name}'s ${which} connection is not relayed: ${JSON.stringify(pair)}`);
-        assert.equal(pair?.relayProtocol, 'tls', `${person.name}'s ${which} relay is not over TLS: ${JSON.stringify(pair)}`);
+    for (const [name, connections] of Object.entries(met.pairs)) {
+      for (const [which, pair] of Object.entries(connections)) {
+        assert.equal(pair?.local, 'relay', `${name}'s ${which} connection is not relayed: ${JSON.stringify(pair)}`);
+        assert.equal(pair?.relayProtocol, 'tls', `${name}'s ${which} relay is not over TLS: ${JSON.stringify(pair)}`);
       }
     }
   });

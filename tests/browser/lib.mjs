@@ -381,6 +381,62 @@ export async function startTcpProxy(targetUrl) {
   });
 }
 
+/**
+ * The local candidate of the pair `person`'s connection `which` ('publisher' or 'subscriber')
+ * uses: {protocol, local (its type), relayProtocol, remote, remoteProtocol}, or null.
+ */
+export function selectedPair(person, which) {
+  return person.page.evaluate(async (which) => {
+    const pc = which === 'publisher' ? window.sfu._pub : window.sfu._sub;
+    const report = await pc.getStats();
+    let pair = null;
+    report.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+    });
+    if (!pair) return null;
+    const local = report.get(pair.localCandidateId);
+    const remote = report.get(pair.remoteCandidateId);
+    return { protocol: local?.protocol, local: local?.candidateType, relayProtocol: local?.relayProtocol, remote: `${remote?.address}:${remote?.port}`, remoteProtocol: remote?.protocol };
+  }, which);
+}
+
+/**
+ * `names[0]` and `names[1]` join `room` on `baseUrl` through the demo page, their client held
+ * to ICE transport policy `policy`; each must decode the other's video, and go on decoding for
+ * two seconds. Resolves with the two people and the selected pair of each one's connections
+ * ({name: {publisher, subscriber}}), printed.
+ */
+export async function meetAndDecode(browser, baseUrl, { room, names, policy = 'all' }) {
+  const people = [];
+  for (const name of names) {
+    const person = await openPerson(browser, baseUrl, { room, name });
+    people.push(person);
+    await person.page.evaluate((policy) => { window.sfu.options.iceTransportPolicy = policy; }, policy);
+    await joinAndTimeFirstFrame(person, { expectRemoteVideo: people.length > 1, timeoutMs: 60_000 });
+  }
+  const [a, b] = people;
+  for (const [viewer, from] of [[b, a], [a, b]]) {
+    const first = await until(async () => {
+      const r = await receivedFrom(viewer, from.name);
+      return r.video?.framesDecoded > 0 ? r : null;
+    }, { timeoutMs: 60_000, what: `${viewer.name} to decode ${from.name}` });
+    await sleep(2_000);
+    const later = await receivedFrom(viewer, from.name);
+    if (!(later.video?.framesDecoded > first.video.framesDecoded)) {
+      throw new Error(`${viewer.name}: frames from ${from.name} stopped`);
+    }
+  }
+  const pairs = {};
+  for (const person of people) {
+    pairs[person.name] = {};
+    for (const which of ['publisher', 'subscriber']) {
+      pairs[person.name][which] = await selectedPair(person, which);
+      console.log(`${person.name} ${which}: ${JSON.stringify(pairs[person.name][which])}`);
+    }
+  }
+  return { people, pairs };
+}
+
 /** Polls `check` (async, returns a truthy value when done) every `intervalMs` until `timeoutMs`. */
 export async function until(check, { timeoutMs, intervalMs = 100, what }) {
   const deadline = Date.now() + timeoutMs;
