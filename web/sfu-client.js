@@ -1139,11 +1139,20 @@ export class SfuClient extends EventTarget {
    * subscriber connection with new ones. Media goes on over the new path; DTLS stays.
    */
   async restartIce() {
-    if (this._pub && this._pub.signalingState !== 'closed') {
-      this._pub.restartIce();
+    await this._restartIceOf('publisher');
+    await this._restartIceOf('subscriber');
+  }
+
+  /** Restarts ICE on one connection, if it is there: we offer for ours, the server for its. */
+  async _restartIceOf(target) {
+    const pc = target === 'publisher' ? this._pub : this._sub;
+    if (!pc || pc.signalingState === 'closed') return;
+    if (target === 'publisher') {
+      pc.restartIce();
       await this._negotiatePublisher();
+    } else {
+      await this.request('restart_ice');
     }
-    if (this._sub && this._sub.signalingState !== 'closed') await this.request('restart_ice');
   }
 
   /**
@@ -1348,14 +1357,8 @@ export class SfuClient extends EventTarget {
       if (!['disconnected', 'failed'].includes(pc.iceConnectionState)) return;
       console.info(`sfu: the ${target} media connection is ${pc.iceConnectionState}; restarting ICE`);
       this._emit('ice_restart', { target });
-      let restart;
-      if (target === 'publisher') {
-        pc.restartIce();
-        restart = this._negotiatePublisher();
-      } else {
-        restart = this.request('restart_ice');
-      }
-      restart.catch((err) => this._emitError(err, `restarting ICE on the ${target} connection failed`));
+      this._restartIceOf(target)
+        .catch((err) => this._emitError(err, `restarting ICE on the ${target} connection failed`));
     }, delay));
   }
 
