@@ -573,20 +573,18 @@ impl ::turn::auth::AuthHandler for RestAuth {
 
 /// The credential secret when `turn.secret` is empty: one of its own, from the API secret.
 pub fn derive_secret(api_secret: &str) -> Vec<u8> {
-    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(api_secret.as_bytes()) else {
-        return api_secret.as_bytes().to_vec();
-    };
-    mac.update(b"sfu turn credentials");
-    mac.finalize().into_bytes().to_vec()
+    hmac_sha1(api_secret.as_bytes(), b"sfu turn credentials")
 }
 
 /// base64(HMAC-SHA1(secret, username)), the TURN REST password.
 pub fn password(secret: &[u8], username: &str) -> String {
-    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret) else {
-        return String::new();
-    };
-    mac.update(username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    base64::engine::general_purpose::STANDARD.encode(hmac_sha1(secret, username.as_bytes()))
+}
+
+fn hmac_sha1(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha1>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
 }
 
 fn unix_seconds() -> u64 {
