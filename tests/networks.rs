@@ -25,20 +25,27 @@ fn ufrag(sdp: &str) -> String {
         .to_string()
 }
 
-/// The local port of the connection's selected ICE pair: a restart of webrtc-rs's ICE agent
-/// gathers on new sockets, so the server sees the client come from a new address.
-async fn local_port(pc: &RTCPeerConnection) -> Option<u16> {
+/// What `read` reads of the local candidate of the connection's nominated ICE pair.
+async fn nominated_local_candidate<T>(
+    pc: &RTCPeerConnection,
+    read: impl Fn(&webrtc::stats::ICECandidateStats) -> T,
+) -> Option<T> {
     let stats = pc.get_stats().await;
     stats.reports.values().find_map(|r| match r {
         webrtc::stats::StatsReportType::CandidatePair(p) if p.nominated => {
-            let local = stats.reports.get(&p.local_candidate_id)?;
-            match local {
-                webrtc::stats::StatsReportType::LocalCandidate(c) => Some(c.port),
+            match stats.reports.get(&p.local_candidate_id)? {
+                webrtc::stats::StatsReportType::LocalCandidate(c) => Some(read(c)),
                 _ => None,
             }
         }
         _ => None,
     })
+}
+
+/// The local port of the connection's selected ICE pair: a restart of webrtc-rs's ICE agent
+/// gathers on new sockets, so the server sees the client come from a new address.
+async fn local_port(pc: &RTCPeerConnection) -> Option<u16> {
+    nominated_local_candidate(pc, |c| c.port).await
 }
 
 async fn received_bytes(pc: &RTCPeerConnection) -> usize {
@@ -190,18 +197,7 @@ async fn ice_servers_for(
 
 /// The candidate type of the local side of a connection's nominated pair.
 async fn local_candidate_type(pc: &RTCPeerConnection) -> Option<String> {
-    let stats = pc.get_stats().await;
-    stats.reports.values().find_map(|r| match r {
-        webrtc::stats::StatsReportType::CandidatePair(p) if p.nominated => {
-            match stats.reports.get(&p.local_candidate_id)? {
-                webrtc::stats::StatsReportType::LocalCandidate(c) => {
-                    Some(c.candidate_type.to_string())
-                }
-                _ => None,
-            }
-        }
-        _ => None,
-    })
+    nominated_local_candidate(pc, |c| c.candidate_type.to_string()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

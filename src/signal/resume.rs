@@ -179,15 +179,20 @@ mod tests {
         Utf8Bytes::from(s.to_string())
     }
 
+    /// Logs `s` at `at` and writes it to the (live) socket.
+    fn sent(log: &mut ReplayLog, s: &str, at: Instant) -> u64 {
+        let seq = log.push(text(s), at).unwrap();
+        log.written(seq);
+        seq
+    }
+
     #[test]
     fn numbers_from_one_and_replays_what_the_client_missed() {
         let mut log = ReplayLog::default();
         let now = Instant::now();
         assert_eq!(log.last(), 0);
         for (i, s) in ["joined", "chat", "typing"].into_iter().enumerate() {
-            let seq = log.push(text(s), now).unwrap();
-            assert_eq!(seq, i as u64 + 1);
-            log.written(seq);
+            assert_eq!(sent(&mut log, s, now), i as u64 + 1);
         }
         let missed = log.after(1).unwrap();
         assert_eq!(
@@ -212,8 +217,7 @@ mod tests {
         let mut log = ReplayLog::default();
         let now = Instant::now();
         for _ in 0..LOG_MESSAGES + 10 {
-            let seq = log.push(text("x"), now).unwrap();
-            log.written(seq);
+            sent(&mut log, "x", now);
         }
         assert_eq!(log.last(), LOG_MESSAGES as u64 + 10);
         assert_eq!(
@@ -230,10 +234,8 @@ mod tests {
     fn written_messages_go_after_a_minute_unwritten_ones_stay() {
         let mut log = ReplayLog::default();
         let start = Instant::now();
-        let seq = log.push(text("joined"), start).unwrap();
-        log.written(seq);
-        let seq = log.push(text("chat"), start).unwrap();
-        log.written(seq);
+        sent(&mut log, "joined", start);
+        sent(&mut log, "chat", start);
         // The socket died: these two are not written.
         log.push(text("typing"), start + Duration::from_secs(30))
             .unwrap();
@@ -255,8 +257,7 @@ mod tests {
     fn a_message_never_written_is_never_dropped() {
         let mut log = ReplayLog::default();
         let now = Instant::now();
-        let seq = log.push(text("joined"), now).unwrap();
-        log.written(seq);
+        sent(&mut log, "joined", now);
         // The socket is gone: nothing more is written.
         let big = "y".repeat(LOG_BYTES / 2);
         for _ in 0..2 {

@@ -402,8 +402,7 @@ export function selectedPair(person, which) {
 
 /**
  * `names[0]` and `names[1]` join `room` on `baseUrl` through the demo page, their client held
- * to ICE transport policy `policy`; each must decode the other's video, and go on decoding for
- * two seconds. Resolves with the two people and the selected pair of each one's connections
+ * to ICE transport policy `policy`; each must decode the other's video, and go on decoding. Resolves with the two people and the selected pair of each one's connections
  * ({name: {publisher, subscriber}}), printed.
  */
 export async function meetAndDecode(browser, baseUrl, { room, names, policy = 'all' }) {
@@ -420,11 +419,9 @@ export async function meetAndDecode(browser, baseUrl, { room, names, policy = 'a
       const r = await receivedFrom(viewer, from.name);
       return r.video?.framesDecoded > 0 ? r : null;
     }, { timeoutMs: 60_000, what: `${viewer.name} to decode ${from.name}` });
-    await sleep(2_000);
-    const later = await receivedFrom(viewer, from.name);
-    if (!(later.video?.framesDecoded > first.video.framesDecoded)) {
-      throw new Error(`${viewer.name}: frames from ${from.name} stopped`);
-    }
+    // Decoding goes on: ten frames more.
+    await until(async () => (await receivedFrom(viewer, from.name)).video?.framesDecoded > first.video.framesDecoded + 10,
+      { timeoutMs: 30_000, what: `${viewer.name} to go on decoding ${from.name}` });
   }
   const pairs = {};
   for (const person of people) {
@@ -435,6 +432,25 @@ export async function meetAndDecode(browser, baseUrl, { room, names, policy = 'a
     }
   }
   return { people, pairs };
+}
+
+/**
+ * Waits until `viewer` has received `packets` more audio packets from `identity` (50 a second
+ * for Opus): a clock kept by the media itself, for a test that must see something not happen
+ * for a while.
+ */
+export async function audioPacketsLater(viewer, identity, packets) {
+  const count = async () => (await receivedFrom(viewer, identity)).audio?.packetsReceived ?? 0;
+  const start = await count();
+  await until(async () => (await count()) >= start + packets,
+    { timeoutMs: 30_000, what: `${viewer.name} to receive ${packets} more audio packets from ${identity}` });
+}
+
+/** The value of one Prometheus series (`name` or `name{labels}`) at the server's /metrics; 0 if absent. */
+export async function metricValue(server, series) {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line ? Number(line.split(' ').pop()) : 0;
 }
 
 /** Polls `check` (async, returns a truthy value when done) every `intervalMs` until `timeoutMs`. */

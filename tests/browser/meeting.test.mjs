@@ -18,11 +18,13 @@ import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
+  audioPacketsLater,
   LOG_DIR,
   OUT_DIR,
   embeddedWebIsCurrent,
   joinAndTimeFirstFrame,
   launchChromium,
+  metricValue,
   openPerson,
   receivedFrom,
   sentLayers,
@@ -52,10 +54,8 @@ const people = {};
 let chatText;
 
 /** The server's count of resumed sessions. */
-async function resumeCount() {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith('sfu_signal_resumes_total{outcome="resumed"}'));
-  return line ? Number(line.split(' ').pop()) : 0;
+function resumeCount() {
+  return metricValue(server, 'sfu_signal_resumes_total{outcome="resumed"}');
 }
 
 /** Runs one step; on failure prints what the pages and the server said, then fails. */
@@ -270,9 +270,11 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     await Alice.page.click('#toggle-camera');
     await Bob.page.locator('.tile[data-identity="Alice"].video-muted').waitFor({ timeout: 10_000 });
     assert.deepEqual(await camera(), { state: 'ended', sending: false }, 'the camera was not released');
-    // Frames in flight when the button was clicked have landed by now: the counts stand still.
+    // Frames in flight when the button was clicked have landed within half a second of Alice's
+    // audio; then the counts stand still for two seconds of it.
+    await audioPacketsLater(Bob, 'Alice', 25);
     const before = { encoded: await encoded(), decoded: await decoded() };
-    await sleep(2_000);
+    await audioPacketsLater(Bob, 'Alice', 100);
     const after = { encoded: await encoded(), decoded: await decoded() };
     assert.deepEqual(after, before, 'camera off, yet Alice encoded or Bob decoded frames');
     await Alice.page.click('#toggle-camera');
@@ -416,10 +418,11 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     console.log(`adaptive stream: 160x90 element -> ${small} wide, 1280x720 element -> ${large} wide`);
     await draw('display: none !important;');
     await until(async () => (await layer()) === 'off', { timeoutMs: MEDIA_TIMEOUT_MS, what: 'the server to stop Alice\'s video for a hidden element' });
-    // What was in flight when it stopped has been decoded after a second; then nothing more.
-    await sleep(1_000);
+    // What was in flight when it stopped has been decoded within a second of Alice's audio;
+    // then nothing more for two seconds of it.
+    await audioPacketsLater(Bob, 'Alice', 50);
     const before = (await receivedFrom(Bob, 'Alice')).video.framesDecoded;
-    await sleep(2_000);
+    await audioPacketsLater(Bob, 'Alice', 100);
     const after = (await receivedFrom(Bob, 'Alice')).video.framesDecoded;
     assert.equal(after, before, 'frames kept coming for a hidden element');
     await draw('');

@@ -7,7 +7,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { launchChromium, meetAndDecode, startServer } from './lib.mjs';
+import { launchChromium, meetAndDecode, metricValue, startServer } from './lib.mjs';
 
 const ROOM = `turn-${process.pid}`;
 
@@ -35,8 +35,7 @@ describe('the embedded TURN server, in Chromium', { timeout: 5 * 60_000 }, () =>
         assert.equal(pair?.local, 'relay', `${name}'s ${which} connection is not relayed: ${JSON.stringify(pair)}`);
       }
     }
-    const metrics = await (await fetch(`${server.url}/metrics`)).text();
-    const relayed = Number(/^sfu_turn_relayed_bytes_total (\S+)/m.exec(metrics)?.[1] ?? 0);
+    const relayed = await metricValue(server, 'sfu_turn_relayed_bytes_total');
     console.log(`bytes relayed by the TURN server: ${relayed}`);
     assert.ok(relayed > 100_000, `the TURN server relayed only ${relayed} bytes`);
   });
