@@ -158,10 +158,13 @@ async fn room_detail(
 ) -> Result<Response, ApiError> {
     app.auth.verify_admin(bearer(&headers))?;
     let r = app.rooms.get(&room).ok_or_else(|| room_not_found(&room))?;
-    Ok(
-        Json(serde_json::json!({ "name": r.name(), "participants": r.participants() }))
-            .into_response(),
-    )
+    let tracks = app.media.forwarding(r.name()).await;
+    Ok(Json(serde_json::json!({
+        "name": r.name(),
+        "participants": r.participants(),
+        "tracks": tracks,
+    }))
+    .into_response())
 }
 
 /// Removes a participant: its session gets `leave{reason:"kicked"}`, the room sees it leave.

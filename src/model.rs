@@ -92,6 +92,28 @@ pub struct TrackInfo {
     pub layers: Vec<String>,
 }
 
+/// What the server forwards of one track now (admin API `GET /api/rooms/{room}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackForwarding {
+    pub sid: String,
+    /// The publisher's participant sid.
+    pub participant: String,
+    pub kind: TrackKind,
+    pub muted: bool,
+    pub subscribers: Vec<SubscriberForwarding>,
+}
+
+/// One subscriber of a track, as its media worker sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriberForwarding {
+    /// The subscriber's participant sid.
+    pub participant: String,
+    /// The rid of the layer forwarded now (`""` without simulcast), `null` while none is.
+    pub layer: Option<String>,
+    /// RTP packets forwarded to it so far.
+    pub packets: u64,
+}
+
 /// One m-line of a subscriber offer: which track it carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OfferedTrack {

@@ -301,7 +301,13 @@ async fn a_muted_track_reaches_nobody_and_resumes_at_a_keyframe() {
     );
     // A client that goes on sending while muted: none of it is forwarded.
     let muted_from = counter;
+    let forwarded_at_mute = forwarded_to(&server, &sid, "bob").await;
     let (seq, counter, ts) = send_vp8(&video, 10, 2, 0, seq, counter, ts).await;
+    // The admin API says so too: muted, and not one packet more forwarded.
+    let track = track_forwarding(&server, &sid).await;
+    assert!(track.muted);
+    assert_eq!(forwarded_to(&server, &sid, "bob").await, forwarded_at_mute);
+    assert!(forwarded_at_mute.1 > 0, "nothing forwarded before the mute");
 
     let alice_plis = alice.plis.clone();
     let plis = move || alice_plis.lock().unwrap().get("cam").copied().unwrap_or(0);
@@ -331,7 +337,45 @@ async fn a_muted_track_reaches_nobody_and_resumes_at_a_keyframe() {
         "forwarded while muted or before the keyframe ({muted_from}..{keyframe_at}): {after:?}"
     );
     assert_eq!(after.iter().find(|&&c| c >= muted_from), Some(&keyframe_at));
+    let resumed = forwarded_to(&server, &sid, "bob").await;
+    assert!(resumed.1 > forwarded_at_mute.1, "{resumed:?}");
+    assert_eq!(
+        resumed.0.as_deref(),
+        Some(""),
+        "a single-layer track's layer"
+    );
+    assert!(!track_forwarding(&server, &sid).await.muted);
     server.shutdown().await;
+}
+
+/// What the server forwards of track `sid` (its admin API's `tracks` entry).
+async fn track_forwarding(server: &sfu::http::Server, sid: &str) -> sfu::model::TrackForwarding {
+    let tracks = server.state.media.forwarding("r").await;
+    tracks
+        .into_iter()
+        .find(|t| t.sid == sid)
+        .unwrap_or_else(|| panic!("track {sid} is not in the forwarding snapshot"))
+}
+
+/// The layer forwarded now and the packets forwarded so far of track `sid` to `identity`.
+async fn forwarded_to(
+    server: &sfu::http::Server,
+    sid: &str,
+    identity: &str,
+) -> (Option<String>, u64) {
+    let room = server.state.rooms.get("r").expect("room r");
+    let subscriber = room
+        .participant(identity)
+        .unwrap_or_else(|| panic!("{identity} is not in the room"))
+        .sid()
+        .to_string();
+    let track = track_forwarding(server, sid).await;
+    track
+        .subscribers
+        .into_iter()
+        .find(|s| s.participant == subscriber)
+        .map(|s| (s.layer, s.packets))
+        .unwrap_or((None, 0))
 }
 
 /// The subscriber's sequence numbers that arrived, on the media stream itself or as the original

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::model::TrackForwarding;
 use crate::rtc::worker;
 use crate::rtc::{Command, MediaHandle, WorkerStats, WORKER_COMMAND_QUEUE};
 
@@ -219,6 +220,25 @@ impl MediaEngine {
             }
         }
         total
+    }
+
+    /// What is forwarded of each track of `room` to whom; empty while nobody is in it.
+    pub async fn forwarding(&self, room: &str) -> Vec<TrackForwarding> {
+        let Some(handle) = self.for_room(room) else {
+            return Vec::new();
+        };
+        let (reply, rx) = oneshot::channel();
+        if handle
+            .send(Command::Forwarding {
+                room: room.to_string(),
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Stops every worker and waits for its thread (blocking; call it off the runtime).

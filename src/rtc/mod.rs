@@ -32,7 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::model::{OfferedTrack, PeerTarget, Quality, Speaker, TrackInfo, TrackKind, TrackSource};
+use crate::model::{
+    OfferedTrack, PeerTarget, Quality, Speaker, TrackForwarding, TrackInfo, TrackKind, TrackSource,
+};
 
 pub use engine::{bind_media_socket, MediaEngine, Placement, SOCKET_BUFFER_BYTES};
 
@@ -172,6 +174,11 @@ pub enum Command {
     Stats {
         reply: oneshot::Sender<WorkerStats>,
     },
+    /// What is forwarded of each track of `room` to whom (admin API).
+    Forwarding {
+        room: String,
+        reply: oneshot::Sender<Vec<TrackForwarding>>,
+    },
     /// For tests of fault isolation only; no client request leads here.
     #[doc(hidden)]
     InjectFault {
@@ -197,7 +204,7 @@ impl Command {
             | Command::SetQuality { participant, .. }
             | Command::RestartIce { participant, .. }
             | Command::InjectFault { participant, .. } => Some(participant),
-            Command::Stats { .. } | Command::Shutdown => None,
+            Command::Stats { .. } | Command::Forwarding { .. } | Command::Shutdown => None,
         }
     }
 }

@@ -109,6 +109,9 @@ impl Worker {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            Command::Forwarding { room, reply } => {
+                let _ = reply.send(self.forwarding(&room));
+            }
             Command::InjectFault { fault, .. } => self.inject(fault),
             Command::Shutdown => {}
         }

@@ -8,8 +8,9 @@ use str0m::media::{Mid, Rid};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::Reason;
 
-use super::{PeerId, Worker};
+use super::{track_kind, PeerId, Worker};
 use crate::metrics::{Metrics, KEYFRAME_REQUEST_TYPES, KINDS, SWITCH_REASONS, TIMEOUT_REASONS};
+use crate::model::{SubscriberForwarding, TrackForwarding};
 use crate::rtc::WorkerStats;
 
 /// Metric handles of one worker. Arrays by kind are indexed audio 0, video 1.
@@ -140,6 +141,42 @@ impl Worker {
             .and_then(|p| p.negotiation.track_at(mid))
             .and_then(|track| self.publications.get(track))
             .map_or(0, |p| p.router.forwarded(&peer))
+    }
+
+    /// What is forwarded of each track of `room`, to whom, on which layer, how much so far.
+    pub(super) fn forwarding(&self, room: &str) -> Vec<TrackForwarding> {
+        let mut tracks: Vec<TrackForwarding> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| p.room == room)
+            .map(|(sid, p)| {
+                let mut subscribers: Vec<SubscriberForwarding> = p
+                    .router
+                    .subscribers()
+                    .filter_map(|peer| {
+                        let owner = &self.peers.get(&peer)?.owner;
+                        Some(SubscriberForwarding {
+                            participant: owner.clone(),
+                            layer: p
+                                .router
+                                .current_layer(&peer)
+                                .map(|l| p.router.rid_name(l).to_string()),
+                            packets: p.router.forwarded(&peer),
+                        })
+                    })
+                    .collect();
+                subscribers.sort_by(|a, b| a.participant.cmp(&b.participant));
+                TrackForwarding {
+                    sid: sid.clone(),
+                    participant: p.participant.clone(),
+                    kind: track_kind(p.kind),
+                    muted: p.router.is_muted(),
+                    subscribers,
+                }
+            })
+            .collect();
+        tracks.sort_by(|a, b| a.sid.cmp(&b.sid));
+        tracks
     }
 
     /// Live object counts.
