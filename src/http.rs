@@ -249,6 +249,28 @@ const WEB_FILES: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/sfu-client.js"),
     ),
+    (
+        "sfu.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/sfu.js"),
+    ),
+    (
+        // The SDK's types, for editors and TypeScript apps that import sfu.js from here.
+        "sfu.d.ts",
+        "application/typescript; charset=utf-8",
+        include_str!("../web/sfu.d.ts"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../web/favicon.svg"),
+    ),
+    (
+        // Browsers ask for /favicon.ico on their own; an SVG served as such is shown too.
+        "favicon.ico",
+        "image/svg+xml",
+        include_str!("../web/favicon.svg"),
+    ),
 ];
 
 async fn web_file(path: Option<Path<String>>) -> Response {

@@ -1,5 +1,6 @@
 /**
- * sfu-client.js: the browser side of the `sfu` signaling protocol v1 (docs/protocol.md).
+ * sfu-client.js: the browser side of the `sfu` signaling protocol v1 (docs/protocol.md): the
+ * engine under the public SDK (sfu.js), which apps use instead; its API may change without notice.
  * One dependency-free ES module. It imports nothing and touches no DOM, but for watching the size
  * and visibility of the video elements the page hands to observeVideo() (adaptive stream).
  *
@@ -85,8 +86,11 @@
  *   connection_state    {target: 'publisher'|'subscriber', state}
  *   error               {error: SfuError}   (errors no request is waiting for). Client-side codes:
  *                       `browser_error` (the browser refused an operation; `cause` has its
- *                       DOMException) and `publisher_layers_failed` (pausing or resuming our
- *                       simulcast layers failed after retries; the video goes on)
+ *                       DOMException), `publisher_layers_failed` (pausing or resuming our
+ *                       simulcast layers failed after retries; the video goes on),
+ *                       `ice_gathering_failed` (a media connection never connected and this
+ *                       browser gathered no ICE candidate for it: the browser's fault) and
+ *                       `media_unreachable` (it gathered candidates but found no path)
  *   reconnecting        {attempt, maxAttempts, delay, reason, message, resume}   the socket dropped;
  *                       with `resume: true` the session is being resumed (same sid, media and
  *                       room state kept, `maxAttempts` null: it tries until the server's resume
@@ -288,7 +292,7 @@ export class SfuClient extends EventTarget {
     const ws = this.ws;
     if (ws && ws.readyState === WebSocket.OPEN) {
       // The server answers `leave{reason:"client_left"}` and closes the socket itself.
-      await this.request('leave', {}, 3_000).catch(() => {});
+      await this.request('leave', {}, 3_000).catch(expected('the server did not confirm the leave; the socket closes anyway'));
       ws.close(1000, 'client left');
       const closed = new Promise((resolve) => ws.addEventListener('close', resolve, { once: true }));
       await Promise.race([closed, sleep(2_000)]);
@@ -659,7 +663,17 @@ export class SfuClient extends EventTarget {
       case 'error':
         // media_failed carries its cause: ice_failed, dtls_failed or internal. The `leave`
         // after it says why in words (closeMessage).
-        if (msg.code === 'media_failed') this._mediaFailure = { cause: msg.cause, message: msg.message };
+        if (msg.code === 'media_failed') {
+          this._mediaFailure = { cause: msg.cause, message: msg.message };
+          // The server saw no ICE: if this browser gathered no candidate on a connection that
+          // never connected, the browser is where it failed, not the server's reachability.
+          const pc = [this._pub, this._sub].find((c) => c && !c._everConnected);
+          const target = pc === this._pub ? 'publisher' : 'subscriber';
+          if (msg.cause === 'ice_failed' && pc && this._gathered[target] === 0) {
+            const err = neverConnected(target, 0, this.options.iceTransportPolicy);
+            this._mediaFailure = { cause: err.code, message: err.message, words: err.message };
+          }
+        }
         this._emitError(new SfuError(msg.code, msg.message, msg.cause ? { cause: msg.cause } : {}));
         break;
       default:
@@ -713,30 +727,56 @@ export class SfuClient extends EventTarget {
 
   async publishCamera({ simulcast = true, constraints, name = 'camera' } = {}) {
     this._requireJoined('publish the camera');
-    const stream = await getMedia('camera', () =>
-      navigator.mediaDevices.getUserMedia({ video: constraints ?? DEFAULT_CAMERA }));
-    const track = stream.getVideoTracks()[0];
-    // Tells the encoder to keep the frame rate when bandwidth is short (faces move; text does not).
-    track.contentHint = 'motion';
-    const local = await releaseOnError(stream, () => this.publishTrack(track, { source: 'camera', name, simulcast, stream }));
-    // Camera off (mute) releases the device; camera on opens it again with the same constraints.
-    local.reacquire = async () => {
-      const again = await getMedia('camera', () => navigator.mediaDevices.getUserMedia({ video: constraints ?? DEFAULT_CAMERA }));
-      const [video] = again.getVideoTracks();
+    const open = async (deviceId) => {
+      const stream = await getMedia('camera', () =>
+        navigator.mediaDevices.getUserMedia({ video: withDevice(constraints ?? DEFAULT_CAMERA, deviceId) }));
+      const [video] = stream.getVideoTracks();
+      // Tells the encoder to keep the frame rate when bandwidth is short (faces move; text does not).
       video.contentHint = 'motion';
-      return video;
+      return { stream, track: video };
     };
+    const { stream, track } = await open();
+    const local = await releaseOnError(stream, () => this.publishTrack(track, { source: 'camera', name, simulcast, stream }));
+    local.open = async (deviceId) => (await open(deviceId)).track;
+    // Camera off (mute) releases the device; camera on opens it again with the same constraints.
+    local.reacquire = () => local.open(local.deviceId);
     return local;
   }
 
   async publishMicrophone({ constraints, name = 'microphone' } = {}) {
     this._requireJoined('publish the microphone');
-    const stream = await getMedia('microphone', () =>
-      navigator.mediaDevices.getUserMedia({
-        audio: constraints ?? { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-      }));
-    return releaseOnError(stream, () =>
+    const base = constraints ?? { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+    const open = (deviceId) => getMedia('microphone', () =>
+      navigator.mediaDevices.getUserMedia({ audio: withDevice(base, deviceId) }));
+    const stream = await open();
+    const local = await releaseOnError(stream, () =>
       this.publishTrack(stream.getAudioTracks()[0], { source: 'microphone', name, stream }));
+    // A muted microphone keeps its device (unmuting is instant); switching opens another.
+    local.open = async (deviceId) => (await open(deviceId)).getAudioTracks()[0];
+    return local;
+  }
+
+  /**
+   * Moves a published camera or microphone to another device: the same track sid and sender
+   * (no renegotiation), the old device released. A muted camera opens the new one on unmute.
+   */
+  async switchDevice(which, deviceId) {
+    const local = this._findLocal(which);
+    if (!local) throw new SfuError('track_not_found', 'no such local track');
+    if (!local.open) throw new SfuError('bad_request', `the ${local.source} was not opened from a device`);
+    local.deviceId = deviceId;
+    if (local.muted && local.reacquire) return;
+    const track = await local.open(deviceId);
+    const old = local.track;
+    track.enabled = !local.muted;
+    try {
+      if (!local.muted) await local.transceiver?.sender.replaceTrack(track);
+    } catch (err) {
+      track.stop();
+      throw browserError(err, `switching the ${local.source} failed`);
+    }
+    this._swapTrack(local, track);
+    old.stop();
   }
 
   /** Shares a screen or window, with its audio if asked and the browser offers it. */
@@ -792,14 +832,11 @@ export class SfuClient extends EventTarget {
       _waiter: null,
     };
     this.localTracks.set(local.id, local);
-    // The track can end without us: the browser's "Stop sharing" bar, an unplugged camera.
-    track.addEventListener('ended', () => {
-      if (this.localTracks.get(local.id) === local) this.unpublish(local).catch(() => {});
-    }, { once: true });
+    this._watchEnded(local);
     this._emit('local_track', { local });
     try {
       const published = this._addToPublisher(local);
-      published.catch(() => {}); // awaited below; the negotiation may fail first
+      published.catch(expected('awaited below; the negotiation may fail first'));
       await this._negotiatePublisher();
       await published;
     } catch (err) {
@@ -808,7 +845,7 @@ export class SfuClient extends EventTarget {
       // publish it as an anonymous track.
       const tr = local.transceiver;
       if (tr && this._pub && this._pub.signalingState !== 'closed') {
-        tr.sender.replaceTrack(null).catch(() => {});
+        tr.sender.replaceTrack(null).catch(expected('clearing the sender of a track that failed to publish'));
         tr.direction = 'inactive';
       }
       if (this.localTracks.get(local.id) === local) {
@@ -818,6 +855,18 @@ export class SfuClient extends EventTarget {
       throw browserError(err, `publishing the ${local.source} failed`);
     }
     return local;
+  }
+
+  /**
+   * The track can end without us: the browser's "Stop sharing" bar, an unplugged camera. Then
+   * it is unpublished (a track we stopped ourselves is no longer in localTracks by then).
+   */
+  _watchEnded(local) {
+    const { track } = local;
+    track.addEventListener('ended', () => {
+      if (this.localTracks.get(track.id) !== local) return;
+      this.unpublish(local).catch((err) => this._emitError(err, `the ${local.source} ended and unpublishing it failed`));
+    }, { once: true });
   }
 
   /** Stops publishing one of our tracks and releases its device. */
@@ -887,12 +936,17 @@ export class SfuClient extends EventTarget {
 
   /** Opens the device of a local track released by mute() again; `local_track` tells the page. */
   async _reacquire(local) {
-    const track = await local.reacquire();
+    this._swapTrack(local, await local.reacquire());
+  }
+
+  /** Puts a new MediaStreamTrack behind a local track (same sid); `local_track` tells the page. */
+  _swapTrack(local, track) {
     this.localTracks.delete(local.id);
     local.id = track.id;
     local.track = track;
     local.stream = new MediaStream([track]);
     this.localTracks.set(local.id, local);
+    this._watchEnded(local);
     this._emit('local_track', { local });
   }
 
@@ -1163,7 +1217,8 @@ export class SfuClient extends EventTarget {
     this._pubDirty = true;
     const gen = this._gen;
     const run = this._pubChain.then(() => this._runPublisherNegotiation(gen));
-    this._pubChain = run.catch(() => {});
+    // The caller of this round gets its error; the chain only orders the rounds.
+    this._pubChain = run.catch(expected('a publisher negotiation failed; its caller was told'));
     return run;
   }
 
@@ -1195,7 +1250,9 @@ export class SfuClient extends EventTarget {
       await pc.setRemoteDescription({ type: 'answer', sdp: answerSdp });
     } catch (err) {
       // Back to `stable`, so that the next round can start.
-      if (pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+      if (pc.signalingState === 'have-local-offer') {
+        await pc.setLocalDescription({ type: 'rollback' }).catch(expected('rolling back a failed offer'));
+      }
       throw err;
     }
   }
@@ -1203,7 +1260,7 @@ export class SfuClient extends EventTarget {
   async _republish() {
     const locals = [...this.localTracks.values()].filter((l) => l.track.readyState === 'live');
     const announced = locals.map((l) => this._addToPublisher(l));
-    announced.forEach((p) => p.catch(() => {}));
+    announced.forEach((p) => p.catch(expected('awaited below, all together')));
     await this._negotiatePublisher();
     await Promise.all(announced);
   }
@@ -1321,13 +1378,15 @@ export class SfuClient extends EventTarget {
   // ------------------------------------------------------------------ ICE and media state
 
   _sendCandidate(target, candidate) {
+    if (candidate?.candidate) this._gathered[target] += 1;
     if (target === 'publisher' && !this._pubOfferSent) {
       this._pubCandidates.push(candidate);
       return;
     }
     // A null candidate (gathering done) is sent as "" (end of candidates). The server is
     // ICE-lite and learns our address from our connectivity checks anyway, so a lost one is harmless.
-    this.request('candidate', { target, candidate: candidate?.candidate ?? '' }).catch(() => {});
+    this.request('candidate', { target, candidate: candidate?.candidate ?? '' })
+      .catch(expected('sending an ICE candidate; the server learns our address from our checks anyway'));
   }
 
   _onConnectionState(target, pc) {
@@ -1339,7 +1398,7 @@ export class SfuClient extends EventTarget {
       clearTimeout(this._iceRestartTimers.get(target));
       this._iceRestartTimers.delete(target);
     } else if (state === 'failed' && !pc._everConnected) {
-      this._emitError(new SfuError('media_failed', `the ${target} media connection never connected: no path to the server's media address was found (did the browser gather any ICE candidate? is UDP to the server blocked?)`));
+      this._emitError(neverConnected(target, this._gathered[target], this.options.iceTransportPolicy));
     } else if (pc._everConnected && (state === 'failed' || state === 'disconnected')) {
       // A network change (new address, Wi-Fi to mobile): restart ICE, at once when failed,
       // after a moment when only disconnected (that often heals by itself).
@@ -1494,6 +1553,8 @@ export class SfuClient extends EventTarget {
     this._pubDirty = false;
     this._pubOfferSent = false;
     this._pubCandidates = [];
+    /** ICE candidates this browser gathered, per connection: none means the browser is at fault. */
+    this._gathered = { publisher: 0, subscriber: 0 };
     /** Remote tracks by sid: {sid, mid, participant, mediaTrack, receiver, stream, emitted}. */
     this._remote = new Map();
     this._midMap = new Map();
@@ -1567,6 +1628,35 @@ function browserError(err, what) {
   return new SfuError('browser_error', `${sentence} (the browser refused; details are in the console).`, { cause: err });
 }
 
+/**
+ * The error for a media connection that failed before it ever connected. Its message names the
+ * likely cause: a browser that gathered no candidate at all cannot reach anyone (its WebRTC is
+ * restricted: a privacy setting or extension, or no usable network interface); one that did
+ * gather but found no path points at the network between it and the server.
+ */
+function neverConnected(target, gathered, policy) {
+  if (gathered === 0) {
+    const what = policy === 'relay'
+      ? 'it gathered no relay candidate: the TURN server could not be reached or refused the credentials'
+      : 'it gathered no ICE candidate: its WebRTC is restricted (a privacy setting or extension) or it has no usable network interface';
+    return new SfuError('ice_gathering_failed', `The browser found no network address to send media from (${target} connection): ${what}.`);
+  }
+  return new SfuError('media_unreachable', `The ${target} media connection found no path to the server's media address: UDP to the server may be blocked (and TCP and TURN too, if offered), or the server advertises an address this network cannot reach.`);
+}
+
+/**
+ * A rejection handler for a failure that is expected and harmless where it is used (the `why`):
+ * it is logged for whoever debugs, and nothing else needs to know.
+ */
+function expected(why) {
+  return (err) => console.debug(`sfu: ${why}:`, err?.message ?? err);
+}
+
+/** `constraints` narrowed to one device, when `deviceId` names one. */
+function withDevice(constraints, deviceId) {
+  return deviceId ? { ...constraints, deviceId: { exact: deviceId } } : constraints;
+}
+
 /** Runs `publish`; if it fails, stops the tracks of `stream` (opened for it, owned by us). */
 async function releaseOnError(stream, publish) {
   try {
@@ -1584,6 +1674,7 @@ function sleep(ms) {
 function closeMessage(reason, event, mediaFailure = null) {
   let message = LEAVE_MESSAGES[reason] ?? `The session ended (${reason}).`;
   if (reason === 'media_failed' && mediaFailure) {
+    if (mediaFailure.words) return mediaFailure.words;
     const words = MEDIA_FAILURES[mediaFailure.cause] ?? message;
     message = mediaFailure.message ? `${words} (${mediaFailure.message})` : words;
   }

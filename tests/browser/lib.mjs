@@ -1,12 +1,13 @@
 // Helpers for the browser end-to-end tests: start the `sfu` binary on free ports, launch the
 // machine's Chromium (/usr/bin/chromium) through playwright-core, and read WebRTC stats from
-// a page of the demo client (web/index.html, which exposes `window.sfu`).
+// a page of the demo client (web/index.html, which exposes the SDK's `window.room` and, for
+// white-box checks, the engine under it as `window.sfu`).
 //
 // The tests run inside a loopback-only network namespace (tests/run.sh), so the server binds
 // and advertises 127.0.0.1 only. The pages run the web client built into the binary, or with
 // SFU_WEB=disk the one in the working tree (WEB_DIR).
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -29,6 +30,7 @@ const WEB_FILES = {
   '/': ['index.html', 'text/html; charset=utf-8'],
   '/index.html': ['index.html', 'text/html; charset=utf-8'],
   '/sfu-client.js': ['sfu-client.js', 'text/javascript; charset=utf-8'],
+  '/sfu.js': ['sfu.js', 'text/javascript; charset=utf-8'],
 };
 
 /**
@@ -156,13 +158,13 @@ export async function launchChromium({ fakeCameraFps, extraFlags = [] } = {}) {
  * One person in the meeting: a browser context of its own (its own storage and devices) with
  * one page on the demo client. Browser console errors and page errors are kept for reports.
  */
-export async function openPerson(browser, baseUrl, { room, name }) {
+export async function openPerson(browser, baseUrl, { room, name, viewport = { width: 1280, height: 800 } }) {
   const context = await browser.newContext({
     // A page the test answers itself has no server address, so Chromium counts it as a public
     // site and blocks its WebSocket to the server on 127.0.0.1 (Local Network Access) unless
     // the person allowed it: allow it, as that person would.
     permissions: ['camera', 'microphone', ...(WEB_FROM_DISK ? ['local-network-access'] : [])],
-    viewport: { width: 1280, height: 800 },
+    viewport,
   });
   if (WEB_FROM_DISK) await serveWebFromDisk(context, baseUrl);
   await context.addInitScript(watchShownText, NEVER_SHOWN);
@@ -451,6 +453,35 @@ export async function metricValue(server, series) {
   const text = await (await fetch(`${server.url}/metrics`)).text();
   const line = text.split('\n').find((l) => l.startsWith(`${series} `));
   return line ? Number(line.split(' ').pop()) : 0;
+}
+
+/** An admin token for `server` (dev mode's fixed secret), minted once by the binary. */
+let adminToken = null;
+function admin() {
+  if (!adminToken) {
+    const bin = process.env.SFU_BIN ?? path.join(REPO, 'target', 'debug', 'sfu');
+    const out = spawnSync(bin, ['token', '--dev', '--admin', '--ttl', '1h'], { encoding: 'utf8' });
+    if (out.status !== 0) throw new Error(`sfu token --admin failed: ${out.stderr}`);
+    adminToken = out.stdout.trim();
+  }
+  return adminToken;
+}
+
+/**
+ * What the server's media worker forwards in `room` (the admin API's `tracks`): per track
+ * {sid, participant, kind, muted, subscribers: [{participant, layer, packets}]}. The server's
+ * own counters, for tests that must not take a page's word for it.
+ */
+export async function roomTracks(server, room) {
+  const res = await fetch(`${server.url}/api/rooms/${encodeURIComponent(room)}`, { headers: { authorization: `Bearer ${admin()}` } });
+  if (!res.ok) throw new Error(`GET /api/rooms/${room}: HTTP ${res.status} ${await res.text()}`);
+  return (await res.json()).tracks;
+}
+
+/** What the server forwards of track `trackSid` to participant `subscriberSid`: {layer, packets} or null. */
+export async function forwardedTo(server, room, trackSid, subscriberSid) {
+  const track = (await roomTracks(server, room)).find((t) => t.sid === trackSid);
+  return track?.subscribers.find((s) => s.participant === subscriberSid) ?? null;
 }
 
 /** Polls `check` (async, returns a truthy value when done) every `intervalMs` until `timeoutMs`. */

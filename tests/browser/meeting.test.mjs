@@ -22,6 +22,7 @@ import {
   LOG_DIR,
   OUT_DIR,
   embeddedWebIsCurrent,
+  forwardedTo,
   joinAndTimeFirstFrame,
   launchChromium,
   metricValue,
@@ -137,6 +138,18 @@ async function chooseQuality(viewer, identity, quality, settled) {
   }, { identity, settled: settled.toString(), timeout: MEDIA_TIMEOUT_MS });
 }
 
+/**
+ * What the server forwards of `identity`'s camera to `viewer` (its own counters, admin API):
+ * {layer, packets}, or null when it forwards nothing to it.
+ */
+async function serverForwards(viewer, identity) {
+  const { track, me } = await viewer.page.evaluate((identity) => ({
+    track: document.querySelector(`.tile[data-identity="${CSS.escape(identity)}"]`)?.dataset.videoTrack,
+    me: window.room.localParticipant.sid,
+  }), identity);
+  return track ? forwardedTo(server, ROOM, track, me) : null;
+}
+
 /** The sid of the camera track `viewer` receives from `identity`, from its tile. */
 function videoTrackOf(viewer, identity) {
   return viewer.page.evaluate((identity) =>
@@ -144,16 +157,18 @@ function videoTrackOf(viewer, identity) {
 }
 
 /**
- * Hands `viewer`'s client a `quality_changed` for `identity`'s video as if the server had sent
- * it, and reads the tile in the same task (so no real message can come in between): what its
- * state line and note say, and whether it shows the video or the avatar.
+ * Hands `viewer`'s client one or more `quality_changed` for `identity`'s video as if the server
+ * had sent them, and reads the tile in the same task (so no real message can come in between):
+ * what its state line and note say, and whether it shows the video or the avatar.
  */
-function qualityChangedAndLook(viewer, identity, change) {
-  return viewer.page.evaluate(({ identity, change }) => {
+function qualityChangedAndLook(viewer, identity, ...changes) {
+  return viewer.page.evaluate(({ identity, changes }) => {
     const tile = document.querySelector(`.tile[data-identity="${CSS.escape(identity)}"]`);
     window.__testSays = true;
     try {
-      window.sfu._onMessage(JSON.stringify({ type: 'quality_changed', track: tile.dataset.videoTrack, ...change }));
+      for (const change of changes) {
+        window.sfu._onMessage(JSON.stringify({ type: 'quality_changed', track: tile.dataset.videoTrack, ...change }));
+      }
     } finally {
       window.__testSays = false;
     }
@@ -164,7 +179,7 @@ function qualityChangedAndLook(viewer, identity, change) {
       note: note.hidden ? null : note.textContent,
       videoHidden: tile.classList.contains('video-unavailable'),
     };
-  }, { identity, change });
+  }, { identity, changes });
 }
 
 describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }, () => {
@@ -273,16 +288,20 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     // Frames in flight when the button was clicked have landed within half a second of Alice's
     // audio; then the counts stand still for two seconds of it.
     await audioPacketsLater(Bob, 'Alice', 25);
-    const before = { encoded: await encoded(), decoded: await decoded() };
+    const before = { encoded: await encoded(), decoded: await decoded(), forwarded: (await serverForwards(Bob, 'Alice'))?.packets };
     await audioPacketsLater(Bob, 'Alice', 100);
-    const after = { encoded: await encoded(), decoded: await decoded() };
-    assert.deepEqual(after, before, 'camera off, yet Alice encoded or Bob decoded frames');
+    const after = { encoded: await encoded(), decoded: await decoded(), forwarded: (await serverForwards(Bob, 'Alice'))?.packets };
+    // The server's own count of packets it forwarded Bob of Alice's camera stands still too.
+    assert.ok(before.forwarded > 0, `the server never forwarded Alice's camera to Bob (${JSON.stringify(before)})`);
+    assert.deepEqual(after, before, 'camera off, yet Alice encoded, the server forwarded or Bob decoded frames');
     await Alice.page.click('#toggle-camera');
     await until(async () => (await camera()).state === 'live', { timeoutMs: 10_000, what: 'Alice\'s camera to open again' });
     assert.equal(await Alice.page.evaluate(() => document.querySelector('#local-video').srcObject?.getVideoTracks()[0]?.readyState), 'live',
       'the local preview does not show the reopened camera');
     await Bob.page.locator('.tile[data-identity="Alice"]:not(.video-muted)').waitFor({ timeout: 10_000 });
     await assertReceiving(Bob, 'Alice');
+    await until(async () => (await serverForwards(Bob, 'Alice'))?.packets > after.forwarded,
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: 'the server to forward Alice\'s camera to Bob again' });
   }));
 
   it('page A restarts ICE on both its connections (as after a network change): new credentials are in use and media keeps flowing both ways', () => diagnose(async () => {
@@ -412,6 +431,9 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     await draw('width: 160px !important; height: 90px !important; flex: none !important;');
     const small = await until(async () => { const w = await width(); return w > 0 && w <= 320 ? w : null; },
       { timeoutMs: MEDIA_TIMEOUT_MS, what: `Alice's video to come down to its smallest layer in a 160x90 element (now ${await width()}, ${await layer()})` });
+    // The server says so itself: it forwards Bob her quarter-size layer.
+    await until(async () => (await serverForwards(Bob, 'Alice'))?.layer === 'q',
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: `the server to forward Bob Alice's layer q (${JSON.stringify(await serverForwards(Bob, 'Alice'))})` });
     await draw('width: 1280px !important; height: 720px !important; flex: none !important;');
     const large = await until(async () => { const w = await width(); return w >= 1280 ? w : null; },
       { timeoutMs: MEDIA_TIMEOUT_MS, what: `Alice's video to go up to 1280 in a 1280x720 element (now ${await width()}, ${await layer()})` });
@@ -421,10 +443,12 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     // What was in flight when it stopped has been decoded within a second of Alice's audio;
     // then nothing more for two seconds of it.
     await audioPacketsLater(Bob, 'Alice', 50);
-    const before = (await receivedFrom(Bob, 'Alice')).video.framesDecoded;
+    const before = { decoded: (await receivedFrom(Bob, 'Alice')).video.framesDecoded, server: await serverForwards(Bob, 'Alice') };
     await audioPacketsLater(Bob, 'Alice', 100);
-    const after = (await receivedFrom(Bob, 'Alice')).video.framesDecoded;
-    assert.equal(after, before, 'frames kept coming for a hidden element');
+    const after = { decoded: (await receivedFrom(Bob, 'Alice')).video.framesDecoded, server: await serverForwards(Bob, 'Alice') };
+    // Nothing decoded, and by the server's own count nothing forwarded, on no layer.
+    assert.deepEqual(after, before, 'frames kept coming for a hidden element');
+    assert.equal(after.server?.layer, null, `the server still forwards a layer for a hidden element: ${JSON.stringify(after.server)}`);
     await draw('');
     await assertReceiving(Bob, 'Alice');
   }));
@@ -442,12 +466,15 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     }, sid);
 
     // The server lowers the layer for bandwidth, below what Bob chose: worth a note.
-    await qualityChangedAndLook(Bob, 'Alice', { quality: 'high', layer: 'f', reason: 'bandwidth' });
-    const down = await qualityChangedAndLook(Bob, 'Alice', { quality: 'low', layer: 'q', reason: 'bandwidth' });
+    // (Both in one task: a real quality_changed in between, as adaptive stream settles, would
+    // make it a different step.)
+    const down = await qualityChangedAndLook(Bob, 'Alice',
+      { quality: 'high', layer: 'f', reason: 'bandwidth' }, { quality: 'low', layer: 'q', reason: 'bandwidth' });
     assert.match(down.note ?? '', /short of bandwidth/, `a step down for bandwidth shows no note: ${JSON.stringify(down)}`);
     assert.equal(down.state, null);
     // Going up again as the estimate grows is not news of a short connection, even below "high".
-    const up = await qualityChangedAndLook(Bob, 'Alice', { quality: 'medium', layer: 'h', reason: 'bandwidth' });
+    const up = await qualityChangedAndLook(Bob, 'Alice',
+      { quality: 'low', layer: 'q', reason: 'bandwidth' }, { quality: 'medium', layer: 'h', reason: 'bandwidth' });
     assert.equal(up.note, null, `a step up for bandwidth still shows a note: ${JSON.stringify(up)}`);
 
     // No room even for the lowest layer: the server pauses the video.
