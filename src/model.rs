@@ -185,7 +185,14 @@ pub struct ParticipantInfo {
     /// Milliseconds since the Unix epoch.
     pub joined_at: u64,
     pub permissions: Permissions,
+    /// What the participant says about itself for the app (`update_metadata`), at most
+    /// [`MAX_METADATA_BYTES`]; empty until it does. The server does not read it.
+    #[serde(default)]
+    pub metadata: String,
 }
+
+/// The largest `metadata` a participant may set, in bytes.
+pub const MAX_METADATA_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Permissions {
@@ -218,6 +225,8 @@ pub struct ChatMessage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RoomEvent {
     ParticipantJoined(ParticipantInfo),
+    /// A participant changed its metadata.
+    ParticipantUpdated(ParticipantInfo),
     ParticipantLeft {
         sid: String,
         identity: String,

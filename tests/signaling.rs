@@ -105,6 +105,64 @@ async fn typing_reaches_the_others_only() {
 }
 
 #[tokio::test]
+async fn metadata_reaches_everyone_and_joiners_find_it() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, _) = Client::join(&server, "r", "alice").await;
+    let (mut bob, _) = Client::join(&server, "r", "bob").await;
+    alice.recv_type("participant_joined").await;
+    let answer = alice
+        .request(json!({"type":"update_metadata","metadata":"{\"hand\":true}"}))
+        .await;
+    assert_eq!(answer["type"], "participant_updated", "{answer}");
+    assert_eq!(answer["participant"]["metadata"], "{\"hand\":true}");
+    let event = bob.recv_type("participant_updated").await;
+    assert_eq!(
+        (
+            &event["participant"]["identity"],
+            &event["participant"]["metadata"]
+        ),
+        (&json!("alice"), &json!("{\"hand\":true}"))
+    );
+    // Too long: refused with its own code, nothing changes, and the session goes on.
+    let long = "x".repeat(4097);
+    let refused = alice
+        .request(json!({"type":"update_metadata","metadata":long}))
+        .await;
+    assert_eq!(refused["code"], "metadata_too_long", "{refused}");
+    let (_carol, joined) = Client::join(&server, "r", "carol").await;
+    let metadata: Vec<(String, String)> = joined["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["identity"].as_str().unwrap().to_string(),
+                p["metadata"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        metadata,
+        vec![
+            ("alice".to_string(), "{\"hand\":true}".to_string()),
+            ("bob".to_string(), String::new())
+        ]
+    );
+    // Past the rate (2 per second, bursts of 5): refused, not relayed.
+    let mut refused = 0;
+    for i in 0..8 {
+        let answer = bob
+            .request(json!({"type":"update_metadata","metadata":format!("m{i}")}))
+            .await;
+        if answer["code"] == "rate_limited" {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "{refused} of 8 quick updates refused");
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn rejoining_with_the_same_identity_replaces_the_old_session() {
     let server = common::start(|_| {}).await;
     let (mut alice, _) = Client::join(&server, "r", "alice").await;

@@ -50,7 +50,7 @@
  *                       that fills the element, nothing while it is hidden; `auto` quality
  *   unobserveVideo(trackSid)
  *   subscribe(trackSid) / unsubscribe(trackSid)
- *   sendChat(text) -> chat message;  setTyping(bool);  ping()
+ *   sendChat(text) -> chat message;  setTyping(bool);  setMetadata(text);  ping()
  *   getTrackStats(trackSid) -> {width, height, fps, bitrate, rtt, layer} | null   (local or remote)
  *   remoteLayer(trackSid) -> {quality, layer, reason} | null   the last quality_changed of a remote video
  *   getStatsReport(trackSid) -> RTCStatsReport | null   the browser's raw stats for one track
@@ -61,6 +61,7 @@
  *   joined              the `joined` message {room, participant, participants, chat_history,
  *                       tracks, server, ice_servers} plus {rejoined}
  *   participant_joined  {participant}
+ *   participant_updated {participant}   someone's metadata changed (ours included)
  *   participant_left    {sid, identity, reason, participant}
  *   track               {track: TrackInfo, participant, stream, mediaTrack, receiver}   (remote)
  *   track_removed       {track: TrackInfo, participant, stream, mediaTrack}              (remote)
@@ -578,8 +579,9 @@ export class SfuClient extends EventTarget {
         if (msg.type === 'error') pending.reject(new SfuError(msg.code, msg.message, { request: pending.type }));
         else pending.resolve(msg);
       }
-      // Two answers are news as well: our own chat message, and the end of the session.
+      // Some answers are news as well: our own chat message and metadata, and the end of the session.
       if (msg.type === 'chat') this._emit('chat', { message: msg.message, own: true });
+      if (msg.type === 'participant_updated') this._onParticipantUpdated(msg.participant);
       if (msg.type === 'leave') this._leaveReason = msg.reason;
       return;
     }
@@ -587,6 +589,9 @@ export class SfuClient extends EventTarget {
       case 'participant_joined':
         this.participants.set(msg.participant.sid, msg.participant);
         this._emit('participant_joined', { participant: msg.participant });
+        break;
+      case 'participant_updated':
+        this._onParticipantUpdated(msg.participant);
         break;
       case 'participant_left': {
         const participant = this.participants.get(msg.sid);
@@ -701,6 +706,13 @@ export class SfuClient extends EventTarget {
     }
   }
 
+  _onParticipantUpdated(participant) {
+    if (this.me && participant.sid === this.me.sid) this.me = participant;
+    else if (this.participants.has(participant.sid)) this.participants.set(participant.sid, participant);
+    else return;
+    this._emit('participant_updated', { participant });
+  }
+
   _participant(sid) {
     if (this.me && sid === this.me.sid) return this.me;
     return this.participants.get(sid);
@@ -716,6 +728,12 @@ export class SfuClient extends EventTarget {
   async sendChat(text) {
     const answer = await this.request('chat', { text });
     return answer.message;
+  }
+
+  /** Sets our metadata (free text for the app, at most 4 KiB); the room hears of it. */
+  async setMetadata(metadata) {
+    const answer = await this.request('update_metadata', { metadata: String(metadata) });
+    return answer.participant;
   }
 
   /** Tells the room we are (or stopped) typing. The server keeps no timeout: send false. */

@@ -21,6 +21,7 @@ export declare const RoomEvent: {
   readonly Disconnected: 'disconnected';
   readonly ParticipantConnected: 'participantConnected';
   readonly ParticipantDisconnected: 'participantDisconnected';
+  readonly ParticipantMetadataChanged: 'participantMetadataChanged';
   readonly TrackPublished: 'trackPublished';
   readonly TrackUnpublished: 'trackUnpublished';
   readonly TrackSubscribed: 'trackSubscribed';
@@ -204,6 +205,8 @@ export class Participant {
   readonly identity: string;
   readonly name: string;
   readonly joinedAt: Date | null;
+  /** The app's text about this participant, `''` until set. */
+  readonly metadata: string;
   readonly isLocal: boolean;
   readonly permissions: { canPublish: boolean; canSubscribe: boolean; canChat: boolean };
   readonly trackPublications: Map<string, TrackPublication>;
@@ -232,6 +235,7 @@ export class LocalParticipant extends Participant {
   publishScreen(options?: ScreenShareOptions): Promise<{ video: LocalTrackPublication; audio: LocalTrackPublication | null }>;
   publishTrack(track: MediaStreamTrack, options?: TrackOptions): Promise<LocalTrackPublication>;
   unpublishTrack(publication: LocalTrackPublication): Promise<void>;
+  setMetadata(metadata: string): Promise<void>;
   setCameraEnabled(enabled: boolean, options?: CameraOptions): Promise<LocalTrackPublication | null>;
   setMicrophoneEnabled(enabled: boolean, options?: MicrophoneOptions): Promise<LocalTrackPublication | null>;
   setScreenShareEnabled(enabled: boolean, options?: ScreenShareOptions): Promise<LocalTrackPublication | null>;
@@ -246,6 +250,7 @@ export interface RoomEventMap {
   disconnected: { reason: string; code: string; message: string; error: SfuError | null };
   participantConnected: { participant: RemoteParticipant };
   participantDisconnected: { participant: RemoteParticipant; reason: string };
+  participantMetadataChanged: { participant: Participant; previous: string };
   trackPublished: { publication: RemoteTrackPublication; participant: RemoteParticipant };
   trackUnpublished: { publication: RemoteTrackPublication; participant: RemoteParticipant };
   trackSubscribed: { track: RemoteTrack; publication: RemoteTrackPublication; participant: RemoteParticipant };

@@ -23,6 +23,7 @@ export const RoomEvent = Object.freeze({
   Disconnected: 'disconnected',
   ParticipantConnected: 'participantConnected',
   ParticipantDisconnected: 'participantDisconnected',
+  ParticipantMetadataChanged: 'participantMetadataChanged',
   TrackPublished: 'trackPublished',
   TrackUnpublished: 'trackUnpublished',
   TrackSubscribed: 'trackSubscribed',
@@ -295,6 +296,8 @@ export class Participant {
     this.identity = info?.identity ?? '';
     this.name = info?.name || this.identity;
     this.joinedAt = info?.joined_at ? new Date(info.joined_at) : null;
+    /** The app's text about this participant (setMetadata), `''` until set. */
+    this.metadata = info?.metadata ?? '';
     const p = info?.permissions ?? {};
     this.permissions = { canPublish: !!p.publish, canSubscribe: !!p.subscribe, canChat: !!p.chat };
   }
@@ -370,6 +373,11 @@ export class LocalParticipant extends Participant {
 
   async unpublishTrack(publication) {
     await this._room._client.unpublish(publication._local);
+  }
+
+  /** Sets our metadata: free text for the app (at most 4 KiB), which everyone in the room gets. */
+  async setMetadata(metadata) {
+    await this._room._client.setMetadata(metadata);
   }
 
   /** Turns the camera on (publishing it the first time) or off (muted, device released). */
@@ -673,6 +681,13 @@ export class Room extends Emitter {
     on('participant_joined', ({ participant }) => {
       const p = this._participant(participant);
       this.emit(RoomEvent.ParticipantConnected, { participant: p });
+    });
+    on('participant_updated', ({ participant: info }) => {
+      const p = this.getParticipantBySid(info.sid);
+      if (!p) return;
+      const previous = p.metadata;
+      p._update(info);
+      if (previous !== p.metadata) this.emit(RoomEvent.ParticipantMetadataChanged, { participant: p, previous });
     });
     on('participant_left', ({ sid, reason }) => {
       const p = this.remoteParticipants.get(sid);

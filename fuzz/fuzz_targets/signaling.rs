@@ -31,6 +31,7 @@ fn participant(
             subscribe: true,
             chat: true,
         },
+        metadata: String::new(),
     };
     (
         Participant::new(info, tx, Arc::new(SessionEnd::default())),

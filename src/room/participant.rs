@@ -125,6 +125,7 @@ impl Participant {
                     subscribe: true,
                     chat: true,
                 },
+                metadata: String::new(),
             },
             outbound,
             Arc::new(SessionEnd::default()),

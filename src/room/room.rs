@@ -349,6 +349,27 @@ impl Room {
         Ok(())
     }
 
+    /// Sets participant `sid`'s metadata and tells everyone else; refused past its identity's
+    /// rate (shared with typing indicators). `None`: `sid` is not in the room.
+    pub fn update_metadata(
+        &self,
+        sid: &str,
+        metadata: String,
+    ) -> Result<Option<ParticipantInfo>, Throttled> {
+        let mut state = self.state();
+        let Some(index) = state.participants.iter().position(|p| p.sid() == sid) else {
+            return Ok(None);
+        };
+        let identity = state.participants[index].identity().to_string();
+        if !state.limits_of(&identity).typing.try_take(Instant::now()) {
+            return Err(Throttled);
+        }
+        state.participants[index].info.metadata = metadata;
+        let info = state.participants[index].info.clone();
+        state.broadcast(&RoomEvent::ParticipantUpdated(info.clone()), Some(sid));
+        Ok(Some(info))
+    }
+
     /// Tells everyone but `except_sid` about `event`.
     pub fn broadcast(&self, event: &RoomEvent, except_sid: Option<&str>) {
         self.state().broadcast(event, except_sid);

@@ -65,6 +65,13 @@ pub enum Request {
         id: Option<String>,
         typing: bool,
     },
+    /// Sets this participant's metadata (free text for the app, at most 4 KiB); answered, and
+    /// announced to the others, with `participant_updated`.
+    UpdateMetadata {
+        #[serde(default)]
+        id: Option<String>,
+        metadata: String,
+    },
     /// Keepalive; answered with `pong`.
     Ping {
         #[serde(default)]
@@ -158,6 +165,7 @@ impl Request {
             | Request::Leave { id }
             | Request::Chat { id, .. }
             | Request::Typing { id, .. }
+            | Request::UpdateMetadata { id, .. }
             | Request::Ping { id }
             | Request::Publish { id, .. }
             | Request::Offer { id, .. }
@@ -179,6 +187,7 @@ impl Request {
             Request::Leave { .. } => "leave",
             Request::Chat { .. } => "chat",
             Request::Typing { .. } => "typing",
+            Request::UpdateMetadata { .. } => "update_metadata",
             Request::Ping { .. } => "ping",
             Request::Publish { .. } => "publish",
             Request::Offer { .. } => "offer",
@@ -201,6 +210,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "leave",
     "chat",
     "typing",
+    "update_metadata",
     "ping",
     "publish",
     "offer",
@@ -344,6 +354,8 @@ pub enum ErrorCode {
     ChatTooLong,
     /// Empty chat message.
     ChatEmpty,
+    /// `update_metadata` with more than 4 KiB of metadata.
+    MetadataTooLong,
     /// Sending faster than the chat or signaling rate limit.
     RateLimited,
     /// `join.protocol` is a version this server does not speak.
@@ -385,6 +397,7 @@ impl ErrorCode {
             ErrorCode::ServerFull => "server_full",
             ErrorCode::ChatTooLong => "chat_too_long",
             ErrorCode::ChatEmpty => "chat_empty",
+            ErrorCode::MetadataTooLong => "metadata_too_long",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
             ErrorCode::BadSdp => "bad_sdp",
@@ -440,6 +453,10 @@ pub enum ServerMessage {
         replayed: u64,
     },
     ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    /// A participant changed its metadata (the sender's copy is its answer).
+    ParticipantUpdated {
         participant: ParticipantInfo,
     },
     ParticipantLeft {
@@ -538,6 +555,7 @@ impl ServerMessage {
             ServerMessage::Joined { .. } => "joined",
             ServerMessage::Resumed { .. } => "resumed",
             ServerMessage::ParticipantJoined { .. } => "participant_joined",
+            ServerMessage::ParticipantUpdated { .. } => "participant_updated",
             ServerMessage::ParticipantLeft { .. } => "participant_left",
             ServerMessage::Chat { .. } => "chat",
             ServerMessage::Typing { .. } => "typing",
@@ -581,6 +599,9 @@ impl From<&RoomEvent> for ServerMessage {
         match event.clone() {
             RoomEvent::ParticipantJoined(participant) => {
                 ServerMessage::ParticipantJoined { participant }
+            }
+            RoomEvent::ParticipantUpdated(participant) => {
+                ServerMessage::ParticipantUpdated { participant }
             }
             RoomEvent::ParticipantLeft {
                 sid,

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Auth, AuthError, Claims, MAX_NAME_BYTES};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::{ChatSender, LeaveReason, ParticipantInfo, Permissions, RoomEvent};
+use crate::model::{
+    ChatSender, LeaveReason, ParticipantInfo, Permissions, RoomEvent, MAX_METADATA_BYTES,
+};
 use crate::room::participant::OUTBOUND_QUEUE;
 use crate::room::rate_limit::TokenBucket;
 use crate::room::{Encoded, Participant, RoomError, RoomRef, Rooms, SessionEnd};
@@ -588,6 +590,9 @@ impl Session {
                 }
             }
             Request::Typing { id, typing } => self.on_typing(id.as_deref(), typing).await,
+            Request::UpdateMetadata { id, metadata } => {
+                self.on_update_metadata(id.as_deref(), metadata).await
+            }
             other => self.on_media_request(other).await,
         }
     }
@@ -972,6 +977,7 @@ impl Session {
             name: claims.display_name().to_string(),
             joined_at: unix_ms(),
             permissions,
+            metadata: String::new(),
         };
         let participant =
             Participant::new(info.clone(), self.outbound_tx.clone(), self.end.clone());
@@ -1132,6 +1138,54 @@ impl Session {
                 .await;
         }
         self.send(&ServerMessage::Ack, id).await?;
+        Ok(Next::Continue)
+    }
+
+    /// Sets this participant's metadata; the others get `participant_updated`, and so does
+    /// the sender, as the answer.
+    async fn on_update_metadata(
+        &mut self,
+        id: Option<&str>,
+        metadata: String,
+    ) -> Result<Next, SocketGone> {
+        let Some((room, me, _)) = self.require_joined() else {
+            return self
+                .error(ErrorCode::NotJoined, "join a room first", id)
+                .await;
+        };
+        let (room, sid) = (room.clone(), me.sid.clone());
+        if metadata.len() > MAX_METADATA_BYTES {
+            return self
+                .error(
+                    ErrorCode::MetadataTooLong,
+                    format!(
+                        "metadata is {} bytes; the limit is {MAX_METADATA_BYTES}",
+                        metadata.len()
+                    ),
+                    id,
+                )
+                .await;
+        }
+        match room.update_metadata(&sid, metadata) {
+            Ok(Some(participant)) => {
+                self.send(&ServerMessage::ParticipantUpdated { participant }, id)
+                    .await?;
+            }
+            Ok(None) => {
+                return self
+                    .error(ErrorCode::NotJoined, "you are no longer in the room", id)
+                    .await;
+            }
+            Err(_) => {
+                return self
+                    .error(
+                        ErrorCode::RateLimited,
+                        "too many metadata updates; this one was not applied",
+                        id,
+                    )
+                    .await;
+            }
+        }
         Ok(Next::Continue)
     }
 }

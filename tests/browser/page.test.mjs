@@ -164,6 +164,21 @@ describe('the demo page and the SDK in Chromium', { timeout: 10 * 60_000 }, () =
     await screenshot(alice, 'layout-4');
   });
 
+  it('metadata Alice sets through the SDK reaches Bob as an event and a property', async () => {
+    const [alice, bob] = people;
+    await bob.page.evaluate(() => {
+      window.__metadata = [];
+      window.room.on('participantMetadataChanged', ({ participant, previous }) =>
+        window.__metadata.push({ identity: participant.identity, metadata: participant.metadata, previous }));
+    });
+    await alice.page.evaluate(() => window.room.localParticipant.setMetadata('{"hand":true}'));
+    assert.equal(await alice.page.evaluate(() => window.room.localParticipant.metadata), '{"hand":true}');
+    const seen = await until(() => bob.page.evaluate(() => window.__metadata.at(-1) ?? null),
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: 'Bob to hear of Alice\'s metadata' });
+    assert.deepEqual(seen, { identity: 'Alice', metadata: '{"hand":true}', previous: '' });
+    assert.equal(await bob.page.evaluate(() => window.room.getParticipantByIdentity('Alice').metadata), '{"hand":true}');
+  });
+
   it('nine people: a 3x3 grid', async () => {
     for (const name of ['Erin', 'Frank', 'Grace', 'Heidi', 'Ivan']) await join(name, { camera: false, mic: false });
     const [alice] = people;
