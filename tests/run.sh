@@ -13,6 +13,8 @@ command -v nft >/dev/null || need_pkgs+=(nftables)
 command -v turnutils_uclient >/dev/null || need_pkgs+=(coturn)
 # Browser tests: Debian's Chromium, driven by playwright-core from Node.
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+# ... and Debian's Firefox ESR, driven through Marionette by our own client (tests/browser/marionette.mjs).
+[ -x /usr/bin/firefox-esr ] || need_pkgs+=(firefox-esr)
 command -v node >/dev/null || need_pkgs+=(nodejs)
 command -v npm >/dev/null || need_pkgs+=(npm)
 # The dashboard test runs a real Prometheus; promtool comes in the same package.
@@ -52,9 +54,14 @@ exec unshare -n sh -c '
   ip link set lo up
   status=0
   cargo test --workspace --locked --offline || status=1
+  echo "== the browser SDK: types, docs and exports in step (no browser)"
+  (cd tests/browser && node --test sdk.test.mjs) || status=1
   echo "== browser tests (headless Chromium)"
   (cd tests/browser && node --test meeting.test.mjs) || status=1
+  (cd tests/browser && node --test page.test.mjs) || status=1
   (cd tests/browser && node --test turn.test.mjs) || status=1
+  echo "== browser tests (headless Firefox ESR, with Chromium)"
+  (cd tests/browser && node --test firefox.test.mjs) || status=1
   echo "== browser tests without UDP: ICE-TCP, TURN over TLS (in a namespace of its own: it drops UDP there)"
   unshare -n sh -c "ip link set lo up; cd tests/browser && node --test ice-tcp.test.mjs" || status=1
   exit $status
