@@ -106,6 +106,10 @@ pub struct RtcConfig {
     pub ice_tcp: bool,
     /// First TCP port for ICE-TCP; media worker N listens on `tcp_port + N` (0: any free port).
     pub tcp_port: u16,
+    /// A media worker busier than this (the fraction of its time spent working, smoothed over
+    /// a few seconds) takes no new participant: joins of its rooms get `server_full`, new rooms
+    /// go to another worker. 1 turns the budget off.
+    pub max_worker_load: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -298,6 +302,7 @@ impl Default for RtcConfig {
             connect_timeout: Duration::from_secs(20),
             ice_tcp: true,
             tcp_port: 7881,
+            max_worker_load: 0.9,
         }
     }
 }
@@ -476,6 +481,12 @@ impl Config {
             "room.max_total_participants",
             self.room.max_total_participants,
         )?;
+        if !(self.rtc.max_worker_load > 0.0 && self.rtc.max_worker_load <= 1.0) {
+            return Err(ConfigError::key(
+                "rtc.max_worker_load",
+                "must be above 0 and at most 1 (1: no budget)",
+            ));
+        }
         positive("chat.max_message_bytes", self.chat.max_message_bytes)?;
         if !(self.chat.rate_per_second > 0.0 && self.chat.rate_per_second.is_finite()) {
             return Err(ConfigError::key(

@@ -5,8 +5,8 @@
 //! count does not grow with its users. Dashboards in grafana/ query only names defined here.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Track kinds, the `kind` label.
@@ -121,6 +121,9 @@ pub struct Metrics {
     pub worker_restarts: IntCounter,
     /// Times a media worker woke up: for a datagram, a command, peers' timers or housekeeping.
     pub worker_wakeups: IntCounter,
+    /// Each media worker's load: the fraction of its time spent working, smoothed over ~3 s
+    /// (`rtc.max_worker_load` is its budget), by worker index.
+    pub worker_load: GaugeVec,
     /// Timeouts handled for peer connections, by the part of the stack that asked.
     pub peer_timeouts: IntCounterVec,
     /// Stack and socket errors that ended nothing, by kind.
@@ -389,6 +392,14 @@ impl Metrics {
                 "Times a media worker woke up (a datagram, a command, timers or housekeeping)",
             )
             .expect("valid metric"),
+            worker_load: GaugeVec::new(
+                Opts::new(
+                    "sfu_worker_load",
+                    "Media worker load: the fraction of its time spent working, smoothed over ~3 s, by worker",
+                ),
+                &["worker"],
+            )
+            .expect("valid metric"),
             peer_timeouts: IntCounterVec::new(
                 Opts::new(
                     "sfu_peer_timeouts_total",
@@ -458,6 +469,7 @@ impl Metrics {
             Box::new(m.queue_drops.clone()),
             Box::new(m.worker_restarts.clone()),
             Box::new(m.worker_wakeups.clone()),
+            Box::new(m.worker_load.clone()),
             Box::new(m.peer_timeouts.clone()),
             Box::new(m.media_errors.clone()),
             Box::new(build_info),

@@ -233,6 +233,72 @@ async fn load_subscribers_send_feedback_unless_told_not_to() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_past_its_cpu_budget_takes_no_one_more_and_its_calls_go_on() {
+    // Two media workers. The budget is below what the load run's call costs its worker once
+    // media flows, and above what its joins cost in the first half second (the load is
+    // smoothed over 3 s, so a burst of handshakes weighs a sixth of itself).
+    const BUDGET: f64 = 0.1;
+    let server = common::start(|c| {
+        c.rtc.workers = 2;
+        c.rtc.max_worker_load = BUDGET;
+    })
+    .await;
+    let options = LoadOptions {
+        duration: Duration::from_secs(10),
+        publishers: 3,
+        subscribers: 3,
+        publishers_subscribe: true,
+        simulcast: true,
+        video_bitrate_bps: 1_200_000,
+        ..common::load_options(&server, "busy")
+    };
+    let load = tokio::spawn(run(options));
+    let joined = common::eventually_within(Duration::from_secs(30), || async {
+        common::metric(&server, "sfu_participants").await == Some(6.0)
+    })
+    .await;
+    assert!(joined, "the load run's 6 participants joined");
+    let worker = server
+        .state
+        .media
+        .worker_of("busy")
+        .expect("the call's worker");
+    let busy = common::eventually_within(Duration::from_secs(30), || async {
+        server.state.media.loads()[worker] > BUDGET
+    })
+    .await;
+    assert!(
+        busy,
+        "the call never took its worker past {BUDGET}: loads {:?}",
+        server.state.media.loads()
+    );
+    // One more for the busy room: refused, with the reason.
+    let mut late = common::Client::connect(&server).await;
+    let refused = late
+        .request(serde_json::json!({"type":"join","token":common::token(&server, "busy", "late")}))
+        .await;
+    assert_eq!(refused["code"], "server_full", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("CPU budget")),
+        "{refused}"
+    );
+    // A new room goes to the other worker, which has room.
+    let (_calm, joined) = common::Client::join(&server, "calm", "someone").await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_ne!(server.state.media.worker_of("calm"), Some(worker));
+    let report = load.await.expect("load task").expect("load run");
+    assert_everyone_served(&report, 6, true);
+    assert!(
+        report.loss_percent < 1.0,
+        "the call in progress lost {:.2} %",
+        report.loss_percent
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_refuses_joins_and_the_calls_in_progress_go_on() {
     // The budget is the 6 participants of the load run: while it runs, a seventh join gets
     // `server_full`, and the running call keeps its media (the usual loss bound).

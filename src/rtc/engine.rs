@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::TrackForwarding;
+use crate::rtc::load::{LoadSampler, WorkerLoad, SAMPLE_INTERVAL};
 use crate::rtc::worker;
 use crate::rtc::{Command, MediaHandle, WorkerStats, WORKER_COMMAND_QUEUE};
 
@@ -25,6 +26,15 @@ struct WorkerThread {
     handle: MediaHandle,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     addr: SocketAddr,
+    load: Arc<WorkerLoad>,
+}
+
+/// A join refused because the worker it would go to is past `rtc.max_worker_load`.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("the server is at its CPU budget (media worker {worker} is {percent:.0}% busy); try again later")]
+pub struct Overloaded {
+    pub worker: usize,
+    pub percent: f64,
 }
 
 /// The media workers: one thread and one UDP socket each.
@@ -33,6 +43,10 @@ pub struct MediaEngine {
     /// The addresses clients are told to reach the workers at.
     advertised: Vec<IpAddr>,
     placements: Arc<Mutex<Placements>>,
+    /// `rtc.max_worker_load`.
+    max_load: f64,
+    /// Set on shutdown: the load sampler thread ends.
+    sampler_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Which worker hosts each room with participants, and how many it has there.
@@ -49,18 +63,22 @@ struct RoomPlacement {
 
 impl Placements {
     /// The worker for one more participant of `room`: its room's, or for a room nobody is in,
-    /// the worker with the fewest participants (then the fewest rooms, then the lowest index).
-    fn join(&mut self, room: &str, workers: usize) -> usize {
+    /// a worker under its CPU budget (`over[w]` false) before one past it, then the one with
+    /// the fewest participants, then the fewest rooms, then the lowest index.
+    fn join(&mut self, room: &str, over: &[bool]) -> usize {
         if let Some(p) = self.rooms.get_mut(room) {
             p.participants += 1;
             return p.worker;
         }
+        let workers = over.len();
         let mut load = vec![(0usize, 0usize); workers];
         for p in self.rooms.values() {
             load[p.worker].0 += p.participants;
             load[p.worker].1 += 1;
         }
-        let worker = (0..workers).min_by_key(|&w| (load[w], w)).unwrap_or(0);
+        let worker = (0..workers)
+            .min_by_key(|&w| (over[w], load[w], w))
+            .unwrap_or(0);
         self.rooms.insert(
             room.to_string(),
             RoomPlacement {
@@ -143,30 +161,78 @@ impl MediaEngine {
                 connect_timeout: config.rtc.connect_timeout,
             };
             let worker_metrics = metrics.clone();
+            let load = Arc::new(WorkerLoad::default());
+            let worker_load = load.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-media-{index}"))
-                .spawn(move || worker::run(socket, tcp, settings, rx, worker_metrics))?;
+                .spawn(move || {
+                    worker::run(socket, tcp, settings, rx, worker_metrics, worker_load)
+                })?;
             tracing::info!(%addr, ?advertised, "media worker {index} listening");
             workers.push(WorkerThread {
                 handle: MediaHandle::new(tx, &metrics),
                 thread: std::sync::Mutex::new(Some(thread)),
                 addr,
+                load,
             });
         }
+        let sampler_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let loads: Vec<Arc<WorkerLoad>> = workers.iter().map(|w| w.load.clone()).collect();
+        let stop = sampler_stop.clone();
+        std::thread::Builder::new()
+            .name("sfu-load".into())
+            .spawn(move || sample_loads(&loads, &stop, &metrics))?;
         Ok(Self {
             workers,
             advertised,
             placements: Arc::default(),
+            max_load: config.rtc.max_worker_load,
+            sampler_stop,
         })
+    }
+
+    /// Whether one more participant of `room` may join: not if the worker hosting the room, or
+    /// for a new room every worker, is past `rtc.max_worker_load`.
+    pub fn admit(&self, room: &str) -> Result<(), Overloaded> {
+        let over = |w: usize| {
+            let load = self.workers[w].load.load();
+            (load >= self.max_load && self.max_load < 1.0).then_some(Overloaded {
+                worker: w,
+                percent: load * 100.0,
+            })
+        };
+        match self.worker_of(room) {
+            Some(w) => over(w).map_or(Ok(()), Err),
+            None => {
+                let mut refusals = (0..self.workers.len()).map(over);
+                match refusals.find(Option::is_none) {
+                    Some(_) => Ok(()),
+                    None => Err(over(0).unwrap_or(Overloaded {
+                        worker: 0,
+                        percent: 100.0,
+                    })),
+                }
+            }
+        }
+    }
+
+    /// Each worker's smoothed load (busy fraction), by index.
+    pub fn loads(&self) -> Vec<f64> {
+        self.workers.iter().map(|w| w.load.load()).collect()
     }
 
     /// A place for one more participant of `room`: on the worker that hosts the room, or, for
     /// a room nobody is in, on the least-loaded worker. A room's participants share a worker.
     pub fn place(&self, room: &str) -> Placement {
+        let over: Vec<bool> = self
+            .workers
+            .iter()
+            .map(|w| self.max_load < 1.0 && w.load.load() >= self.max_load)
+            .collect();
         let worker = self
             .placements
             .lock()
-            .map(|mut p| p.join(room, self.workers.len()))
+            .map(|mut p| p.join(room, &over))
             .unwrap_or(0);
         Placement {
             handle: self.workers[worker].handle.clone(),
@@ -243,6 +309,8 @@ impl MediaEngine {
 
     /// Stops every worker and waits for its thread (blocking; call it off the runtime).
     pub fn shutdown(&self) {
+        self.sampler_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for w in &self.workers {
             // A full queue still ends: the worker stops when its handles are gone too.
             let _ = w.handle.try_send(Command::Shutdown);
@@ -259,6 +327,27 @@ impl MediaEngine {
 impl Drop for MediaEngine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The load sampler's thread: every [`SAMPLE_INTERVAL`] the workers' busy time becomes their
+/// load, shown as `sfu_worker_load{worker}`, until `stop` is set.
+fn sample_loads(
+    loads: &[Arc<WorkerLoad>],
+    stop: &std::sync::atomic::AtomicBool,
+    metrics: &Metrics,
+) {
+    let refs: Vec<&WorkerLoad> = loads.iter().map(Arc::as_ref).collect();
+    let gauges: Vec<_> = (0..loads.len())
+        .map(|w| metrics.worker_load.with_label_values(&[&w.to_string()]))
+        .collect();
+    let mut sampler = LoadSampler::new(&refs, std::time::Instant::now());
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(SAMPLE_INTERVAL);
+        sampler.sample(&refs, std::time::Instant::now());
+        for (gauge, load) in gauges.iter().zip(&refs) {
+            gauge.set(load.load());
+        }
     }
 }
 
@@ -311,29 +400,41 @@ mod tests {
 
     #[test]
     fn a_new_room_goes_to_the_least_loaded_worker_and_stays_there() {
+        const FREE: [bool; 3] = [false; 3];
         let mut p = Placements::default();
         // A big room on worker 0, then a small one on 1.
         for _ in 0..5 {
-            assert_eq!(p.join("big", 3), 0);
+            assert_eq!(p.join("big", &FREE), 0);
         }
-        assert_eq!(p.join("small", 3), 1);
-        assert_eq!(p.join("other", 3), 2);
+        assert_eq!(p.join("small", &FREE), 1);
+        assert_eq!(p.join("other", &FREE), 2);
         assert_eq!(
-            p.join("other", 3),
+            p.join("other", &FREE),
             2,
             "a room's participants share its worker"
         );
         // Loads 5 / 1 / 2: the next new room goes to worker 1.
-        assert_eq!(p.join("next", 3), 1);
+        assert_eq!(p.join("next", &FREE), 1);
         // The big room empties: it is forgotten, and worker 0 is the least loaded again.
         for _ in 0..5 {
             p.leave("big");
         }
         assert_eq!(p.rooms.get("big").map(|r| r.worker), None);
-        assert_eq!(p.join("again", 3), 0);
+        assert_eq!(p.join("again", &FREE), 0);
         // A leave for an unknown room changes nothing.
         p.leave("nowhere");
         assert_eq!(p.rooms.len(), 4);
+    }
+
+    #[test]
+    fn a_new_room_avoids_a_worker_past_its_cpu_budget() {
+        let mut p = Placements::default();
+        // Worker 0 is idle by participants but past its budget: the room goes to 1.
+        assert_eq!(p.join("a", &[true, false]), 1);
+        // A room already on a worker stays there whatever its load (admission refuses instead).
+        assert_eq!(p.join("a", &[false, true]), 1);
+        // Every worker past budget: the least loaded by participants still.
+        assert_eq!(p.join("b", &[true, true]), 0);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 mod batch;
 pub mod demux;
 pub mod engine;
+pub mod load;
 pub mod sdp;
 pub mod stack;
 pub mod tcp;

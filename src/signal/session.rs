@@ -979,6 +979,13 @@ impl Session {
             permissions,
             metadata: String::new(),
         };
+        // A worker past its CPU budget takes no one more: the calls it carries keep their CPU.
+        if let Err(overloaded) = self.app.media.admit(&token_room) {
+            tracing::warn!(room = %token_room, "join refused: {overloaded}");
+            return self
+                .error(ErrorCode::ServerFull, overloaded.to_string(), id)
+                .await;
+        }
         let participant =
             Participant::new(info.clone(), self.outbound_tx.clone(), self.end.clone());
         let (room, joined) = match self.app.rooms.join(&token_room, participant) {

@@ -32,6 +32,9 @@ pub fn config(tweak: impl FnOnce(&mut Config)) -> Config {
     config.rtc.public_ips = vec![[127, 0, 0, 1].into()];
     // A dropped socket is a leave, as most tests expect; the resume tests turn resume on.
     config.signal.resume_window = Duration::ZERO;
+    // No CPU budget: a busy test machine must not refuse a test's joins (tests/load.rs tests
+    // the budget on its own).
+    config.rtc.max_worker_load = 1.0;
     tweak(&mut config);
     config.validate().expect("test config is valid");
     config

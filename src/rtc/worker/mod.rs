@@ -53,6 +53,7 @@ use crate::metrics::Metrics;
 use crate::model::{FailureCause, TrackKind, TrackSource};
 use crate::rtc::batch::{RecvBatch, SendBatch, Sent};
 use crate::rtc::demux::Demux;
+use crate::rtc::load::WorkerLoad;
 use crate::rtc::stack::panic_message;
 use crate::rtc::tcp::{self, TcpConnections, TcpInput};
 use crate::rtc::{Command, EventSink, Fault};
@@ -86,6 +87,15 @@ pub struct Settings {
     pub auto_subscribe: bool,
     /// How long a peer may take to connect once negotiated (`rtc.connect_timeout`).
     pub connect_timeout: Duration,
+}
+
+/// What woke the worker's loop.
+enum Wake {
+    Socket(std::io::Result<()>),
+    Tcp(TcpInput),
+    Command(Option<Command>),
+    Timers,
+    Housekeeping,
 }
 
 /// A track declared with `publish` before its m-line arrives, keyed by msid track id.
@@ -182,6 +192,8 @@ struct Worker {
     fanout: Fanout<PeerId, Route>,
     /// A test asked this worker's loop to die (see [`Fault::Worker`]).
     crash: bool,
+    /// Where the time spent working is counted (`rtc.max_worker_load`).
+    load: Arc<WorkerLoad>,
 }
 
 /// Runs a media worker until `Shutdown`, restarting it when its loop dies of a panic: its
@@ -193,6 +205,7 @@ pub fn run(
     settings: Settings,
     mut inbox: mpsc::Receiver<Command>,
     metrics: Arc<Metrics>,
+    load: Arc<WorkerLoad>,
 ) {
     loop {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -228,7 +241,7 @@ pub fn run(
             }
             None => None,
         };
-        let mut worker = Worker::new(socket, tcp, settings.clone(), metrics.clone());
+        let mut worker = Worker::new(socket, tcp, settings.clone(), metrics.clone(), load.clone());
         let ended = catch_unwind(AssertUnwindSafe(|| {
             runtime.block_on(worker.run(&mut inbox));
         }));
@@ -256,6 +269,7 @@ impl Worker {
         tcp: Option<TcpConnections>,
         settings: Settings,
         metrics: Arc<Metrics>,
+        load: Arc<WorkerLoad>,
     ) -> Self {
         let local = settings.candidates.first().copied().unwrap_or_else(|| {
             socket
@@ -285,6 +299,7 @@ impl Worker {
             layer_counts: [0; MAX_LAYERS + 1],
             fanout: Fanout::default(),
             crash: false,
+            load,
         }
     }
 
@@ -298,21 +313,27 @@ impl Worker {
                 .peek()
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            tokio::select! {
-                ready = self.socket.readable() => match ready {
-                    Ok(()) => self.drain_socket(&mut received),
-                    Err(e) => tracing::debug!("media socket read: {e}"),
-                },
-                input = tcp::next_input(&mut self.tcp) => self.on_tcp(input),
-                command = inbox.recv() => match command {
-                    None | Some(Command::Shutdown) => return,
-                    Some(command) => self.on_command_isolated(command),
-                },
-                _ = tokio::time::sleep_until(next.into()) => self.on_timeouts(),
-                _ = housekeeping.tick() => self.isolated(None, |w| w.housekeeping()),
+            let woke = tokio::select! {
+                ready = self.socket.readable() => Wake::Socket(ready),
+                input = tcp::next_input(&mut self.tcp) => Wake::Tcp(input),
+                command = inbox.recv() => Wake::Command(command),
+                _ = tokio::time::sleep_until(next.into()) => Wake::Timers,
+                _ = housekeeping.tick() => Wake::Housekeeping,
+            };
+            // What the worker does from here until it waits again is its load.
+            let started = Instant::now();
+            match woke {
+                Wake::Socket(Ok(())) => self.drain_socket(&mut received),
+                Wake::Socket(Err(e)) => tracing::debug!("media socket read: {e}"),
+                Wake::Tcp(input) => self.on_tcp(input),
+                Wake::Command(None | Some(Command::Shutdown)) => return,
+                Wake::Command(Some(command)) => self.on_command_isolated(command),
+                Wake::Timers => self.on_timeouts(),
+                Wake::Housekeeping => self.isolated(None, |w| w.housekeeping()),
             }
             self.counters.wakeups.inc();
             self.flush();
+            self.load.add_busy(started.elapsed());
             if self.crash {
                 panic!("media worker fault injected by a test");
             }
