@@ -27,7 +27,9 @@ if [ "${IN_NAMESPACE:-}" != 1 ]; then
 fi
 ip link set lo up
 
-SFU_HTTP_MAX_CONNECTIONS_PER_IP=100000 SFU_ROOM_MAX_PARTICIPANTS=5000 SFU_RTC_PUBLIC_IPS='["127.0.0.1"]' SFU_HTTP_BIND=127.0.0.1 \
+# Capacity is what these runs measure: the CPU budget (rtc.max_worker_load) would refuse the
+# joins that find it.
+SFU_HTTP_MAX_CONNECTIONS_PER_IP=100000 SFU_ROOM_MAX_PARTICIPANTS=5000 SFU_RTC_MAX_WORKER_LOAD=1 SFU_RTC_PUBLIC_IPS='["127.0.0.1"]' SFU_HTTP_BIND=127.0.0.1 \
   SFU_RTC_BIND=127.0.0.1 SFU_LOG_LEVEL=warn "$server_bin" serve --dev >/tmp/sfu-load-server.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
