@@ -72,11 +72,12 @@ async fn audio_flows(
     common::eventually(|| async { bob.received_of("audio/opus").len() >= before + 20 }).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ice_restarts_on_both_connections_keep_media_flowing() {
-    let server = common::start(|_| {}).await;
-    let mut alice = MediaClient::join(&server, "r", "alice").await;
-    let mut bob = MediaClient::join(&server, "r", "bob").await;
+/// Alice publishes a microphone in room `r` and Bob, there too, hears it (checked).
+async fn alice_heard_by_bob(
+    server: &sfu::http::Server,
+) -> (MediaClient, MediaClient, common::media::PublishedTrack) {
+    let mut alice = MediaClient::join(server, "r", "alice").await;
+    let bob = MediaClient::join(server, "r", "bob").await;
     let audio = alice.add_track("audio", "mic").await;
     alice.negotiate_publisher().await;
     alice.published_sid("mic").await;
@@ -86,6 +87,13 @@ async fn ice_restarts_on_both_connections_keep_media_flowing() {
     let open = common::eventually(|| async { bob.open_tracks_from(&alice_sid) == 1 }).await;
     assert!(open, "bob has alice's track");
     assert!(audio_flows(&audio, &bob, 100, 1_000).await, "audio before");
+    (alice, bob, audio)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restarts_on_both_connections_keep_media_flowing() {
+    let server = common::start(|_| {}).await;
+    let (mut alice, mut bob, audio) = alice_heard_by_bob(&server).await;
 
     // The publisher restarts ICE the standard way: an offer with new credentials, gathered on
     // new sockets.
@@ -520,22 +528,12 @@ async fn checks_spoofed_from_a_victims_address_do_not_steal_its_media() {
     let server = common::start(|c| c.rtc.workers = 1).await;
     let media = server.state.media.addrs()[0];
     let media = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), media.port());
-    let mut alice = MediaClient::join(&server, "r", "alice").await;
-    let bob = MediaClient::join(&server, "r", "bob").await;
-    let mut mallory = MediaClient::join(&server, "r", "mallory").await;
-    let audio = alice.add_track("audio", "mic").await;
-    alice.negotiate_publisher().await;
-    alice.published_sid("mic").await;
+    let (alice, bob, audio) = alice_heard_by_bob(&server).await;
     // Mallory publishes too: the server's ufrag for her publisher is in her answer.
+    let mut mallory = MediaClient::join(&server, "r", "mallory").await;
     mallory.add_track("audio", "mic").await;
     mallory.negotiate_publisher().await;
     mallory.published_sid("mic").await;
-    assert!(connected(&alice.publisher).await, "alice publishes");
-    assert!(connected(&bob.subscriber).await, "bob subscribes");
-    let alice_sid = alice.sid();
-    let open = common::eventually(|| async { bob.open_tracks_from(&alice_sid) == 1 }).await;
-    assert!(open, "bob has alice's track");
-    assert!(audio_flows(&audio, &bob, 100, 1_000).await, "audio before");
 
     // The victim's address: where alice's publisher sends from.
     let port = local_port(&alice.publisher).await.expect("alice's pair");
