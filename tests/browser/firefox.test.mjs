@@ -11,7 +11,8 @@
 //    turns its camera off (the server forwards nothing of it) and on again; Firefox draws
 //    Chromium's video small (the server sends it the quarter-size layer) and hidden (nothing);
 //    Firefox's signaling socket drops and it resumes the same session (Chromium never sees it
-//    leave). Chromium's own devices and Firefox's fake one are single cameras here: device
+//    leave); Firefox chooses low then high quality for Chromium's video (the server switches the
+//    layer it forwards) and restarts ICE on both its connections (new credentials, media goes on). Chromium's own devices and Firefox's fake one are single cameras here: device
 //    switching is tested in Chromium (page.test.mjs), which can have several.
 // 2. Two Firefox pages meet in a room of their own and each shows the other's video.
 //
@@ -124,6 +125,19 @@ function sids({ identity, source }) {
 
 function isReconnecting() {
   return document.body.classList.contains('reconnecting');
+}
+
+/** Chooses the quality of `identity`'s video in its tile's menu, as a person would. */
+function chooseQuality({ identity, quality }) {
+  const select = document.querySelector(`.tile[data-identity="${CSS.escape(identity)}"] select.quality`);
+  select.value = quality;
+  select.dispatchEvent(new Event('change'));
+}
+
+/** The ICE ufrags in use: ours on the publisher connection, the server's on the subscriber one. */
+function iceUfrags() {
+  const ufrag = (d) => /a=ice-ufrag:(\S+)/.exec(d?.sdp ?? '')?.[1] ?? null;
+  return { publisher: ufrag(window.sfu._pub?.localDescription), subscriber: ufrag(window.sfu._sub?.remoteDescription) };
 }
 
 /** Draws the video of `identity`'s tile with `css` (the test's stand-in for a page's layout). */
@@ -413,6 +427,34 @@ describe('Firefox ESR through Marionette, in a meeting with Chromium and with an
     assert.ok(await chrome.read(hasTile, { identity: 'Fox' }), 'Chromium lost Firefox\'s tile');
     await assertChatReaches(chrome, fox, `after the resume ${process.pid}`);
     await assertShowsVideo(chrome, 'Fox');
+  }));
+
+  it('Firefox chooses low, then high quality for Chromium\'s video: the server switches the layer it forwards', () => diagnose(async () => {
+    await fox.read(chooseQuality, { identity: 'Chrome', quality: 'low' });
+    await until(async () => (await forwarded(fox, chrome, 'camera')).layer === 'q',
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: `the server to forward Firefox Chromium's layer q (${JSON.stringify(await forwarded(fox, chrome, 'camera'))})` });
+    await fox.read(chooseQuality, { identity: 'Chrome', quality: 'high' });
+    await until(async () => ['h', 'f'].includes((await forwarded(fox, chrome, 'camera')).layer),
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: `the server to forward Firefox a layer above q (${JSON.stringify(await forwarded(fox, chrome, 'camera'))})` });
+    await fox.read(chooseQuality, { identity: 'Chrome', quality: 'auto' });
+    await assertShowsVideo(fox, 'Chrome');
+  }));
+
+  it('Firefox restarts ICE on both its connections: new credentials, and media goes on both ways', () => diagnose(async () => {
+    const before = await fox.read(iceUfrags);
+    assert.ok(before.publisher && before.subscriber, `Firefox has no ICE credentials yet: ${JSON.stringify(before)}`);
+    await fox.read(() => window.room.restartIce());
+    const after = await until(async () => {
+      const now = await fox.read(iceUfrags);
+      return now.publisher !== before.publisher && now.subscriber !== before.subscriber && now.publisher && now.subscriber ? now : null;
+    }, { timeoutMs: MEDIA_TIMEOUT_MS, what: 'new ICE credentials on both of Firefox\'s connections' });
+    console.log(`Firefox's ICE credentials: ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
+    const sent = await forwarded(chrome, fox, 'camera');
+    const got = await forwarded(fox, chrome, 'camera');
+    await until(async () => (await forwarded(chrome, fox, 'camera')).packets > sent.packets + 30 &&
+      (await forwarded(fox, chrome, 'camera')).packets > got.packets + 30,
+    { timeoutMs: MEDIA_TIMEOUT_MS, what: 'media both ways after Firefox\'s ICE restart' });
+    await Promise.all([assertShowsVideo(fox, 'Chrome'), assertShowsVideo(chrome, 'Fox')]);
   }));
 
   it('Firefox leaves: its tile disappears from Chromium\'s page', () => diagnose(async () => {
