@@ -263,12 +263,21 @@ export function serverSays(person, ...messages) {
 /**
  * Clicks Join and resolves with the ms from the click to the first decoded frame of any remote
  * video, measured inside the page (null if `expectRemoteVideo` is false: the first to join
- * has nobody to watch).
+ * has nobody to watch). The steps on the way (joined, first remote track, subscriber connection
+ * up, first frame; ms from the click) are left in the page: read them with joinMarks().
  */
 export async function joinAndTimeFirstFrame(person, { expectRemoteVideo, timeoutMs = 30_000 }) {
   const { page } = person;
   await page.evaluate(() => {
     document.querySelector('#join').addEventListener('click', () => { window.__joinClickedAt = performance.now(); }, { capture: true, once: true });
+    // Where the time to the first frame goes: ms from the click to each step, the first time.
+    window.__joinMarks = {};
+    const mark = (what) => { window.__joinMarks[what] ??= Math.round(performance.now() - window.__joinClickedAt); };
+    window.sfu.addEventListener('joined', () => mark('joined'));
+    window.sfu.addEventListener('track', () => mark('first_remote_track'));
+    window.sfu.addEventListener('connection_state', ({ detail }) => {
+      if (detail.target === 'subscriber' && detail.state === 'connected') mark('subscriber_connected');
+    });
   });
   await page.click('#join');
   await page.waitForFunction(() => window.sfuState?.joined === true, null, { timeout: timeoutMs });
@@ -284,12 +293,20 @@ export async function joinAndTimeFirstFrame(person, { expectRemoteVideo, timeout
         report?.forEach((s) => {
           if (s.type === 'inbound-rtp' && s.kind === 'video') decoded += s.framesDecoded ?? 0;
         });
-        if (decoded > 0) return performance.now() - window.__joinClickedAt;
+        if (decoded > 0) {
+          window.__joinMarks.first_frame = Math.round(performance.now() - window.__joinClickedAt);
+          return performance.now() - window.__joinClickedAt;
+        }
       }
       await new Promise((r) => setTimeout(r, 10));
     }
     throw new Error(`no remote video frame was decoded within ${timeout / 1000} s of joining`);
   }, timeoutMs);
+}
+
+/** The steps of `person`'s join (see joinAndTimeFirstFrame), ms from the click. */
+export function joinMarks(person) {
+  return person.page.evaluate(() => window.__joinMarks ?? {});
 }
 
 /**

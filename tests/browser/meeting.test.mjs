@@ -24,6 +24,7 @@ import {
   embeddedWebIsCurrent,
   forwardedTo,
   joinAndTimeFirstFrame,
+  joinMarks,
   launchChromium,
   metricValue,
   openPerson,
@@ -500,6 +501,9 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     const carol = await join('Carol', { expectRemoteVideo: true });
     metrics.join_to_first_remote_frame_ms.push(Math.round(carol.joinToFirstFrameMs));
     console.log(`Carol: join -> first decoded remote frame: ${Math.round(carol.joinToFirstFrameMs)} ms`);
+    // Where it went: signaling, the browser applying the offer, ICE and DTLS, the keyframe.
+    metrics.late_joiner_steps_ms = await joinMarks(carol);
+    console.log(`Carol's join, ms from the click: ${JSON.stringify(metrics.late_joiner_steps_ms)}`);
     const identities = await carol.page.$$eval('#tiles .tile', (tiles) => tiles.map((t) => t.dataset.identity).sort());
     assert.deepEqual(identities, ['Alice', 'Bob']);
     await Promise.all([
