@@ -281,9 +281,16 @@ async fn web_file(path: Option<Path<String>>) -> Response {
         path.as_str()
     };
     match WEB_FILES.iter().find(|(name, _, _)| *name == path) {
-        Some((_, content_type, body)) => {
-            ([(header::CONTENT_TYPE, *content_type)], *body).into_response()
-        }
+        // Any origin may load these public files: an app elsewhere imports /sfu.js as a module,
+        // and browsers fetch module scripts (and their imports) in CORS mode.
+        Some((_, content_type, body)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            ],
+            *body,
+        )
+            .into_response(),
         None => ApiError(
             StatusCode::NOT_FOUND,
             "not_found",

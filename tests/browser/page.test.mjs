@@ -9,6 +9,7 @@
 
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
@@ -277,6 +278,54 @@ describe('the demo page and the SDK in Chromium', { timeout: 10 * 60_000 }, () =
     assert.equal(geometry.outside, 0);
     await screenshot(narrow, 'layout-420px');
   });
+
+  it('an app on another origin imports the SDK from the server and meets the room with it', async () => {
+    // A page of its own, as an app developer would write one: no bundler, one module import.
+    // It is served from another port of this machine: another origin.
+    const html = `<!doctype html><title>app</title><script type="module">
+        import { Room, RoomEvent } from '${server.url}/sfu.js';
+        const room = new Room();
+        window.app = { room, seen: [] };
+        room.on(RoomEvent.TrackSubscribed, ({ track, participant }) => {
+          window.app.seen.push(participant.identity + ' ' + track.kind);
+          document.body.append(track.attach());
+        });
+      </script>`;
+    const app = http.createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      res.end(html);
+    });
+    await new Promise((resolve) => app.listen(0, '127.0.0.1', resolve));
+    const appOrigin = `http://127.0.0.1:${app.address().port}`;
+    const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+    try {
+      await meetFromAnotherOrigin(context, appOrigin);
+    } finally {
+      await context.close();
+      await new Promise((resolve) => app.close(resolve));
+    }
+  });
+
+  /** The app's page (at `appOrigin`) loads the SDK, joins ROOM, and meets Alice there. */
+  async function meetFromAnotherOrigin(context, appOrigin) {
+    const page = await context.newPage();
+    const failures = [];
+    page.on('pageerror', (e) => failures.push(e.message));
+    page.on('requestfailed', (r) => failures.push(`${r.url()}: ${r.failure()?.errorText}`));
+    await page.goto(`${appOrigin}/`);
+    await page.waitForFunction(() => window.app !== undefined, null, { timeout: MEDIA_TIMEOUT_MS })
+      .catch((err) => { throw new Error(`the module did not load from ${server.url}: ${failures.join('; ') || err.message}`); });
+    const { token } = await (await fetch(`${server.url}/api/dev/token?room=${ROOM}&name=App`)).json();
+    await page.evaluate(async ({ url, token }) => {
+      await window.app.room.connect(url, token);
+      await window.app.room.localParticipant.publishMicrophone();
+    }, { url: `${server.url.replace(/^http/, 'ws')}/ws`, token });
+    await page.waitForFunction(() => window.app.seen.includes('Alice video'), null, { timeout: MEDIA_TIMEOUT_MS });
+    const [alice] = people;
+    await alice.page.locator('.tile[data-identity="App"]').waitFor({ timeout: MEDIA_TIMEOUT_MS });
+    await until(() => alice.page.evaluate(() => window.room.getParticipantByIdentity('App')?.isMicrophoneEnabled),
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: 'Alice to see the app\'s microphone' });
+  }
 
   it('a browser that gathers no ICE candidate is told so, not that the server is unreachable', async () => {
     // Relay only, on a server without TURN: the browser has no candidate at all.
