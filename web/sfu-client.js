@@ -1639,7 +1639,7 @@ export class SfuClient extends EventTarget {
  * RTCRtpSender): the person reads `what` failed, and the browser's text goes to the console
  * and stays in `cause` for whoever debugs.
  */
-function browserError(err, what) {
+export function browserError(err, what) {
   if (err instanceof SfuError) return err;
   console.warn(`sfu: ${what}:`, err);
   const sentence = what.charAt(0).toUpperCase() + what.slice(1);
@@ -1671,7 +1671,7 @@ function expected(why) {
 }
 
 /** `constraints` narrowed to one device, when `deviceId` names one. */
-function withDevice(constraints, deviceId) {
+export function withDevice(constraints, deviceId) {
   return deviceId ? { ...constraints, deviceId: { exact: deviceId } } : constraints;
 }
 
@@ -1705,7 +1705,7 @@ function closeMessage(reason, event, mediaFailure = null) {
 }
 
 /** getUserMedia/getDisplayMedia with errors a person can act on. */
-async function getMedia(what, open) {
+export async function getMedia(what, open) {
   if (!navigator.mediaDevices) {
     throw new SfuError('media_unavailable', `${what} access needs a secure page (https:// or http://localhost)`);
   }

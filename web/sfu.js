@@ -10,7 +10,7 @@
  * object model can do: elements attached to tracks (adaptive stream follows them, the speaker
  * choice applies to them), device selection, and the connection-quality measure per participant.
  */
-import { SfuClient, SfuError } from './sfu-client.js';
+import { SfuClient, SfuError, browserError, getMedia, withDevice } from './sfu-client.js';
 
 export { SfuError };
 
@@ -350,8 +350,7 @@ export class LocalParticipant extends Participant {
   }
 
   async publishMicrophone({ deviceId, echoCancellation = true, noiseSuppression = true, autoGainControl = true, name } = {}) {
-    const id = deviceId ?? this._room._devices.audioinput;
-    const constraints = { echoCancellation, noiseSuppression, autoGainControl, ...(id ? { deviceId: { exact: id } } : {}) };
+    const constraints = withDevice({ echoCancellation, noiseSuppression, autoGainControl }, deviceId ?? this._room._devices.audioinput);
     const local = await this._room._client.publishMicrophone({ constraints, name });
     return this._room._localPublication(local);
   }
@@ -562,9 +561,14 @@ export class Room extends Emitter {
     return undefined;
   }
 
+  /** Our publication of the engine's local track `local`, if there is one. */
+  _publicationOf(local) {
+    return [...this.localParticipant.trackPublications.values()].find((p) => p._local === local);
+  }
+
   _localPublication(local) {
     const lp = this.localParticipant;
-    let pub = [...lp.trackPublications.values()].find((p) => p._local === local);
+    let pub = this._publicationOf(local);
     if (!pub && local.info) {
       pub = new LocalTrackPublication(local.info, lp, local, this);
       lp.trackPublications.set(pub.trackSid, pub);
@@ -600,9 +604,7 @@ export class Room extends Emitter {
   }
 
   _error(err, context) {
-    const error = err instanceof SfuError ? err : new SfuError('browser_error', `${context} (the browser refused; details are in the console).`, { cause: err });
-    if (!(err instanceof SfuError)) console.warn(`sfu: ${context}:`, err);
-    this.emit(RoomEvent.Error, { error });
+    this.emit(RoomEvent.Error, { error: browserError(err, context) });
   }
 
   /** A remote publication from a wire TrackInfo: created, or updated in place. */
@@ -762,7 +764,7 @@ export class Room extends Emitter {
     });
     on('local_track', ({ local }) => {
       // A device opened again (unmute, device switch) behind an existing publication.
-      const pub = [...this.localParticipant.trackPublications.values()].find((p) => p._local === local);
+      const pub = this._publicationOf(local);
       if (pub && pub.track.mediaStreamTrack !== local.track) {
         pub.track._setMedia(local.track, local.stream);
         this.emit(RoomEvent.LocalTrackReplaced, { publication: pub, track: pub.track });
@@ -770,14 +772,14 @@ export class Room extends Emitter {
     });
     on('local_track_removed', ({ local }) => {
       const lp = this.localParticipant;
-      const pub = [...lp.trackPublications.values()].find((p) => p._local === local);
+      const pub = this._publicationOf(local);
       if (!pub) return;
       lp.trackPublications.delete(pub.trackSid);
       pub.track.detach();
       this.emit(RoomEvent.LocalTrackUnpublished, { publication: pub, participant: lp });
     });
     on('local_track_muted', ({ local, muted }) => {
-      const pub = [...this.localParticipant.trackPublications.values()].find((p) => p._local === local);
+      const pub = this._publicationOf(local);
       if (!pub) return;
       pub.isMuted = muted;
       this.emit(muted ? RoomEvent.TrackMuted : RoomEvent.TrackUnmuted, { publication: pub, participant: this.localParticipant });
@@ -888,13 +890,11 @@ export function qualityOf(loss, rtt) {
 }
 
 function videoConstraints(deviceId, resolution) {
-  const c = {
+  return withDevice({
     width: { ideal: resolution?.width ?? 1280 },
     height: { ideal: resolution?.height ?? 720 },
     frameRate: { ideal: resolution?.frameRate ?? 30 },
-  };
-  if (deviceId) c.deviceId = { exact: deviceId };
-  return c;
+  }, deviceId);
 }
 
 /**
@@ -903,18 +903,11 @@ function videoConstraints(deviceId, resolution) {
  * deviceIds (or choosing them with `room.switchActiveDevice`).
  */
 export async function createLocalPreview({ video = true, audio = true, videoDeviceId, audioDeviceId } = {}) {
-  if (!navigator.mediaDevices?.getUserMedia) {
-    throw new SfuError('media_unavailable', 'camera and microphone access needs a secure page (https:// or http://localhost)');
-  }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({
-      video: video ? videoConstraints(videoDeviceId) : false,
-      audio: audio ? (audioDeviceId ? { deviceId: { exact: audioDeviceId } } : true) : false,
-    });
-  } catch (e) {
-    throw new SfuError('media_unavailable', `could not open the camera or microphone: ${e.name === 'NotAllowedError' ? 'permission denied' : e.message}`, { cause: e });
-  }
+  const what = video && audio ? 'camera and microphone' : video ? 'camera' : 'microphone';
+  const stream = await getMedia(what, () => navigator.mediaDevices.getUserMedia({
+    video: video ? videoConstraints(videoDeviceId) : false,
+    audio: audio ? withDevice({}, audioDeviceId) : false,
+  }));
   const [videoTrack] = stream.getVideoTracks();
   const [audioTrack] = stream.getAudioTracks();
   return {
