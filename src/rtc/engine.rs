@@ -194,26 +194,24 @@ impl MediaEngine {
     /// Whether one more participant of `room` may join: not if the worker hosting the room, or
     /// for a new room every worker, is past `rtc.max_worker_load`.
     pub fn admit(&self, room: &str) -> Result<(), Overloaded> {
-        let over = |w: usize| {
-            let load = self.workers[w].load.load();
-            (load >= self.max_load && self.max_load < 1.0).then_some(Overloaded {
-                worker: w,
-                percent: load * 100.0,
-            })
+        let refusal = match self.worker_of(room) {
+            Some(w) => self.overloaded(w),
+            // Some(first refusal) only if every worker refuses.
+            None => (0..self.workers.len())
+                .map(|w| self.overloaded(w))
+                .collect::<Option<Vec<_>>>()
+                .and_then(|all| all.first().copied()),
         };
-        match self.worker_of(room) {
-            Some(w) => over(w).map_or(Ok(()), Err),
-            None => {
-                let mut refusals = (0..self.workers.len()).map(over);
-                match refusals.find(Option::is_none) {
-                    Some(_) => Ok(()),
-                    None => Err(over(0).unwrap_or(Overloaded {
-                        worker: 0,
-                        percent: 100.0,
-                    })),
-                }
-            }
-        }
+        refusal.map_or(Ok(()), Err)
+    }
+
+    /// Worker `w`'s refusal, if it is past `rtc.max_worker_load` (1: never).
+    fn overloaded(&self, w: usize) -> Option<Overloaded> {
+        let load = self.workers[w].load.load();
+        (self.max_load < 1.0 && load >= self.max_load).then_some(Overloaded {
+            worker: w,
+            percent: load * 100.0,
+        })
     }
 
     /// Each worker's smoothed load (busy fraction), by index.
@@ -224,10 +222,8 @@ impl MediaEngine {
     /// A place for one more participant of `room`: on the worker that hosts the room, or, for
     /// a room nobody is in, on the least-loaded worker. A room's participants share a worker.
     pub fn place(&self, room: &str) -> Placement {
-        let over: Vec<bool> = self
-            .workers
-            .iter()
-            .map(|w| self.max_load < 1.0 && w.load.load() >= self.max_load)
+        let over: Vec<bool> = (0..self.workers.len())
+            .map(|w| self.overloaded(w).is_some())
             .collect();
         let worker = self
             .placements
