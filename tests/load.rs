@@ -232,6 +232,21 @@ async fn load_subscribers_send_feedback_unless_told_not_to() {
     }
 }
 
+/// Starts a load run and waits until all of its participants are in.
+async fn running(
+    server: &sfu::http::Server,
+    options: LoadOptions,
+) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
+    let everyone = (options.publishers + options.subscribers) as f64;
+    let load = tokio::spawn(run(options));
+    let joined = common::eventually_within(Duration::from_secs(30), || async {
+        common::metric(server, "sfu_participants").await == Some(everyone)
+    })
+    .await;
+    assert!(joined, "the load run's {everyone} participants joined");
+    load
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_past_its_cpu_budget_takes_no_one_more_and_its_calls_go_on() {
     // Two media workers. The budget is below what the load run's call costs its worker once
@@ -252,12 +267,7 @@ async fn a_worker_past_its_cpu_budget_takes_no_one_more_and_its_calls_go_on() {
         video_bitrate_bps: 1_200_000,
         ..common::load_options(&server, "busy")
     };
-    let load = tokio::spawn(run(options));
-    let joined = common::eventually_within(Duration::from_secs(30), || async {
-        common::metric(&server, "sfu_participants").await == Some(6.0)
-    })
-    .await;
-    assert!(joined, "the load run's 6 participants joined");
+    let load = running(&server, options).await;
     let worker = server
         .state
         .media
@@ -307,12 +317,7 @@ async fn a_full_server_refuses_joins_and_the_calls_in_progress_go_on() {
         duration: Duration::from_secs(5),
         ..common::load_options(&server, "load-full")
     };
-    let load = tokio::spawn(run(options));
-    let full = common::eventually_within(Duration::from_secs(30), || async {
-        common::metric(&server, "sfu_participants").await == Some(6.0)
-    })
-    .await;
-    assert!(full, "the load run's 6 participants joined");
+    let load = running(&server, options).await;
     let mut late = common::Client::connect(&server).await;
     let refused = late
         .request(

@@ -242,6 +242,18 @@ async function audioLater(viewer, publisher, packets) {
     { timeoutMs: MEDIA_TIMEOUT_MS, what: `${packets} more audio packets of ${publisher.name} to reach ${viewer.name}` });
 }
 
+/**
+ * What the server forwards of `publisher`'s camera to `viewer` once what was in flight has landed
+ * (half a second of audio), and again two seconds of audio later: for a test that must see the
+ * forwarding stand still. Resolves with [first, later].
+ */
+async function cameraTwoSecondsApart(viewer, publisher) {
+  await audioLater(viewer, publisher, 25);
+  const first = await forwarded(viewer, publisher, 'camera');
+  await audioLater(viewer, publisher, 100);
+  return [first, await forwarded(viewer, publisher, 'camera')];
+}
+
 /** Runs one step; on failure prints what the pages, the browsers and the server said, then fails. */
 async function diagnose(fn) {
   try {
@@ -382,11 +394,7 @@ describe('Firefox ESR through Marionette, in a meeting with Chromium and with an
     await fox.click('#toggle-camera');
     await until(() => chrome.read(({ identity }) => document.querySelector(`.tile[data-identity="${CSS.escape(identity)}"]`)?.classList.contains('video-muted'), { identity: 'Fox' }),
       { timeoutMs: MEDIA_TIMEOUT_MS, what: 'Chromium to show Firefox\'s camera as off' });
-    // In flight when the button was clicked: landed within half a second of audio; then nothing for two.
-    await audioLater(chrome, fox, 25);
-    const off = await forwarded(chrome, fox, 'camera');
-    await audioLater(chrome, fox, 100);
-    const later = await forwarded(chrome, fox, 'camera');
+    const [off, later] = await cameraTwoSecondsApart(chrome, fox);
     assert.ok(off.packets >= before.packets);
     assert.equal(later.packets, off.packets, `camera off, yet the server forwarded ${later.packets - off.packets} packets of it`);
     await fox.click('#toggle-camera');
@@ -402,10 +410,8 @@ describe('Firefox ESR through Marionette, in a meeting with Chromium and with an
     await fox.read(drawTile, { identity: 'Chrome', css: 'display: none !important;' });
     await until(async () => (await forwarded(fox, chrome, 'camera')).layer === null,
       { timeoutMs: MEDIA_TIMEOUT_MS, what: 'the server to stop Chromium\'s video for Firefox\'s hidden tile' });
-    await audioLater(fox, chrome, 25);
-    const hidden = await forwarded(fox, chrome, 'camera');
-    await audioLater(fox, chrome, 100);
-    assert.deepEqual(await forwarded(fox, chrome, 'camera'), hidden, 'the server forwarded video for a hidden tile');
+    const [hidden, later] = await cameraTwoSecondsApart(fox, chrome);
+    assert.deepEqual(later, hidden, 'the server forwarded video for a hidden tile');
     await fox.read(drawTile, { identity: 'Chrome', css: '' });
     await until(async () => (await forwarded(fox, chrome, 'camera')).packets > hidden.packets,
       { timeoutMs: MEDIA_TIMEOUT_MS, what: 'the server to send Chromium\'s video to Firefox again' });
