@@ -46,7 +46,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { launchFirefox } from './marionette.mjs';
 import {
-  LOG_DIR, OUT_DIR, WEB_DIR, embeddedWebIsCurrent, launchChromium, metricValue, openPerson, roomTracks, startServer, startTcpProxy, until,
+  LOG_DIR, OUT_DIR, WEB_DIR, embeddedWebIsCurrent, launchChromium, forwardedTo, metricValue, openPerson, startServer, startTcpProxy, until,
 } from './lib.mjs';
 
 const ROOM = `firefox-${process.pid}`;
@@ -228,8 +228,7 @@ async function assertChatReaches(from, to, text) {
  */
 async function forwarded(viewer, publisher, source) {
   const { me, track } = await viewer.read(sids, { identity: publisher.name, source });
-  const t = (await roomTracks(server, ROOM)).find((x) => x.sid === track);
-  return t?.subscribers.find((x) => x.participant === me) ?? { layer: null, packets: 0 };
+  return (await forwardedTo(server, ROOM, track, me)) ?? { layer: null, packets: 0 };
 }
 
 /**

@@ -489,7 +489,7 @@ function admin() {
  * {sid, participant, kind, muted, subscribers: [{participant, layer, packets}]}. The server's
  * own counters, for tests that must not take a page's word for it.
  */
-export async function roomTracks(server, room) {
+async function roomTracks(server, room) {
   const res = await fetch(`${server.url}/api/rooms/${encodeURIComponent(room)}`, { headers: { authorization: `Bearer ${admin()}` } });
   if (!res.ok) throw new Error(`GET /api/rooms/${room}: HTTP ${res.status} ${await res.text()}`);
   return (await res.json()).tracks;
