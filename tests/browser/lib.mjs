@@ -304,6 +304,14 @@ export async function joinAndTimeFirstFrame(person, { expectRemoteVideo, timeout
   }, timeoutMs);
 }
 
+/** Saves a screenshot of `person`'s page as OUT_DIR/`label`.png, for a person to look at; resolves with its path. */
+export async function screenshot(person, label) {
+  mkdirSync(OUT_DIR, { recursive: true });
+  const file = path.join(OUT_DIR, `${label}.png`);
+  await person.page.screenshot({ path: file });
+  return file;
+}
+
 /** The steps of `person`'s join (see joinAndTimeFirstFrame), ms from the click. */
 export function joinMarks(person) {
   return person.page.evaluate(() => window.__joinMarks ?? {});

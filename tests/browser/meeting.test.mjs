@@ -20,7 +20,6 @@ import { after, before, describe, it } from 'node:test';
 import {
   audioPacketsLater,
   LOG_DIR,
-  OUT_DIR,
   embeddedWebIsCurrent,
   forwardedTo,
   joinAndTimeFirstFrame,
@@ -29,6 +28,7 @@ import {
   metricValue,
   openPerson,
   receivedFrom,
+  screenshot,
   sentLayers,
   serverSays,
   shownProblems,
@@ -102,13 +102,6 @@ async function assertReceiving(viewer, identity) {
   assert.ok(later.audio.packetsReceived > first.audio.packetsReceived,
     `${viewer.name}: audio packets from ${identity} did not go up (${first.audio.packetsReceived} -> ${later.audio.packetsReceived})`);
   return later;
-}
-
-async function screenshot(person, label) {
-  mkdirSync(OUT_DIR, { recursive: true });
-  const file = path.join(OUT_DIR, `${label}.png`);
-  await person.page.screenshot({ path: file });
-  return file;
 }
 
 /**

@@ -8,17 +8,15 @@
 // loopback-only namespace as tests/run.sh does. Asserts geometry and state, never durations.
 
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
 import http from 'node:http';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-  OUT_DIR,
   forwardedTo,
   joinAndTimeFirstFrame,
   launchChromium,
   openPerson,
   receivedFrom,
+  screenshot as saveScreenshot,
   startServer,
   until,
 } from './lib.mjs';
@@ -32,9 +30,7 @@ let browser;
 const people = [];
 
 async function screenshot(person, label) {
-  mkdirSync(OUT_DIR, { recursive: true });
-  const file = path.join(OUT_DIR, `${label}.png`);
-  await person.page.screenshot({ path: file });
+  const file = await saveScreenshot(person, label);
   console.log(`screenshot: ${file}`);
   return file;
 }
