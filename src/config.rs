@@ -110,6 +110,10 @@ pub struct RtcConfig {
     /// a few seconds) takes no new participant: joins of its rooms get `server_full`, new rooms
     /// go to another worker. 1 turns the budget off.
     pub max_worker_load: f64,
+    /// A room with this many participants spreads over the media workers: newcomers go to the
+    /// least-loaded worker, and each publication crosses to every worker with subscribers of
+    /// it once. Smaller rooms stay on one worker (no crossing). 0: rooms never spread.
+    pub spread_rooms_at: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -303,6 +307,7 @@ impl Default for RtcConfig {
             ice_tcp: true,
             tcp_port: 7881,
             max_worker_load: 0.9,
+            spread_rooms_at: 50,
         }
     }
 }

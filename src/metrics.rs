@@ -19,7 +19,7 @@ pub const LAYERS: [&str; 4] = ["q", "h", "f", "off"];
 pub const DROP_REASONS: [&str; 3] = ["socket_full", "waiting_for_keyframe", "late"];
 /// Bounded queues that drop what does not fit: commands from the control plane to a media
 /// worker, and media events from a worker to one participant's session.
-pub const QUEUES: [&str; 2] = ["worker_commands", "media_events"];
+pub const QUEUES: [&str; 3] = ["worker_commands", "media_events", "worker_relay"];
 /// Errors from the WebRTC stack or the socket that end nothing but are worth watching: a
 /// peer's timer handling failed, a datagram could not be sent (other than a full buffer), a
 /// packet could not be written to a subscriber's stream.
@@ -121,6 +121,7 @@ pub struct Metrics {
     pub worker_restarts: IntCounter,
     /// Times a media worker woke up: for a datagram, a command, peers' timers or housekeeping.
     pub worker_wakeups: IntCounter,
+    pub worker_relay_packets: IntCounter,
     /// Each media worker's load: the fraction of its time spent working, smoothed over ~3 s
     /// (`rtc.max_worker_load` is its budget), by worker index.
     pub worker_load: GaugeVec,
@@ -392,6 +393,12 @@ impl Metrics {
                 "Times a media worker woke up (a datagram, a command, timers or housekeeping)",
             )
             .expect("valid metric"),
+            worker_relay_packets: IntCounter::new(
+                "sfu_worker_relay_packets_total",
+                "Publisher packets handed to another media worker hosting subscribers of the \
+                 same room (once per packet per worker)",
+            )
+            .expect("valid metric"),
             worker_load: GaugeVec::new(
                 Opts::new(
                     "sfu_worker_load",
@@ -469,6 +476,7 @@ impl Metrics {
             Box::new(m.queue_drops.clone()),
             Box::new(m.worker_restarts.clone()),
             Box::new(m.worker_wakeups.clone()),
+            Box::new(m.worker_relay_packets.clone()),
             Box::new(m.worker_load.clone()),
             Box::new(m.peer_timeouts.clone()),
             Box::new(m.media_errors.clone()),

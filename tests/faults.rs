@@ -60,10 +60,11 @@ async fn keeps_receiving(client: &MediaClient, more: usize) -> bool {
 }
 
 async fn inject(server: &sfu::http::Server, room: &str, participant: String, fault: Fault) {
-    server
-        .state
-        .media
-        .for_room(room)
+    let media = &server.state.media;
+    media
+        .workers_of(room)
+        .first()
+        .and_then(|w| media.handle(*w))
         .expect("the room is placed on a worker")
         .send(Command::InjectFault { participant, fault })
         .await

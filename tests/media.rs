@@ -1003,3 +1003,125 @@ async fn a_single_layer_stream_above_the_start_estimate_reaches_a_twcc_subscribe
     drop(alice);
     server.shutdown().await;
 }
+
+/// The port of the first host candidate in `pc`'s remote description: the server's media
+/// worker that connection is on (each worker has its own port).
+async fn worker_port(pc: &RTCPeerConnection) -> Option<u16> {
+    let sdp = pc.remote_description().await?.sdp;
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter(|c| c.contains(" udp ") || c.contains(" UDP "))
+        .find_map(|c| c.split_whitespace().nth(5)?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spread_over_two_workers_reaches_everyone_and_relays_keyframe_requests() {
+    // Spread from the second participant on: alice and carol on worker 0, bob and dave on 1.
+    let server = common::start(|c| {
+        c.rtc.workers = 2;
+        c.rtc.spread_rooms_at = 1;
+    })
+    .await;
+    let (alice, video, sid, mut subs) = publishing_room(&server, &["bob", "carol", "dave"]).await;
+    let home = worker_port(&alice.publisher).await.expect("alice's worker");
+    let ports = [
+        worker_port(&subs[0].subscriber).await,
+        worker_port(&subs[1].subscriber).await,
+        worker_port(&subs[2].subscriber).await,
+    ];
+    assert_eq!(
+        ports.map(|p| p.map(|p| p == home)),
+        [Some(false), Some(true), Some(false)],
+        "bob and dave are on the other worker than alice and carol: {home} vs {ports:?}"
+    );
+
+    let relayed_before = common::metric(&server, "sfu_worker_relay_packets_total")
+        .await
+        .unwrap_or(0.0);
+    let (seq, counter, timestamp) = send_vp8(&video, 60, 4, 30, 1000, 0, 0).await;
+    let sent = video.sent.lock().unwrap().clone();
+    for (name, client) in [("bob", &subs[0]), ("carol", &subs[1]), ("dave", &subs[2])] {
+        let arrived =
+            common::eventually(|| async { client.received_of("video/vp8").len() >= sent.len() })
+                .await;
+        let got = client.received_of("video/vp8");
+        assert!(
+            arrived,
+            "{name} got {} of {} packets",
+            got.len(),
+            sent.len()
+        );
+        assert_eq!(got.len(), sent.len(), "{name}: nothing twice");
+        let seqs: Vec<u16> = got.iter().map(|p| p.header.sequence_number).collect();
+        assert_continuous(&seqs, name);
+        for p in &got {
+            let c = counter_of(&p.payload).expect("stamped payload");
+            assert_eq!(sent.get(&c), Some(&p.payload), "{name}: payload {c}");
+        }
+    }
+    // Each packet crossed to the other worker once, not once per subscriber there.
+    let relayed = common::metric(&server, "sfu_worker_relay_packets_total")
+        .await
+        .unwrap_or(0.0)
+        - relayed_before;
+    assert_eq!(
+        relayed,
+        sent.len() as f64,
+        "packets handed to the other worker"
+    );
+
+    // Bob, on the other worker, asks for a keyframe: it reaches alice.
+    let plis_at_alice = || alice.plis.lock().unwrap().get("cam").copied().unwrap_or(0);
+    let requests_landed = || async {
+        let sent = common::metric(&server, "sfu_keyframe_requests_sent_total{type=\"pli\"}")
+            .await
+            .unwrap_or(0.0);
+        plis_at_alice() as f64 >= sent
+    };
+    assert!(
+        common::eventually(requests_landed).await,
+        "the keyframe requests of setting up the subscriptions never reached alice"
+    );
+    let before = plis_at_alice();
+    let media_ssrc = subs[0].received_of("video/vp8")[0].header.ssrc;
+    let reached = common::eventually(|| async {
+        let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        let _ = subs[0].subscriber.write_rtcp(&[Box::new(pli)]).await;
+        plis_at_alice() > before
+    })
+    .await;
+    assert!(reached, "bob's keyframe requests never reached alice");
+    let tracks = track_forwarding(&server, &sid).await;
+    assert_eq!(
+        tracks.subscribers.len(),
+        3,
+        "the admin API lists the subscribers of both workers: {tracks:?}"
+    );
+
+    // Bob and dave leave: nobody on the other worker needs alice's camera, and it stops
+    // crossing while carol still gets it.
+    subs.remove(2).close().await;
+    subs.remove(0).close().await;
+    let carol = &subs[0];
+    let gone = common::eventually(|| async {
+        track_forwarding(&server, &sid).await.subscribers.len() == 1
+    })
+    .await;
+    assert!(gone, "bob and dave are still listed as subscribers");
+    let relayed_before = common::metric(&server, "sfu_worker_relay_packets_total").await;
+    let before = carol.received_of("video/vp8").len();
+    send_vp8(&video, 10, 4, 30, seq, counter, timestamp).await;
+    assert!(
+        common::eventually(|| async { carol.received_of("video/vp8").len() >= before + 40 }).await,
+        "carol, on alice's worker, receives on"
+    );
+    assert_eq!(
+        common::metric(&server, "sfu_worker_relay_packets_total").await,
+        relayed_before,
+        "nothing crosses to a worker with no subscriber of it"
+    );
+    server.shutdown().await;
+}

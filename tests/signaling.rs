@@ -874,18 +874,21 @@ async fn new_rooms_go_to_the_least_loaded_media_worker() {
     let media = &server.state.media;
     let (alice, _) = Client::join(&server, &names[0], "alice").await;
     let (bob, _) = Client::join(&server, &names[1], "bob").await;
-    let (first, second) = (media.worker_of(&names[0]), media.worker_of(&names[1]));
-    assert!(first.is_some() && second.is_some(), "both rooms are placed");
+    let (first, second) = (media.workers_of(&names[0]), media.workers_of(&names[1]));
+    assert!(
+        first.len() == 1 && second.len() == 1,
+        "both rooms are placed"
+    );
     assert_ne!(first, second, "the second room went to the idle worker");
     // Another participant of the first room joins that room's worker.
     let (carol, _) = Client::join(&server, &names[0], "carol").await;
-    assert_eq!(media.worker_of(&names[0]), first);
+    assert_eq!(media.workers_of(&names[0]), first);
     // When everyone has left, the rooms hold no place any more.
     for c in [alice, bob, carol] {
         c.close().await;
     }
     let freed = common::eventually(|| async {
-        media.worker_of(&names[0]).is_none() && media.worker_of(&names[1]).is_none()
+        media.workers_of(&names[0]).is_empty() && media.workers_of(&names[1]).is_empty()
     })
     .await;
     assert!(

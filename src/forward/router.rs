@@ -131,6 +131,8 @@ pub struct Router<S, R> {
     temporal_layers: u8,
     /// The publisher muted the track: nothing of it is forwarded to anyone.
     muted: bool,
+    /// The highest layer subscribers elsewhere (other media workers) need, for dynacast.
+    remote_highest: Option<LayerIndex>,
 }
 
 impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
@@ -145,7 +147,19 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
             dynacast: Dynacast::default(),
             temporal_layers: 0,
             muted: false,
+            remote_highest: None,
         }
+    }
+
+    /// The highest layer subscriptions that this Router does not hold need (`None`: none):
+    /// dynacast keeps it, as if one of its own subscriptions desired it.
+    pub fn set_remote_highest(&mut self, highest: Option<LayerIndex>) {
+        self.remote_highest = highest;
+    }
+
+    /// The highest layer dynacast last decided to keep, if it decided anything.
+    pub fn dynacast_highest(&self) -> Option<LayerIndex> {
+        self.dynacast.highest()
     }
 
     /// The publisher muted (or unmuted) the track. Muted, nothing is forwarded and no
@@ -474,7 +488,8 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
             .subscriptions
             .values()
             .filter(|r| !r.paused)
-            .map(|r| r.subscription.selector().desired());
+            .map(|r| r.subscription.selector().desired())
+            .chain(self.remote_highest.map(Some));
         let highest = self.dynacast.update(desired)?;
         Some(
             self.rids
@@ -867,6 +882,26 @@ mod tests {
         r.set_paused(&2, false);
         assert_eq!(r.dynacast().map(|l| l.len()), Some(3));
         assert_eq!(single().dynacast(), None, "nothing to turn off");
+    }
+
+    #[test]
+    fn dynacast_keeps_what_subscribers_on_other_workers_need() {
+        let mut r = simulcast();
+        routed(&mut r, 1, "x");
+        r.set_preference(&1, Preference::Layer(Some(0)));
+        assert_eq!(r.dynacast(), Some(vec!["q".to_string()]));
+        assert_eq!(r.dynacast_highest(), Some(0));
+        // Another worker's subscribers want f: every layer stays on.
+        r.set_remote_highest(Some(2));
+        assert_eq!(r.dynacast().map(|l| l.len()), Some(3));
+        assert_eq!(r.dynacast_highest(), Some(2));
+        // They left: back to what the local one wants.
+        r.set_remote_highest(None);
+        assert_eq!(r.dynacast(), Some(vec!["q".to_string()]));
+        // Nobody here at all, only elsewhere.
+        r.unsubscribe(&1);
+        r.set_remote_highest(Some(1));
+        assert_eq!(r.dynacast(), Some(vec!["q".to_string(), "h".to_string()]));
     }
 
     #[test]

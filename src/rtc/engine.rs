@@ -49,61 +49,103 @@ pub struct MediaEngine {
     sampler_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Which worker hosts each room with participants, and how many it has there.
+/// Where each room with participants has them: a room stays on its home worker until it has
+/// `rtc.spread_rooms_at` participants; after that each newcomer goes to the least-loaded worker
+/// and the relay between workers (`worker::relay`) carries the room's media across.
 #[derive(Debug, Default)]
 struct Placements {
     rooms: HashMap<String, RoomPlacement>,
+    /// `rtc.spread_rooms_at` (0: never spread).
+    spread_at: usize,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct RoomPlacement {
-    worker: usize,
-    participants: usize,
+    /// Where its first participant went: the room's one worker while it is small.
+    home: usize,
+    /// Its participants on each worker, by index.
+    on: Vec<usize>,
+}
+
+impl RoomPlacement {
+    fn participants(&self) -> usize {
+        self.on.iter().sum()
+    }
 }
 
 impl Placements {
-    /// The worker for one more participant of `room`: its room's, or for a room nobody is in,
-    /// a worker under its CPU budget (`over[w]` false) before one past it, then the one with
-    /// the fewest participants, then the fewest rooms, then the lowest index.
+    fn new(spread_at: usize) -> Self {
+        Self {
+            rooms: HashMap::new(),
+            spread_at,
+        }
+    }
+
+    /// The worker the next participant of `room` must go to, if the room has one: its home
+    /// while it is smaller than `spread_at`. `None`: any worker (a new or a spread room).
+    fn home_for_next(&self, room: &str) -> Option<usize> {
+        let p = self.rooms.get(room)?;
+        (self.spread_at == 0 || p.participants() < self.spread_at).then_some(p.home)
+    }
+
+    /// The worker for one more participant of `room`: its home worker while the room is
+    /// small; else (a new room, or a room big enough to spread) a worker under its CPU budget
+    /// (`over[w]` false) before one past it, then the one with the fewest participants, then
+    /// the fewest rooms, then the lowest index.
     fn join(&mut self, room: &str, over: &[bool]) -> usize {
-        if let Some(p) = self.rooms.get_mut(room) {
-            p.participants += 1;
-            return p.worker;
-        }
-        let workers = over.len();
-        let mut load = vec![(0usize, 0usize); workers];
-        for p in self.rooms.values() {
-            load[p.worker].0 += p.participants;
-            load[p.worker].1 += 1;
-        }
-        let worker = (0..workers)
-            .min_by_key(|&w| (over[w], load[w], w))
-            .unwrap_or(0);
-        self.rooms.insert(
-            room.to_string(),
-            RoomPlacement {
-                worker,
-                participants: 1,
-            },
-        );
+        let workers = over.len().max(1);
+        let worker = self.home_for_next(room).unwrap_or_else(|| {
+            let mut load = vec![(0usize, 0usize); workers];
+            for p in self.rooms.values() {
+                for (w, n) in p.on.iter().enumerate() {
+                    if *n > 0 {
+                        load[w].0 += n;
+                        load[w].1 += 1;
+                    }
+                }
+            }
+            (0..workers)
+                .min_by_key(|&w| (over.get(w).copied().unwrap_or(false), load[w], w))
+                .unwrap_or(0)
+        });
+        let placement = self
+            .rooms
+            .entry(room.to_string())
+            .or_insert_with(|| RoomPlacement {
+                home: worker,
+                on: vec![0; workers],
+            });
+        placement.on[worker] += 1;
         worker
     }
 
-    /// One participant of `room` is gone; a room with none left is placed anew next time.
-    fn leave(&mut self, room: &str) {
+    /// One participant of `room` on `worker` is gone; a room with none left is placed anew
+    /// next time.
+    fn leave(&mut self, room: &str, worker: usize) {
         if let Some(p) = self.rooms.get_mut(room) {
-            p.participants = p.participants.saturating_sub(1);
-            if p.participants == 0 {
+            if let Some(n) = p.on.get_mut(worker) {
+                *n = n.saturating_sub(1);
+            }
+            if p.participants() == 0 {
                 self.rooms.remove(room);
             }
         }
     }
+
+    /// The workers with participants of `room`.
+    fn workers_of(&self, room: &str) -> Vec<usize> {
+        self.rooms.get(room).map_or_else(Vec::new, |p| {
+            (0..p.on.len()).filter(|&w| p.on[w] > 0).collect()
+        })
+    }
 }
 
-/// One participant's place on a media worker: the room's worker, held while the participant
-/// is in the room. Dropping it frees the place.
+/// One participant's place on a media worker, held while the participant is in the room.
+/// Dropping it frees the place.
 pub struct Placement {
     pub handle: MediaHandle,
+    /// The worker's index.
+    pub worker: usize,
     room: String,
     placements: Arc<Mutex<Placements>>,
 }
@@ -111,7 +153,7 @@ pub struct Placement {
 impl Drop for Placement {
     fn drop(&mut self) {
         if let Ok(mut p) = self.placements.lock() {
-            p.leave(&self.room);
+            p.leave(&self.room, self.worker);
         }
     }
 }
@@ -122,7 +164,11 @@ impl MediaEngine {
         let count = config.media_workers();
         let advertised = advertised_ips(config);
         let mut workers = Vec::with_capacity(count);
+        let mut meshes = crate::rtc::relay::Mesh::build(count, &metrics).into_iter();
         for index in 0..count {
+            let relay = meshes
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("no relay for media worker {index}"))?;
             let port = worker_port(config.rtc.udp_port, index)?;
             let bind = SocketAddr::new(config.rtc.bind, port);
             let socket = bind_media_socket(bind).map_err(|e| {
@@ -166,7 +212,15 @@ impl MediaEngine {
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-media-{index}"))
                 .spawn(move || {
-                    worker::run(socket, tcp, settings, rx, worker_metrics, worker_load)
+                    worker::run(
+                        socket,
+                        tcp,
+                        settings,
+                        rx,
+                        relay,
+                        worker_metrics,
+                        worker_load,
+                    )
                 })?;
             tracing::info!(%addr, ?advertised, "media worker {index} listening");
             workers.push(WorkerThread {
@@ -185,16 +239,22 @@ impl MediaEngine {
         Ok(Self {
             workers,
             advertised,
-            placements: Arc::default(),
+            placements: Arc::new(Mutex::new(Placements::new(config.rtc.spread_rooms_at))),
             max_load: config.rtc.max_worker_load,
             sampler_stop,
         })
     }
 
-    /// Whether one more participant of `room` may join: not if the worker hosting the room, or
-    /// for a new room every worker, is past `rtc.max_worker_load`.
+    /// Whether one more participant of `room` may join: not if the worker it must go to (a
+    /// small room's), or for a new or spread room every worker, is past
+    /// `rtc.max_worker_load`.
     pub fn admit(&self, room: &str) -> Result<(), Overloaded> {
-        let refusal = match self.worker_of(room) {
+        let home = self
+            .placements
+            .lock()
+            .ok()
+            .and_then(|p| p.home_for_next(room));
+        let refusal = match home {
             Some(w) => self.overloaded(w),
             // Some(first refusal) only if every worker refuses.
             None => (0..self.workers.len())
@@ -219,8 +279,8 @@ impl MediaEngine {
         self.workers.iter().map(|w| w.load.load()).collect()
     }
 
-    /// A place for one more participant of `room`: on the worker that hosts the room, or, for
-    /// a room nobody is in, on the least-loaded worker. A room's participants share a worker.
+    /// A place for one more participant of `room`: on the worker that hosts the room while it
+    /// is small, else on the least-loaded worker (see [`Placements`]).
     pub fn place(&self, room: &str) -> Placement {
         let over: Vec<bool> = (0..self.workers.len())
             .map(|w| self.overloaded(w).is_some())
@@ -232,20 +292,23 @@ impl MediaEngine {
             .unwrap_or(0);
         Placement {
             handle: self.workers[worker].handle.clone(),
+            worker,
             room: room.to_string(),
             placements: self.placements.clone(),
         }
     }
 
-    /// The index of the worker hosting `room`, while anyone is in it.
-    pub fn worker_of(&self, room: &str) -> Option<usize> {
-        let placements = self.placements.lock().ok()?;
-        placements.rooms.get(room).map(|p| p.worker)
+    /// The indexes of the workers with participants of `room`.
+    pub fn workers_of(&self, room: &str) -> Vec<usize> {
+        self.placements
+            .lock()
+            .map(|p| p.workers_of(room))
+            .unwrap_or_default()
     }
 
-    /// The worker hosting `room`, while anyone is in it.
-    pub fn for_room(&self, room: &str) -> Option<MediaHandle> {
-        self.worker_of(room).map(|w| self.workers[w].handle.clone())
+    /// Worker `worker`'s command queue (tests inject faults through it).
+    pub fn handle(&self, worker: usize) -> Option<MediaHandle> {
+        self.workers.get(worker).map(|w| w.handle.clone())
     }
 
     /// The UDP addresses the workers listen on.
@@ -284,23 +347,32 @@ impl MediaEngine {
         total
     }
 
-    /// What is forwarded of each track of `room` to whom; empty while nobody is in it.
+    /// What is forwarded of each track of `room` to whom; empty while nobody is in it. A
+    /// room spread over workers has its subscribers of a track on each: they are put together.
     pub async fn forwarding(&self, room: &str) -> Vec<TrackForwarding> {
-        let Some(handle) = self.for_room(room) else {
-            return Vec::new();
-        };
-        let (reply, rx) = oneshot::channel();
-        if handle
-            .send(Command::Forwarding {
+        let mut tracks: Vec<TrackForwarding> = Vec::new();
+        for w in self.workers_of(room) {
+            let (reply, rx) = oneshot::channel();
+            let command = Command::Forwarding {
                 room: room.to_string(),
                 reply,
-            })
-            .await
-            .is_err()
-        {
-            return Vec::new();
+            };
+            if self.workers[w].handle.send(command).await.is_err() {
+                continue;
+            }
+            for track in rx.await.unwrap_or_default() {
+                match tracks.iter_mut().find(|t| t.sid == track.sid) {
+                    Some(t) => t.subscribers.extend(track.subscribers),
+                    None => tracks.push(track),
+                }
+            }
         }
-        rx.await.unwrap_or_default()
+        for t in &mut tracks {
+            t.subscribers
+                .sort_by(|a, b| a.participant.cmp(&b.participant));
+        }
+        tracks.sort_by(|a, b| a.sid.cmp(&b.sid));
+        tracks
     }
 
     /// Stops every worker and waits for its thread (blocking; call it off the runtime).
@@ -397,7 +469,7 @@ mod tests {
     #[test]
     fn a_new_room_goes_to_the_least_loaded_worker_and_stays_there() {
         const FREE: [bool; 3] = [false; 3];
-        let mut p = Placements::default();
+        let mut p = Placements::new(0);
         // A big room on worker 0, then a small one on 1.
         for _ in 0..5 {
             assert_eq!(p.join("big", &FREE), 0);
@@ -413,24 +485,61 @@ mod tests {
         assert_eq!(p.join("next", &FREE), 1);
         // The big room empties: it is forgotten, and worker 0 is the least loaded again.
         for _ in 0..5 {
-            p.leave("big");
+            p.leave("big", 0);
         }
-        assert_eq!(p.rooms.get("big").map(|r| r.worker), None);
+        assert_eq!(p.rooms.get("big").map(|r| r.home), None);
         assert_eq!(p.join("again", &FREE), 0);
         // A leave for an unknown room changes nothing.
-        p.leave("nowhere");
+        p.leave("nowhere", 0);
         assert_eq!(p.rooms.len(), 4);
     }
 
     #[test]
     fn a_new_room_avoids_a_worker_past_its_cpu_budget() {
-        let mut p = Placements::default();
+        let mut p = Placements::new(0);
         // Worker 0 is idle by participants but past its budget: the room goes to 1.
         assert_eq!(p.join("a", &[true, false]), 1);
         // A room already on a worker stays there whatever its load (admission refuses instead).
         assert_eq!(p.join("a", &[false, true]), 1);
+        assert_eq!(p.home_for_next("a"), Some(1));
         // Every worker past budget: the least loaded by participants still.
         assert_eq!(p.join("b", &[true, true]), 0);
+    }
+
+    #[test]
+    fn a_room_at_the_spread_size_takes_newcomers_on_the_least_loaded_worker() {
+        const FREE: [bool; 2] = [false; 2];
+        let mut p = Placements::new(3);
+        // Another room makes worker 1 busier.
+        for _ in 0..2 {
+            assert_eq!(p.join("other", &[true, false]), 1);
+        }
+        // Small: all on its home worker.
+        for _ in 0..3 {
+            assert_eq!(p.join("big", &FREE), 0);
+        }
+        assert_eq!(p.home_for_next("big"), None, "three in: it spreads");
+        // Loads 3 / 2, then 3 / 3, then 4 / 3 ...: newcomers even the workers out.
+        assert_eq!(p.join("big", &FREE), 1);
+        assert_eq!(p.join("big", &FREE), 0);
+        assert_eq!(p.join("big", &FREE), 1);
+        assert_eq!(p.workers_of("big"), vec![0, 1]);
+        // A worker past its budget takes no newcomer while another is under it.
+        assert_eq!(p.join("big", &[false, true]), 0);
+        // Leaves are counted on the worker they were on; below the spread size again, the
+        // room's home takes newcomers.
+        for _ in 0..3 {
+            p.leave("big", 1);
+        }
+        assert_eq!(p.workers_of("big"), vec![0]);
+        for _ in 0..3 {
+            p.leave("big", 0);
+        }
+        assert_eq!(p.home_for_next("big"), Some(0));
+        p.leave("big", 0);
+        p.leave("big", 0);
+        assert_eq!(p.workers_of("big"), Vec::<usize>::new());
+        assert!(!p.rooms.contains_key("big"));
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //!
 //! The control plane talks to media only through [`Command`]s to a worker (a bounded queue:
 //! [`MediaHandle`]) and [`MediaEvent`]s back to a participant's session (a bounded queue too:
-//! [`EventSink`]). A room lives on one worker (chosen by hashing its name), so a publisher's
-//! packets reach its subscribers without crossing threads.
+//! [`EventSink`]). A room lives on one worker (the least loaded when it starts), so a
+//! publisher's packets reach its subscribers without crossing threads, until it reaches
+//! `rtc.spread_rooms_at` participants: then newcomers go to the least-loaded worker and each
+//! publication crosses to every worker with subscribers of it once (`worker::relay`).
 //!
-//! - [`engine`]: starts the workers and their sockets, picks a room's worker, stops them.
+//! - [`engine`]: starts the workers and their sockets, places participants on workers, stops
+//!   them.
 //! - `worker/`: one worker's loop and its jobs (peers, negotiation, ingress, egress, ...).
 //! - [`stack`]: one `Rtc` as we configure it, and the panic boundary around str0m calls.
 //! - `batch`: the datagrams of a worker's flush sent with `sendmmsg`.
+//! - [`relay`]: the queues between workers that carry a spread room's media.
 //! - [`demux`]: which peer a datagram on a worker's shared socket belongs to.
 //! - [`sdp`]: client SDP, bounded and parsed before it reaches a worker.
 //!
@@ -21,6 +25,7 @@ mod batch;
 pub mod demux;
 pub mod engine;
 pub mod load;
+pub mod relay;
 pub mod sdp;
 pub mod stack;
 pub mod tcp;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use str0m::bwe::Bitrate;
 
 use super::peers::Role;
-use super::{PeerId, Worker};
+use super::{PeerId, Source, Worker};
 use crate::forward::allocator::Allocator;
 use crate::forward::router::Preference;
 use crate::forward::selector::{SwitchReason, MAX_LAYERS};
@@ -156,6 +156,12 @@ impl Worker {
         let Some(publication) = self.publications.get_mut(track) else {
             return;
         };
+        if matches!(publication.source, Source::Relayed { .. }) {
+            // Its publisher's worker decides, from every worker's demand: this one's goes there.
+            publication.router.dynacast();
+            self.relay_demand(track);
+            return;
+        }
         let Some(active) = publication.router.dynacast() else {
             return;
         };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::negotiation::Negotiation;
-use super::{Declared, Participant, RoomMedia, Worker};
+use super::{Declared, Participant, RoomMedia, Source, Worker};
 use crate::forward::allocator::Allocator;
 use crate::forward::audio_level::ActiveSpeakers;
 use crate::rtc::{Command, MediaError, MAX_DECLARED_TRACKS};
@@ -145,6 +145,7 @@ impl Worker {
                 allocator: Allocator::default(),
             },
         );
+        let arrived = !self.rooms.contains_key(&room);
         self.rooms
             .entry(room.clone())
             .or_insert_with(|| RoomMedia {
@@ -153,6 +154,11 @@ impl Worker {
             })
             .participants
             .push(participant.clone());
+        if arrived {
+            // Subscribes this participant (auto-subscribe) to each; the loop below finds
+            // them subscribed already.
+            self.relay_room_arrived(&room);
+        }
         if !self.settings.auto_subscribe {
             return;
         }
@@ -170,16 +176,28 @@ impl Worker {
     /// The publisher muted or unmuted `track`; unmuted video is asked for a keyframe at once,
     /// so subscribers see it again without waiting for the next one.
     fn set_muted(&mut self, participant: &str, track: &str, muted: bool) -> Result<(), MediaError> {
-        let publication = self
+        let local = self
             .publications
-            .get_mut(track)
+            .get(track)
             .filter(|p| p.participant == participant)
-            .ok_or(MediaError::TrackNotFound)?;
+            .is_some_and(|p| matches!(p.source, Source::Local { .. }));
+        if !local {
+            return Err(MediaError::TrackNotFound);
+        }
+        self.mute_publication(track, muted);
+        self.relay_muted(track, muted);
+        Ok(())
+    }
+
+    /// Mutes or unmutes `track`'s Router here.
+    pub(super) fn mute_publication(&mut self, track: &str, muted: bool) {
+        let Some(publication) = self.publications.get_mut(track) else {
+            return;
+        };
         if publication.router.set_muted(muted) && !muted {
             let layers = publication.router.keyframe_for_targets(Instant::now());
             self.request_keyframes(track, &layers);
         }
-        Ok(())
     }
 
     /// `subscribe` (true) or `unsubscribe` (false) from the client: a subscription that exists

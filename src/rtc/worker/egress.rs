@@ -1,11 +1,12 @@
 //! The Router's decisions out: each delivery written to its subscriber's str0m stream (with
 //! the rewritten sequence number, timestamp and VP8 picture ID), layer switches told to the
-//! subscriber, keyframe requests sent to the publisher; active speakers told to rooms.
+//! subscriber, keyframe requests sent to the publisher (or, for a relayed publication, to its
+//! worker); active speakers told to rooms.
 
 use str0m::media::KeyframeRequestKind;
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, Vp8Descriptor};
 
-use super::{PeerId, Route, Worker};
+use super::{PeerId, Route, Source, Worker};
 use crate::forward::router::Fanout;
 use crate::forward::selector::LayerIndex;
 use crate::forward::Packet;
@@ -145,16 +146,21 @@ impl Worker {
         let Some(publication) = self.publications.get(track) else {
             return;
         };
-        let Some(peer) = self.peers.get_mut(&publication.publisher) else {
+        let (publisher, ssrcs) = match &publication.source {
+            Source::Local {
+                publisher, ssrcs, ..
+            } => (*publisher, *ssrcs),
+            Source::Relayed { worker, .. } => {
+                // The publisher's worker sends the request; this one throttled it already.
+                self.relay_keyframe(track, *worker, layers);
+                return;
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&publisher) else {
             return;
         };
         for layer in layers {
-            let Some(ssrc) = publication
-                .ssrcs
-                .get(usize::from(*layer))
-                .copied()
-                .flatten()
-            else {
+            let Some(ssrc) = ssrcs.get(usize::from(*layer)).copied().flatten() else {
                 continue;
             };
             let sent = guard(|| match peer.rtc.direct_api().stream_rx(&ssrc) {
@@ -166,7 +172,7 @@ impl Worker {
             });
             if matches!(sent, Ok(true)) {
                 self.counters.keyframe_requests_out.inc();
-                self.to_poll.insert(publication.publisher);
+                self.to_poll.insert(publisher);
             }
         }
     }

@@ -13,7 +13,7 @@ use str0m::{Event, IceConnectionState};
 
 use super::peers::Role;
 use super::signaling::route_subscriptions;
-use super::{track_kind, PeerId, Publication, Worker};
+use super::{track_kind, PeerId, Publication, Source, Worker};
 use crate::forward::allocator::Priority;
 use crate::forward::packet::Header;
 use crate::forward::router::Router;
@@ -21,6 +21,7 @@ use crate::forward::selector::MAX_LAYERS;
 use crate::forward::{Codec, Packet};
 use crate::model::FailureCause;
 use crate::model::{TrackInfo, TrackSource};
+use crate::rtc::relay::Listing;
 use crate::rtc::stack::{codec_of, params_of};
 use crate::rtc::MediaEvent;
 
@@ -116,41 +117,62 @@ impl Worker {
             (_, TrackSource::Screen) => Priority::Screen,
             _ => Priority::Camera,
         };
-        self.by_mid.insert((peer_id, mid), Arc::from(sid.as_str()));
+        let track: Arc<str> = Arc::from(sid.as_str());
+        self.by_mid.insert((peer_id, mid), track.clone());
         self.publications.insert(
             sid.clone(),
             Publication {
                 participant: owner.clone(),
                 room: room.clone(),
                 kind,
-                publisher: peer_id,
-                mid,
+                source: Source::Local {
+                    publisher: peer_id,
+                    mid,
+                    ssrcs: [None; MAX_LAYERS],
+                    taps: Vec::new(),
+                },
                 params: None,
                 codec: Codec::Other,
-                ssrcs: [None; MAX_LAYERS],
-                router: Router::new(priority, rids),
+                router: Router::new(priority, rids.clone()),
             },
         );
         self.metrics
             .publications
             .with_label_values(&[super::kind_label(kind)])
             .inc();
+        self.relay_published(
+            &track,
+            Listing {
+                room: room.clone(),
+                participant: owner.clone(),
+                kind,
+                priority,
+                rids,
+                worker: self.relay.index,
+            },
+        );
+        self.subscribe_room(&room, &owner, &sid);
+    }
+
+    /// With auto-subscribe, everyone in `room` on this worker but `owner` subscribes to
+    /// `track`.
+    pub(super) fn subscribe_room(&mut self, room: &str, owner: &str, track: &str) {
         if !self.settings.auto_subscribe {
             return;
         }
         let others: Vec<String> = self
             .rooms
-            .get(&room)
+            .get(room)
             .map(|r| {
                 r.participants
                     .iter()
-                    .filter(|m| **m != owner)
+                    .filter(|m| *m != owner)
                     .cloned()
                     .collect()
             })
             .unwrap_or_default();
         for other in others {
-            self.subscribe(&other, &sid);
+            self.subscribe(&other, track);
         }
     }
 
@@ -175,6 +197,14 @@ impl Worker {
         let Some(publication) = self.publications.get_mut(&**track) else {
             return;
         };
+        let Source::Local { ssrcs, taps, .. } = &mut publication.source else {
+            return;
+        };
+        let relayed = !taps.is_empty();
+        let layer = rid.map_or(0, |r| publication.router.layer_index(&r));
+        if let Some(slot) = ssrcs.get_mut(usize::from(layer)) {
+            *slot = Some(ssrc);
+        }
         let mut refused = Vec::new();
         if publication.params.is_none() {
             publication.params = params_of(&peer.rtc, rtp.header.payload_type);
@@ -183,10 +213,6 @@ impl Worker {
             refused = route_subscriptions(&self.peers, &self.participants, track, publication);
         }
         let codec = publication.codec;
-        let layer = rid.map_or(0, |r| publication.router.layer_index(&r));
-        if let Some(slot) = publication.ssrcs.get_mut(usize::from(layer)) {
-            *slot = Some(ssrc);
-        }
         let header = Header {
             ssrc: *ssrc,
             seq: *rtp.seq_no,
@@ -199,9 +225,26 @@ impl Worker {
         let kind = usize::from(codec.is_video());
         self.counters.rtp_in[kind].inc();
         self.counters.bytes_in[kind].inc_by(packet.payload.len() as u64);
+        let track = track.clone();
+        for peer in refused {
+            self.tell_unsupported(peer, &track);
+        }
+        if relayed {
+            self.relay_packet(&track, &packet);
+        }
+        self.forward(&track, &packet, now);
+    }
+
+    /// A packet of `track` (from its publisher here, or relayed from its worker): into the
+    /// publication's Router, and out to what it decided.
+    pub(super) fn forward(&mut self, track: &str, packet: &Packet, now: Instant) {
+        let Some(publication) = self.publications.get_mut(track) else {
+            return;
+        };
         let layers_before = publication.router.layer_count();
-        publication.router.on_packet(&packet, now, &mut self.fanout);
-        if publication.router.layer_count() > layers_before {
+        publication.router.on_packet(packet, now, &mut self.fanout);
+        let local = matches!(publication.source, Source::Local { .. });
+        if local && publication.router.layer_count() > layers_before {
             self.metrics.receivers.inc();
         }
         if let (Some(level), Some(room)) =
@@ -210,12 +253,8 @@ impl Worker {
             room.speakers
                 .observe(publication.participant.clone(), level, now);
         }
-        let track = track.clone();
-        for peer in refused {
-            self.tell_unsupported(peer, &track);
-        }
         let fanout = std::mem::take(&mut self.fanout);
-        self.deliver(&track, &packet, &fanout);
+        self.deliver(track, packet, &fanout);
         self.fanout = fanout;
         self.metrics.forward_latency.observe(
             Instant::now()

@@ -19,6 +19,7 @@
 //!   active speakers;
 //! - [`commands`]: the control plane's commands;
 //! - [`bandwidth`]: allocation of each subscriber's estimate, quality requests, dynacast;
+//! - [`relay`]: the relay between workers, for a room spread over several;
 //! - [`stats`]: metric handles and per-stream statistics.
 
 mod bandwidth;
@@ -27,6 +28,7 @@ mod egress;
 mod ingress;
 mod negotiation;
 mod peers;
+mod relay;
 mod signaling;
 mod stats;
 
@@ -47,13 +49,14 @@ use tokio::sync::mpsc;
 use crate::forward::allocator::Allocator;
 use crate::forward::audio_level::ActiveSpeakers;
 use crate::forward::router::{Fanout, Router};
-use crate::forward::selector::MAX_LAYERS;
+use crate::forward::selector::{LayerIndex, MAX_LAYERS};
 use crate::forward::Codec;
 use crate::metrics::Metrics;
 use crate::model::{FailureCause, TrackKind, TrackSource};
 use crate::rtc::batch::{RecvBatch, SendBatch, Sent};
 use crate::rtc::demux::Demux;
 use crate::rtc::load::WorkerLoad;
+use crate::rtc::relay::{burst, Crossing, Mesh};
 use crate::rtc::stack::panic_message;
 use crate::rtc::tcp::{self, TcpConnections, TcpInput};
 use crate::rtc::{Command, EventSink, Fault};
@@ -94,6 +97,7 @@ enum Wake {
     Socket(std::io::Result<()>),
     Tcp(TcpInput),
     Command(Option<Command>),
+    Relay(Option<Crossing>),
     Timers,
     Housekeeping,
 }
@@ -140,15 +144,31 @@ struct Publication {
     participant: String,
     room: String,
     kind: MediaKind,
-    publisher: PeerId,
-    mid: Mid,
+    source: Source,
     /// The format the publisher sends, once its first packet arrived.
     params: Option<PayloadParams>,
     codec: Codec,
-    /// The SSRC each layer arrives on, for keyframe requests.
-    ssrcs: [Option<Ssrc>; MAX_LAYERS],
     /// Subscriptions keyed by subscriber peer.
     router: Router<PeerId, Route>,
+}
+
+/// Where a publication's packets come from.
+enum Source {
+    /// A publisher peer on this worker.
+    Local {
+        publisher: PeerId,
+        mid: Mid,
+        /// The SSRC each layer arrives on, for keyframe requests.
+        ssrcs: [Option<Ssrc>; MAX_LAYERS],
+        /// Other workers with subscribers of it, and the highest layer each needs (`relay`).
+        taps: Vec<(usize, LayerIndex)>,
+    },
+    /// The publisher is on worker `worker`, which relays its packets here (`relay`).
+    Relayed {
+        worker: usize,
+        /// What this worker last asked that worker for.
+        demanded: Option<LayerIndex>,
+    },
 }
 
 /// The participants of one room on this worker, and who is speaking.
@@ -194,6 +214,8 @@ struct Worker {
     crash: bool,
     /// Where the time spent working is counted (`rtc.max_worker_load`).
     load: Arc<WorkerLoad>,
+    /// The other workers, for rooms spread over several.
+    relay: Mesh,
 }
 
 /// Runs a media worker until `Shutdown`, restarting it when its loop dies of a panic: its
@@ -204,6 +226,7 @@ pub fn run(
     tcp: Option<std::net::TcpListener>,
     settings: Settings,
     mut inbox: mpsc::Receiver<Command>,
+    (relay, mut crossings): (Mesh, mpsc::Receiver<Crossing>),
     metrics: Arc<Metrics>,
     load: Arc<WorkerLoad>,
 ) {
@@ -241,9 +264,17 @@ pub fn run(
             }
             None => None,
         };
-        let mut worker = Worker::new(socket, tcp, settings.clone(), metrics.clone(), load.clone());
+        let mut worker = Worker::new(
+            socket,
+            tcp,
+            settings.clone(),
+            metrics.clone(),
+            load.clone(),
+            relay.clone(),
+        );
+        worker.relay_restarted();
         let ended = catch_unwind(AssertUnwindSafe(|| {
-            runtime.block_on(worker.run(&mut inbox));
+            runtime.block_on(worker.run(&mut inbox, &mut crossings));
         }));
         match ended {
             Ok(()) => {
@@ -270,6 +301,7 @@ impl Worker {
         settings: Settings,
         metrics: Arc<Metrics>,
         load: Arc<WorkerLoad>,
+        relay: Mesh,
     ) -> Self {
         let local = settings.candidates.first().copied().unwrap_or_else(|| {
             socket
@@ -300,10 +332,15 @@ impl Worker {
             fanout: Fanout::default(),
             crash: false,
             load,
+            relay,
         }
     }
 
-    async fn run(&mut self, inbox: &mut mpsc::Receiver<Command>) {
+    async fn run(
+        &mut self,
+        inbox: &mut mpsc::Receiver<Command>,
+        crossings: &mut mpsc::Receiver<Crossing>,
+    ) {
         let mut received = RecvBatch::default();
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -317,6 +354,7 @@ impl Worker {
                 ready = self.socket.readable() => Wake::Socket(ready),
                 input = tcp::next_input(&mut self.tcp) => Wake::Tcp(input),
                 command = inbox.recv() => Wake::Command(command),
+                crossing = crossings.recv() => Wake::Relay(crossing),
                 _ = tokio::time::sleep_until(next.into()) => Wake::Timers,
                 _ = housekeeping.tick() => Wake::Housekeeping,
             };
@@ -328,6 +366,12 @@ impl Worker {
                 Wake::Tcp(input) => self.on_tcp(input),
                 Wake::Command(None | Some(Command::Shutdown)) => return,
                 Wake::Command(Some(command)) => self.on_command_isolated(command),
+                Wake::Relay(None) => {}
+                Wake::Relay(Some(first)) => {
+                    for crossing in burst(first, crossings) {
+                        self.isolated(None, |w| w.on_crossing(crossing));
+                    }
+                }
                 Wake::Timers => self.on_timeouts(),
                 Wake::Housekeeping => self.isolated(None, |w| w.housekeeping()),
             }
@@ -520,14 +564,15 @@ impl Worker {
             .values()
             .map(|p| p.router.subscription_count())
             .sum();
-        let receivers: usize = self
-            .publications
-            .values()
-            .map(|p| p.router.layer_count())
-            .sum();
+        let local = || {
+            self.publications
+                .values()
+                .filter(|p| matches!(p.source, Source::Local { .. }))
+        };
+        let receivers: usize = local().map(|p| p.router.layer_count()).sum();
         self.metrics.subscriptions.sub(subscriptions as i64);
         self.metrics.receivers.sub(receivers as i64);
-        for p in self.publications.values() {
+        for p in local() {
             self.metrics
                 .publications
                 .with_label_values(&[kind_label(p.kind)])

@@ -9,7 +9,7 @@ use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Input, Output, Reason, Rtc, RtcError};
 
 use super::stats::timeout_reason;
-use super::{PeerId, Worker};
+use super::{PeerId, Source, Worker};
 use crate::model::FailureCause;
 use crate::rtc::stack::{guard, new_rtc};
 use crate::rtc::MediaEvent;
@@ -336,6 +336,7 @@ impl Worker {
                         self.metrics.subscriptions.dec();
                     }
                 }
+                self.relay_demand(&track);
             }
         }
         let Some(participant) = self.participants.remove(sid) else {
@@ -358,25 +359,29 @@ impl Worker {
             room.speakers.remove(&sid.to_string());
             if room.participants.is_empty() {
                 self.rooms.remove(&participant.room);
+                self.relay_room_left(&participant.room);
             }
         }
         tracing::debug!(participant = sid, "media state removed");
     }
 
-    /// A publication ends: its subscribers' m-lines are renegotiated away.
+    /// A publication ends (or, relayed, leaves this worker): its subscribers' m-lines are
+    /// renegotiated away.
     pub(super) fn remove_publication(&mut self, track: &str) {
         let Some(publication) = self.publications.remove(track) else {
             return;
         };
-        self.by_mid
-            .remove(&(publication.publisher, publication.mid));
-        self.metrics
-            .publications
-            .with_label_values(&[super::kind_label(publication.kind)])
-            .dec();
-        self.metrics
-            .receivers
-            .sub(publication.router.layer_count() as i64);
+        if let Source::Local { publisher, mid, .. } = publication.source {
+            self.by_mid.remove(&(publisher, mid));
+            self.metrics
+                .publications
+                .with_label_values(&[super::kind_label(publication.kind)])
+                .dec();
+            self.metrics
+                .receivers
+                .sub(publication.router.layer_count() as i64);
+            self.relay_unpublished(track);
+        }
         self.metrics
             .subscriptions
             .sub(publication.router.subscription_count() as i64);

@@ -99,6 +99,7 @@ impl Worker {
                 self.metrics.subscriptions.inc();
             }
         }
+        self.relay_demand(track);
         self.negotiate(participant);
     }
 
@@ -112,6 +113,10 @@ impl Worker {
                 self.metrics.subscriptions.dec();
             }
         }
+        self.relay_demand(track);
+        let Some(p) = self.participants.get_mut(participant) else {
+            return;
+        };
         if p.negotiation.remove(track) {
             self.negotiate(participant);
         }

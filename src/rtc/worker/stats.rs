@@ -187,6 +187,7 @@ impl Worker {
             receivers: self
                 .publications
                 .values()
+                .filter(|p| matches!(p.source, super::Source::Local { .. }))
                 .map(|p| p.router.layer_count())
                 .sum(),
             subscriptions: self
