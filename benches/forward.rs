@@ -4,12 +4,13 @@
 //! packet, counted by a wrapping global allocator, so a change that adds a per-subscriber
 //! allocation shows up as a number, not a hunch.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::allocations_per_call;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sfu::forward::allocator::{Allocator, Demand, Priority};
 use sfu::forward::keyframe::is_keyframe;
@@ -19,24 +20,6 @@ use sfu::forward::router::{Fanout, Router};
 use sfu::forward::subscription::{Forward, Subscription};
 use sfu::forward::vp8::Vp8Info;
 use sfu::forward::{Codec, Packet};
-
-/// Counts every allocation the process makes.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 /// A 1100-byte VP8 packet, the size a 720p stream mostly sends.
 fn vp8_packet(seq: u64, keyframe: bool, arrival: Instant) -> Packet {
@@ -63,15 +46,6 @@ fn vp8_packet(seq: u64, keyframe: bool, arrival: Instant) -> Packet {
         layer: 0,
         vp8,
     }
-}
-
-/// Allocations per call of `f`, over `n` calls.
-fn allocations_per_call(n: u64, mut f: impl FnMut(u64)) -> f64 {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for i in 0..n {
-        f(i);
-    }
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64
 }
 
 fn subscription_forward(c: &mut Criterion) {

@@ -42,6 +42,9 @@
 //!   (where its packets come from, its format, its layers' SSRCs) and the subscriber
 //!   connection's offer/answer state. It mints a track's sid when its m-line appears and tells
 //!   the session, which adds the track to the room: the room never learns of media any other way.
+//!   In a room spread over several workers (`rtc.spread_rooms_at`) the publisher's worker owns
+//!   the Publication; each other worker with subscribers of it holds a relayed copy that it
+//!   feeds with the packets it relays (`rtc::relay`).
 //! - **Router** (`forward/`, one per Publication): its layers' Receivers and its Subscriptions:
 //!   which layer each subscriber gets, what was forwarded, when a keyframe is due.
 //! - **Allocator** (`forward/`, one per subscriber connection): that connection's bandwidth split.

@@ -211,28 +211,39 @@ async fn a_publisher_restart_keeps_the_subscriber_stream_continuous() {
     server.shutdown().await;
 }
 
+/// Keyframe requests (PLI) `publisher`'s camera has received.
+fn plis_at(publisher: &MediaClient) -> usize {
+    publisher
+        .plis
+        .lock()
+        .unwrap()
+        .get("cam")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Every keyframe request the server has sent upstream has reached `publisher` (the only one).
+async fn requests_landed(server: &sfu::http::Server, publisher: &MediaClient) -> bool {
+    let sent = common::metric(server, "sfu_keyframe_requests_sent_total{type=\"pli\"}")
+        .await
+        .unwrap_or(0.0);
+    plis_at(publisher) as f64 >= sent
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_keyframe_requests_are_throttled_upstream() {
     let server = common::start(|_| {}).await;
     let (alice, video, _sid, subs) = publishing_room(&server, &["bob"]).await;
     let bob = &subs[0];
     send_vp8(&video, 5, 2, 100, 1, 0, 0).await;
-    let plis_at_alice = || alice.plis.lock().unwrap().get("cam").copied().unwrap_or(0);
-    // Every keyframe request the server has sent upstream has reached alice.
-    let requests_landed = || async {
-        let sent = common::metric(&server, "sfu_keyframe_requests_sent_total{type=\"pli\"}")
-            .await
-            .unwrap_or(0.0);
-        plis_at_alice() as f64 >= sent
-    };
     let receiving = common::eventually(|| async { !bob.received_of("video/vp8").is_empty() }).await;
     assert!(receiving, "bob receives alice's video");
     // Requests from setting up bob's subscription must not count as his.
     assert!(
-        common::eventually(requests_landed).await,
+        common::eventually(|| requests_landed(&server, &alice)).await,
         "keyframe requests the server sent before bob's never reached alice"
     );
-    let before = plis_at_alice();
+    let before = plis_at(&alice);
     let media_ssrc = bob.received_of("video/vp8")[0].header.ssrc;
     // Spread over a second on purpose: the throttle allows one request upstream per interval,
     // so this is what a subscriber asking again and again for a second looks like.
@@ -256,14 +267,14 @@ async fn subscriber_keyframe_requests_are_throttled_upstream() {
         )
         .await
         .unwrap_or(0.0);
-        received >= 20.0 && requests_landed().await
+        received >= 20.0 && requests_landed(&server, &alice).await
     })
     .await;
     assert!(
         settled,
         "the server never counted bob's 20 PLIs, or what it sent upstream never reached alice"
     );
-    let arrived = plis_at_alice() - before;
+    let arrived = plis_at(&alice) - before;
     assert!(
         (1..=3).contains(&arrived),
         "20 PLIs in 1 s became {arrived} upstream"
@@ -1071,18 +1082,11 @@ async fn a_room_spread_over_two_workers_reaches_everyone_and_relays_keyframe_req
     );
 
     // Bob, on the other worker, asks for a keyframe: it reaches alice.
-    let plis_at_alice = || alice.plis.lock().unwrap().get("cam").copied().unwrap_or(0);
-    let requests_landed = || async {
-        let sent = common::metric(&server, "sfu_keyframe_requests_sent_total{type=\"pli\"}")
-            .await
-            .unwrap_or(0.0);
-        plis_at_alice() as f64 >= sent
-    };
     assert!(
-        common::eventually(requests_landed).await,
+        common::eventually(|| requests_landed(&server, &alice)).await,
         "the keyframe requests of setting up the subscriptions never reached alice"
     );
-    let before = plis_at_alice();
+    let before = plis_at(&alice);
     let media_ssrc = subs[0].received_of("video/vp8")[0].header.ssrc;
     let reached = common::eventually(|| async {
         let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
@@ -1090,7 +1094,7 @@ async fn a_room_spread_over_two_workers_reaches_everyone_and_relays_keyframe_req
             media_ssrc,
         };
         let _ = subs[0].subscriber.write_rtcp(&[Box::new(pli)]).await;
-        plis_at_alice() > before
+        plis_at(&alice) > before
     })
     .await;
     assert!(reached, "bob's keyframe requests never reached alice");
