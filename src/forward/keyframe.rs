@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::forward::packet::Codec;
+use crate::forward::vp8::Vp8Info;
 
 /// At most one keyframe request per publication layer in this interval. A keyframe takes a
 /// round trip plus encoding time to arrive; asking again sooner only makes the encoder produce
@@ -37,42 +38,12 @@ impl KeyframeThrottle {
 /// Does this RTP payload start a keyframe? Only the first packet of a keyframe says so.
 pub fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
     match codec {
-        Codec::Vp8 => vp8_keyframe(payload),
+        // RFC 7741: the descriptor, then on a frame's first packet the VP8 header, P bit 0.
+        Codec::Vp8 => Vp8Info::parse(payload).is_some_and(|v| v.keyframe),
         Codec::Vp9 => vp9_keyframe(payload),
         Codec::H264 => h264_keyframe(payload),
         Codec::Opus | Codec::Other => false,
     }
-}
-
-/// VP8 (RFC 7741): payload descriptor, then on the first packet of a frame the VP8 header whose
-/// lowest bit P is 0 for a key frame.
-fn vp8_keyframe(p: &[u8]) -> bool {
-    let Some(&first) = p.first() else {
-        return false;
-    };
-    let extended = first & 0x80 != 0;
-    let start = first & 0x10 != 0;
-    let partition = first & 0x07;
-    if !start || partition != 0 {
-        return false;
-    }
-    let mut i = 1;
-    if extended {
-        let Some(&x) = p.get(i) else { return false };
-        i += 1;
-        if x & 0x80 != 0 {
-            // Picture ID: 7 or 15 bits.
-            let Some(&pid) = p.get(i) else { return false };
-            i += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            i += 1; // TL0PICIDX
-        }
-        if x & 0x30 != 0 {
-            i += 1; // TID/Y/KEYIDX
-        }
-    }
-    p.get(i).is_some_and(|h| h & 0x01 == 0)
 }
 
 /// VP9 (RFC 9628 flexible or not): P=0 (not inter-predicted) and B=1 (start of a frame) on

@@ -91,7 +91,11 @@ impl Packet {
             timestamp: header.timestamp,
             marker: header.marker,
             codec,
-            keyframe: is_keyframe(codec, &payload),
+            // VP8's descriptor is parsed once, above, for this too.
+            keyframe: match codec {
+                Codec::Vp8 => vp8.is_some_and(|v| v.keyframe),
+                _ => is_keyframe(codec, &payload),
+            },
             // RFC 6464's 0..=127; some stacks hand the level over as a negative dBov.
             audio_level: header.audio_level.map(|l| l.unsigned_abs().min(127) as i8),
             voice_activity: header.voice_activity,

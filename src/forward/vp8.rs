@@ -23,6 +23,8 @@ pub struct Vp8Info {
     pub layer_sync: bool,
     /// Start of a VP8 frame (S bit with partition 0).
     pub frame_start: bool,
+    /// The frame this packet starts is a keyframe (P bit 0 in the VP8 frame header).
+    pub keyframe: bool,
     /// Width and height from a keyframe's header, on the packet that starts a keyframe.
     pub keyframe_size: Option<(u16, u16)>,
 }
@@ -67,6 +69,7 @@ impl Vp8Info {
             // VP8 frame header (RFC 6386 §9.1): P bit 0 = keyframe; a keyframe's 3-byte tag is
             // followed by the start code 9d 01 2a and 14-bit width and height.
             let h = p.get(i..)?;
+            info.keyframe = h.first().is_some_and(|b| b & 0x01 == 0);
             if h.len() >= 10 && h[0] & 0x01 == 0 && h[3..6] == [0x9d, 0x01, 0x2a] {
                 let width = u16::from_le_bytes([h[6], h[7]]) & 0x3fff;
                 let height = u16::from_le_bytes([h[8], h[9]]) & 0x3fff;

@@ -39,6 +39,8 @@ impl Worker {
         };
         // Parsed by str0m once per packet, only if some subscriber's picture IDs are shifted.
         let mut descriptor: Option<Option<Vp8Descriptor>> = None;
+        // Counted here and added to the shared counters once per packet, not per subscriber.
+        let (mut sent, mut bytes) = (0u64, 0u64);
         for d in &fanout.deliveries {
             if let Some((layer, reason)) = d.packet.switched {
                 self.counters.switches[reason as usize].inc();
@@ -92,8 +94,8 @@ impl Worker {
             });
             match written {
                 Ok(true) => {
-                    self.counters.rtp_out[kind].inc();
-                    self.counters.bytes_out[kind].inc_by(out.payload.len() as u64);
+                    sent += 1;
+                    bytes += out.payload.len() as u64;
                     self.to_poll.insert(d.subscriber);
                 }
                 Ok(false) => self.counters.error_write.inc(),
@@ -102,6 +104,10 @@ impl Worker {
                     self.counters.error_write.inc();
                 }
             }
+        }
+        if sent > 0 {
+            self.counters.rtp_out[kind].inc_by(sent);
+            self.counters.bytes_out[kind].inc_by(bytes);
         }
         if let Some(layer) = fanout.keyframe_request {
             self.request_keyframes(track, &[layer]);
