@@ -1129,3 +1129,37 @@ async fn a_room_spread_over_two_workers_reaches_everyone_and_relays_keyframe_req
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_nothing_to_send_is_not_woken_to_send_padding() {
+    let server = common::start(|_| {}).await;
+    let (_alice, video, _sid, subs) = publishing_room(&server, &["bob"]).await;
+    // A little video, so bob's connection has an estimate and has sent media; then nothing.
+    send_vp8(&video, 10, 2, 10, 1, 0, 0).await;
+    let bob = &subs[0];
+    assert!(
+        common::eventually(|| async { bob.received_of("video/vp8").len() >= 20 }).await,
+        "bob receives alice's video"
+    );
+    let timeouts = |reason: &'static str| {
+        let server = &server;
+        async move {
+            let series = format!("sfu_peer_timeouts_total{{reason=\"{reason}\"}}");
+            common::metric(server, &series).await.unwrap_or(0.0)
+        }
+    };
+    // Measured over what the peers' once-a-second statistics timers take to fire a few times
+    // each (three peers: alice's publisher connection, alice's and bob's subscriber ones).
+    let (stats_before, pacer_before) = (timeouts("stats").await, timeouts("pacer").await);
+    let waited =
+        common::eventually(|| async { timeouts("stats").await >= stats_before + 9.0 }).await;
+    assert!(waited, "the statistics timers never fired");
+    let stats = timeouts("stats").await - stats_before;
+    let pacer = timeouts("pacer").await - pacer_before;
+    // str0m pads such a connection at 50 kbit/s in 5 ms bursts: 200 pacer timers a second.
+    assert!(
+        pacer <= stats * 5.0,
+        "{pacer} pacer timers while the statistics timers fired {stats} times"
+    );
+    server.shutdown().await;
+}
