@@ -1,6 +1,6 @@
 //! The media engine: one worker thread and one UDP socket per core, started together, each
-//! room placed on the least-loaded worker when its first participant joins, all stopped
-//! together.
+//! participant placed on a worker (a room's own while it is small, the least-loaded one once it
+//! is big enough to spread), all stopped together.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
