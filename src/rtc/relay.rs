@@ -143,12 +143,26 @@ impl Mesh {
         sent
     }
 
-    /// Tells every other worker.
+    /// Hands a packet of `track` to each of `taps` (worker, highest layer it needs) that
+    /// needs its layer.
+    pub fn send_to_taps(
+        &self,
+        taps: &[(usize, LayerIndex)],
+        track: &Arc<str>,
+        packet: &Packet,
+        params: Option<PayloadParams>,
+    ) {
+        for &(worker, highest) in taps {
+            if packet.layer <= highest {
+                self.send_packet(worker, track, packet, params);
+            }
+        }
+    }
+
+    /// Tells every other worker (`send` skips this one).
     pub fn broadcast(&self, make: impl Fn() -> Crossing) {
         for w in 0..self.to.len() {
-            if w != self.index {
-                self.send(w, make());
-            }
+            self.send(w, make());
         }
     }
 

@@ -197,10 +197,9 @@ impl Worker {
         let Some(publication) = self.publications.get_mut(&**track) else {
             return;
         };
-        let Source::Local { ssrcs, taps, .. } = &mut publication.source else {
+        let Source::Local { ssrcs, .. } = &mut publication.source else {
             return;
         };
-        let relayed = !taps.is_empty();
         let layer = rid.map_or(0, |r| publication.router.layer_index(&r));
         if let Some(slot) = ssrcs.get_mut(usize::from(layer)) {
             *slot = Some(ssrc);
@@ -222,15 +221,17 @@ impl Worker {
             voice_activity: rtp.header.ext_vals.voice_activity,
         };
         let packet = Packet::new(header, codec, layer, rtp.timestamp, rtp.payload);
+        if let Source::Local { taps, .. } = &publication.source {
+            // Other workers with subscribers of it get it once each, before this one's fan-out.
+            self.relay
+                .send_to_taps(taps, track, &packet, publication.params);
+        }
         let kind = usize::from(codec.is_video());
         self.counters.rtp_in[kind].inc();
         self.counters.bytes_in[kind].inc_by(packet.payload.len() as u64);
         let track = track.clone();
         for peer in refused {
             self.tell_unsupported(peer, &track);
-        }
-        if relayed {
-            self.relay_packet(&track, &packet);
         }
         self.forward(&track, &packet, now);
     }

@@ -74,22 +74,6 @@ impl Worker {
         self.relay.broadcast(|| Crossing::Restarted { from: me });
     }
 
-    /// Hands a local publication's packet to every worker that asked for its layer.
-    pub(super) fn relay_packet(&self, track: &Arc<str>, packet: &Packet) {
-        let Some(publication) = self.publications.get(&**track) else {
-            return;
-        };
-        let Source::Local { taps, .. } = &publication.source else {
-            return;
-        };
-        for &(worker, highest) in taps {
-            if packet.layer <= highest {
-                self.relay
-                    .send_packet(worker, track, packet, publication.params);
-            }
-        }
-    }
-
     /// A room came to this worker: the room's publications on other workers become relayed
     /// publications here.
     pub(super) fn relay_room_arrived(&mut self, room: &str) {
@@ -258,15 +242,7 @@ impl Worker {
         let Some(publication) = self.publications.get_mut(track) else {
             return;
         };
-        let Source::Local { taps, .. } = &mut publication.source else {
-            return;
-        };
-        taps.retain(|(w, _)| *w != from);
-        if let Some(h) = highest {
-            taps.push((from, h));
-        }
-        let remote = taps.iter().map(|(_, h)| *h).max();
-        publication.router.set_remote_highest(remote);
+        publication.set_tap(from, highest);
         self.dynacast(track);
     }
 
@@ -277,12 +253,8 @@ impl Worker {
         for (track, p) in self.publications.iter_mut() {
             match &mut p.source {
                 Source::Relayed { worker, .. } if *worker == from => gone.push(track.clone()),
-                Source::Local { taps, .. } => {
-                    let before = taps.len();
-                    taps.retain(|(w, _)| *w != from);
-                    if taps.len() != before {
-                        let remote = taps.iter().map(|(_, h)| *h).max();
-                        p.router.set_remote_highest(remote);
+                Source::Local { .. } => {
+                    if p.set_tap(from, None) {
                         changed.push(track.clone());
                     }
                 }
@@ -295,5 +267,25 @@ impl Worker {
         for track in changed {
             self.dynacast(&track);
         }
+    }
+}
+
+impl Publication {
+    /// What worker `from` needs of this local publication: the layers up to `highest`, or
+    /// (`None`) nothing. Dynacast keeps the highest any worker needs. True if that changed.
+    fn set_tap(&mut self, from: usize, highest: Option<LayerIndex>) -> bool {
+        let Source::Local { taps, .. } = &mut self.source else {
+            return false;
+        };
+        let old = taps
+            .iter()
+            .position(|(w, _)| *w == from)
+            .map(|i| taps.remove(i).1);
+        if let Some(h) = highest {
+            taps.push((from, h));
+        }
+        let remote = taps.iter().map(|(_, h)| *h).max();
+        self.router.set_remote_highest(remote);
+        old != highest
     }
 }
