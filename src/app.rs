@@ -3,7 +3,8 @@
 //!
 //! This is where the layers are wired together, so none of them has to know the others' owner:
 //! the rooms get the signaling layer's encoder for their events, the media workers get the
-//! metrics, everything gets the one shutdown token.
+//! metrics, everything gets the one shutdown token. In cluster mode it starts the node's part
+//! in the cluster (`cluster`).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
@@ -35,6 +37,8 @@ pub struct AppInner {
     pub media: Arc<MediaEngine>,
     /// The parts a signaling session uses, shared by every session.
     pub session: Arc<session::Context>,
+    /// This node's part in a cluster (`cluster.redis_url`), or `None` for a single node.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -46,9 +50,11 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// Builds every part; starts the media workers (binding their UDP sockets) and the TURN
-    /// server, when enabled.
-    pub async fn new(config: Config) -> anyhow::Result<Self> {
+    /// server, when enabled, and the cluster's refresh loop. `http_port` is the port the HTTP
+    /// server listens on (the one a cluster node advertises when none is configured).
+    pub async fn new(config: Config, http_port: u16) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
+        let cluster = Cluster::new(&config, http_port, metrics.clone())?;
         let media = MediaEngine::start(&config, metrics.clone())?;
         let shutdown = CancellationToken::new();
         let rooms = Rooms::new(
@@ -99,7 +105,12 @@ impl AppState {
             shutdown: shutdown.clone(),
             resumes: Default::default(),
             turn,
+            cluster: cluster.clone(),
+            drain: CancellationToken::new(),
         });
+        if let Some(cluster) = &cluster {
+            cluster.start(rooms.clone(), media.clone(), shutdown.clone());
+        }
         Ok(Self(Arc::new(AppInner {
             auth,
             config,
@@ -109,6 +120,7 @@ impl AppState {
             sessions: TaskTracker::new(),
             media,
             session,
+            cluster,
         })))
     }
 }

@@ -57,6 +57,7 @@ pub struct Config {
     pub signal: SignalConfig,
     pub turn: TurnConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
     /// Set by `--dev`, never read from a file: dev key/secret, the dev token endpoint.
     #[serde(skip)]
     pub dev: bool,
@@ -231,6 +232,77 @@ pub struct TurnConfig {
     pub max_bitrate: u64,
     /// More ICE servers for clients (an operator's STUN or coturn), given in `joined`.
     pub ice_servers: Vec<IceServerConfig>,
+}
+
+/// Cluster mode (`src/cluster`): nodes that share room placement and load through Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db` of the cluster's Redis. Empty: a single node, nothing shared.
+    pub redis_url: String,
+    /// This node's name in the cluster. Empty: generated at start-up (`node-` and random hex).
+    pub node_id: String,
+    /// How clients and the other nodes reach this node's HTTP/WebSocket server, e.g.
+    /// `https://sfu-3.example.com` (a refused join names it as `wss://sfu-3.example.com/ws`).
+    /// Empty: `http://<http.bind, or 127.0.0.1 for a wildcard>:<http.port>`.
+    pub advertise_url: String,
+    /// How often the node writes its load and refreshes its rooms in Redis.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// How long a node's entry (and its rooms' placement) lives in Redis without a refresh: a
+    /// node that died is forgotten, and its rooms can move, this long after its last write.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// After SIGTERM, how long a draining node waits for its participants to move before it
+    /// exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// Whether the node is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+            return Err(ConfigError::key("cluster.redis_url", e.to_string()));
+        }
+        let url = &self.advertise_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::key(
+                "cluster.advertise_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.refresh.is_zero() {
+            return Err(ConfigError::key("cluster.refresh", "must be above 0"));
+        }
+        if self.node_ttl < self.refresh * 2 {
+            return Err(ConfigError::key(
+                "cluster.node_ttl",
+                "must be at least twice cluster.refresh (a late refresh must not lose the node)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            node_id: String::new(),
+            advertise_url: String::new(),
+            refresh: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// An ICE server from the config, passed to clients as it is.
@@ -568,7 +640,7 @@ impl Config {
                 format!("`{}` is not a valid log filter", self.log.level),
             ));
         }
-        Ok(())
+        self.cluster.validate()
     }
 
     /// Number of media workers this config asks for.
@@ -595,7 +667,7 @@ fn apply_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     const SECTIONS: &[&str] = &[
-        "http", "rtc", "auth", "room", "chat", "signal", "turn", "log",
+        "http", "rtc", "auth", "room", "chat", "signal", "turn", "log", "cluster",
     ];
     for (name, value) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {

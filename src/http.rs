@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/nodes", get(list_nodes))
         .route("/api/rooms", get(list_rooms))
         .route("/api/rooms/{room}", get(room_detail))
         .route("/api/rooms/{room}/participants/{identity}", delete(kick))
@@ -124,7 +125,33 @@ async fn healthz(State(app): State<AppState>) -> Response {
     if app.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    // A draining node: the load balancer must stop sending clients here.
+    if app.cluster.as_ref().is_some_and(|c| c.is_draining()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
     "ok\n".into_response()
+}
+
+/// The cluster's nodes as Redis has them (admin): each node's address, load and state. A
+/// single node lists nothing and says `cluster: false`.
+async fn list_nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.verify_admin(bearer(&headers))?;
+    let Some(cluster) = &app.cluster else {
+        return Ok(Json(serde_json::json!({ "cluster": false, "nodes": [] })).into_response());
+    };
+    let nodes = cluster.nodes().await.map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            format!("the cluster's Redis cannot be read: {e}"),
+        )
+    })?;
+    Ok(Json(serde_json::json!({
+        "cluster": true,
+        "node": cluster.node_id(),
+        "nodes": nodes,
+    }))
+    .into_response())
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
@@ -329,7 +356,7 @@ impl Server {
         };
         raise_open_file_limit();
         let http = config.http.clone();
-        let state = AppState::new(config).await?;
+        let state = AppState::new(config, local_addr.port()).await?;
         let app = router(state.clone()).into_make_service();
         let handle = axum_server::Handle::new();
         let refused = state.metrics.http_connections_refused.clone();
@@ -363,6 +390,33 @@ impl Server {
             handle,
             task,
         })
+    }
+
+    /// Cluster mode: drains the node (SIGTERM). Joins are sent to other nodes, `/healthz`
+    /// answers 503, every joined client is told to move (`leave{reason:"node_draining", url}`);
+    /// returns when no participant is left or after `cluster.drain_timeout`. A single node
+    /// returns at once.
+    pub async fn drain(&self) {
+        let state = &self.state;
+        let Some(cluster) = &state.cluster else {
+            return;
+        };
+        tracing::info!("draining: telling every client to move to another node");
+        cluster.drain(&state.media).await;
+        state.session.drain.cancel();
+        let timeout = state.config.cluster.drain_timeout;
+        let empty = async {
+            while state.metrics.participants.get() > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        match tokio::time::timeout(timeout, empty).await {
+            Ok(()) => tracing::info!("drained: no participant left"),
+            Err(_) => tracing::warn!(
+                participants = state.metrics.participants.get(),
+                "cluster.drain_timeout passed with participants still here"
+            ),
+        }
     }
 
     /// Says goodbye to every client (`leave{reason:"server_shutdown"}`), then stops serving.

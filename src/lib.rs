@@ -22,11 +22,13 @@
 //! - [`forward`]: the sans-IO forwarding core: every forwarding decision (a publication's
 //!   [`forward::router::Router`], its subscriptions, layer choice, allocation, dynacast).
 //! - [`turn_server`]: the embedded TURN server, its credentials and what it may relay to.
+//! - [`cluster`]: cluster mode on Redis: the node registry, which node hosts each room, the
+//!   node a refused join is sent to, draining.
 //! - [`metrics`]: the one Prometheus registry.
 //! - [`logging`]: the log filter and format, and the rate limit per log line.
 //!
 //! Dependencies point one way: `http -> signal -> room -> model`, `signal -> rtc -> forward`,
-//! `signal -> turn_server`;
+//! `signal -> turn_server`, `signal -> cluster -> {room, rtc}`;
 //! nothing imports `http` (but `main.rs` and the tests), `signal` takes the parts it needs
 //! ([`signal::session::Context`]) without importing `app`, and `room` and `rtc` never import
 //! `signal` (tests/layering.rs checks all of it).
@@ -68,6 +70,7 @@
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod forward;
 pub mod http;

@@ -305,14 +305,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
-    shutdown_signal().await;
+    if shutdown_signal().await == Signal::Terminate {
+        // A cluster node drains first (a single node has nothing to drain).
+        server.drain().await;
+    }
     tracing::info!("shutting down: telling every client");
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// The signal that stops the server.
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    /// Ctrl-C: stop now.
+    Interrupt,
+    /// SIGTERM (an orchestrator): a cluster node drains first.
+    Terminate,
+}
+
+async fn shutdown_signal() -> Signal {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -328,7 +340,7 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        _ = ctrl_c => Signal::Interrupt,
+        _ = term => Signal::Terminate,
     }
 }

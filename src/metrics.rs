@@ -122,6 +122,12 @@ pub struct Metrics {
     /// Times a media worker woke up: for a datagram, a command, peers' timers or housekeeping.
     pub worker_wakeups: IntCounter,
     pub worker_relay_packets: IntCounter,
+    /// Cluster mode: live nodes seen in Redis (this one included), failed Redis requests,
+    /// joins sent to another node by reason, and whether this node is draining.
+    pub cluster_nodes: IntGauge,
+    pub cluster_redis_errors: IntCounter,
+    pub cluster_redirects: IntCounterVec,
+    pub cluster_draining: IntGauge,
     /// Each media worker's load: the fraction of its time spent working, smoothed over ~3 s
     /// (`rtc.max_worker_load` is its budget), by worker index.
     pub worker_load: GaugeVec,
@@ -393,6 +399,29 @@ impl Metrics {
                 "Times a media worker woke up (a datagram, a command, timers or housekeeping)",
             )
             .expect("valid metric"),
+            cluster_nodes: IntGauge::new(
+                "sfu_cluster_nodes",
+                "Live nodes of the cluster seen in Redis, this one included (0: single node)",
+            )
+            .expect("valid metric"),
+            cluster_redis_errors: IntCounter::new(
+                "sfu_cluster_redis_errors_total",
+                "Cluster requests to Redis that failed (Redis down or slow)",
+            )
+            .expect("valid metric"),
+            cluster_redirects: IntCounterVec::new(
+                Opts::new(
+                    "sfu_cluster_redirects_total",
+                    "Joins sent to another node, by reason (room_on_other_node, node_full, node_draining)",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            cluster_draining: IntGauge::new(
+                "sfu_cluster_draining",
+                "1 while this node drains after SIGTERM",
+            )
+            .expect("valid metric"),
             worker_relay_packets: IntCounter::new(
                 "sfu_worker_relay_packets_total",
                 "Publisher packets handed to another media worker hosting subscribers of the \
@@ -477,6 +506,10 @@ impl Metrics {
             Box::new(m.worker_restarts.clone()),
             Box::new(m.worker_wakeups.clone()),
             Box::new(m.worker_relay_packets.clone()),
+            Box::new(m.cluster_nodes.clone()),
+            Box::new(m.cluster_redis_errors.clone()),
+            Box::new(m.cluster_redirects.clone()),
+            Box::new(m.cluster_draining.clone()),
             Box::new(m.worker_load.clone()),
             Box::new(m.peer_timeouts.clone()),
             Box::new(m.media_errors.clone()),

@@ -150,6 +150,8 @@ pub enum LeaveReason {
     JoinTimeout,
     /// The participant's media connection died (ICE/DTLS timeout) or failed.
     MediaFailed,
+    /// Cluster mode: this node is draining (SIGTERM); `leave.url` names the node to join.
+    NodeDraining,
 }
 
 /// What ended a participant's media, as `media_failed` tells the client (`cause`).

@@ -1,6 +1,6 @@
 //! The dependency rule of DESIGN.md, checked on the source: `http -> signal -> room -> model`,
 //! `signal -> rtc -> forward`, `signal -> turn_server` (a leaf, like the TURN server is a
-//! service of its own); nothing imports `http`; `signal` takes what it needs without
+//! service of its own), `signal -> cluster -> {room, rtc}`; nothing imports `http`; `signal` takes what it needs without
 //! importing `app`; `room/` and `rtc/` never import `signal`; `forward/` imports nothing of
 //! the crate but itself and `model`; only `rtc/` names the WebRTC stack (str0m), and its files
 //! stay short enough to read.
@@ -82,8 +82,13 @@ fn rtc_imports_neither_signal_nor_room_nor_http() {
 fn signal_imports_neither_http_nor_app() {
     assert_clean(
         "signal",
-        &[LEAVES, &["signal", "room", "rtc", "turn_server"]].concat(),
+        &[LEAVES, &["signal", "room", "rtc", "turn_server", "cluster"]].concat(),
     );
+}
+
+#[test]
+fn cluster_imports_neither_signal_nor_http() {
+    assert_clean("cluster", &[LEAVES, &["cluster", "room", "rtc"]].concat());
 }
 
 #[test]

@@ -11,6 +11,8 @@ command -v unshare >/dev/null || need_pkgs+=(util-linux)
 command -v nft >/dev/null || need_pkgs+=(nftables)
 # The TURN interop test runs coturn's test client, turnutils_uclient.
 command -v turnutils_uclient >/dev/null || need_pkgs+=(coturn)
+# The cluster tests (tests/cluster.rs) start their own Redis servers.
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 # Browser tests: Debian's Chromium, driven by playwright-core from Node.
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 # ... and Debian's Firefox ESR, driven through Marionette by our own client (tests/browser/marionette.mjs).

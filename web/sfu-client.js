@@ -96,6 +96,9 @@
  *                       with `resume: true` the session is being resumed (same sid, media and
  *                       room state kept, `maxAttempts` null: it tries until the server's resume
  *                       window ends), otherwise a full rejoin is being tried
+ *   redirected          {code, url, from}   cluster mode: the node refused the join and named
+ *                       another (`room_on_other_node`, `node_full`, `node_draining`); the
+ *                       client moves its socket to `url` and joins there
  *   resumed             {replayed, attempt}   the session was taken over on a new socket; the
  *                       `replayed` messages we missed were handled as usual before this event
  *   ice_restart         {target}   a media connection went disconnected/failed after it had
@@ -147,6 +150,7 @@ export const LEAVE_MESSAGES = {
   slow_consumer: 'The connection was too slow to keep up with the room.',
   join_timeout: 'Joining the room took too long.',
   media_failed: 'The media connection failed.',
+  node_draining: 'The server is being taken down for maintenance; moving to another one.',
 };
 
 /** What a `media_failed` cause means to the person in front of the screen. */
@@ -158,7 +162,13 @@ export const MEDIA_FAILURES = {
 };
 
 /** Reasons worth a reconnect: a retry can fix them. Others end the session for good. */
-const RETRYABLE = new Set(['disconnected', 'server_shutdown', 'slow_consumer', 'media_failed']);
+const RETRYABLE = new Set(['disconnected', 'server_shutdown', 'slow_consumer', 'media_failed', 'node_draining']);
+/**
+ * Cluster mode: join refusals that name the node to join instead (`url`, its signaling
+ * WebSocket). The client follows at most MAX_REDIRECTS of them per join.
+ */
+const REDIRECTS = new Set(['room_on_other_node', 'node_full', 'node_draining']);
+const MAX_REDIRECTS = 3;
 /** Request failures that mean "try again later" rather than "this will never work". */
 const TRANSIENT = new Set(['connect_failed', 'not_connected', 'timeout', 'disconnected', 'rate_limited', 'internal', 'server_busy']);
 
@@ -243,6 +253,8 @@ export class SfuClient extends EventTarget {
     this._seq = 0;
     this._pending = new Map();
     this._leaveReason = null;
+    /** Cluster mode: the node a draining node told us to move to (`leave.url`). */
+    this._moveUrl = null;
     this._mediaFailure = null;
     this._leaving = false;
     this._reconnecting = false;
@@ -282,9 +294,37 @@ export class SfuClient extends EventTarget {
    * browser cannot read, while a `join` answer says `token_expired` or `unauthorized` plainly.
    */
   async join({ room } = {}) {
-    const joined = await this.request('join', { token: this.token, room, protocol: PROTOCOL_VERSION }, 15_000);
+    const joined = await this._joinFollowing(room);
     this._applyJoined(joined, false);
     return joined;
+  }
+
+  /**
+   * Sends `join`; in a cluster, a refusal that names another node (`room_on_other_node`,
+   * `node_full`, `node_draining`) moves the socket to that node's URL and joins there. `url`
+   * stays the node joined, so a reconnect goes back to it.
+   */
+  async _joinFollowing(room) {
+    for (let hop = 0; ; hop++) {
+      try {
+        return await this.request('join', { token: this.token, room, protocol: PROTOCOL_VERSION }, 15_000);
+      } catch (err) {
+        if (!REDIRECTS.has(err.code) || !err.url || hop >= MAX_REDIRECTS) throw err;
+        console.info(`sfu: ${err.message}; moving to ${err.url}`);
+        this._emit('redirected', { code: err.code, url: err.url, from: this.url });
+        await this._moveTo(err.url);
+      }
+    }
+  }
+
+  /** Closes the socket without ending the session and opens one to `url` instead. */
+  async _moveTo(url) {
+    const ws = this.ws;
+    this.ws = null; // its close event is not ours to handle any more
+    clearInterval(this._pingTimer);
+    if (ws) ws.close(1000, 'moving to another node');
+    this.url = url;
+    await this._openSocket();
   }
 
   /** Leaves the room and closes everything. The camera and microphone are released. */
@@ -514,13 +554,18 @@ export class SfuClient extends EventTarget {
     const max = this.options.maxReconnectAttempts;
     let lastError = null;
     for (let attempt = 1; attempt <= max; attempt++) {
-      const delay = Math.min(1000 * 2 ** (attempt - 1), 10_000);
+      // A draining node named where to go: no reason to wait before the first try.
+      const delay = attempt === 1 && this._moveUrl ? 0 : Math.min(1000 * 2 ** (attempt - 1), 10_000);
       this._emit('reconnecting', { attempt, maxAttempts: max, delay, reason, message });
       await sleep(delay);
       if (this._leaving) break;
       try {
+        if (this._moveUrl) {
+          this.url = this._moveUrl;
+          this._moveUrl = null;
+        }
         await this._openSocket();
-        const joined = await this.request('join', { token: this.token, protocol: PROTOCOL_VERSION }, 15_000);
+        const joined = await this._joinFollowing();
         this._reconnecting = false;
         this._applyJoined(joined, true);
         return;
@@ -576,7 +621,9 @@ export class SfuClient extends EventTarget {
       if (pending) {
         this._pending.delete(msg.request_id);
         clearTimeout(pending.timer);
-        if (msg.type === 'error') pending.reject(new SfuError(msg.code, msg.message, { request: pending.type }));
+        if (msg.type === 'error') {
+          pending.reject(new SfuError(msg.code, msg.message, { request: pending.type, ...(msg.url ? { url: msg.url } : {}) }));
+        }
         else pending.resolve(msg);
       }
       // Some answers are news as well: our own chat message and metadata, and the end of the session.
@@ -664,6 +711,8 @@ export class SfuClient extends EventTarget {
       case 'leave':
         // The server closes the socket right after; the close handler reports it.
         this._leaveReason = msg.reason;
+        // A draining cluster node names the node to move to.
+        if (msg.reason === 'node_draining' && msg.url) this._moveUrl = msg.url;
         break;
       case 'error':
         // media_failed carries its cause: ice_failed, dtls_failed or internal. The `leave`

@@ -10,6 +10,11 @@ export class SfuError extends Error {
   readonly code: string;
   /** The browser's own error, when the browser refused something. */
   readonly cause?: unknown;
+  /**
+   * Cluster mode: the signaling URL of the node to join instead, with `room_on_other_node`,
+   * `node_full` and `node_draining` (the client follows it by itself, up to three times).
+   */
+  readonly url?: string;
   constructor(code: string, message: string, extra?: Record<string, unknown>);
 }
 

@@ -187,6 +187,11 @@ impl Rooms {
         self.rooms.get(name).map(|r| r.clone())
     }
 
+    /// The names of the rooms open now.
+    pub fn names(&self) -> Vec<String> {
+        self.rooms.iter().map(|r| r.key().clone()).collect()
+    }
+
     pub fn list(&self) -> Vec<RoomSummary> {
         let now = Instant::now();
         let mut list: Vec<_> = self.rooms.iter().map(|r| r.summary(now)).collect();

@@ -375,6 +375,13 @@ pub enum ErrorCode {
     /// A `resume` that cannot be honoured (unknown or used token, session over, messages the
     /// client missed no longer kept): join again.
     ResumeFailed,
+    /// Cluster mode: the room lives on another node; `url` is its signaling WebSocket.
+    RoomOnOtherNode,
+    /// Cluster mode: this node is at its capacity and the room is not on it; `url` names a
+    /// less-loaded node.
+    NodeFull,
+    /// Cluster mode: this node is draining; `url` names a node to join instead.
+    NodeDraining,
     /// Something failed inside the server; the connection goes on.
     Internal,
 }
@@ -407,6 +414,9 @@ impl ErrorCode {
             ErrorCode::CodecNotSupported => "codec_not_supported",
             ErrorCode::TrackLimit => "track_limit",
             ErrorCode::ResumeFailed => "resume_failed",
+            ErrorCode::RoomOnOtherNode => "room_on_other_node",
+            ErrorCode::NodeFull => "node_full",
+            ErrorCode::NodeDraining => "node_draining",
             ErrorCode::Internal => "internal",
         }
     }
@@ -539,6 +549,9 @@ pub enum ServerMessage {
     /// The session ends; the server closes the socket after it.
     Leave {
         reason: LeaveReason,
+        /// With `node_draining`: the signaling URL of the node to join instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
     },
     Error {
         code: ErrorCode,
@@ -546,6 +559,10 @@ pub enum ServerMessage {
         /// What ended the media, with `media_failed` only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cause: Option<FailureCause>,
+        /// Where to join instead: the signaling URL of another node (cluster mode), with
+        /// `room_on_other_node`, `node_full` and `node_draining`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
     },
 }
 
@@ -581,6 +598,17 @@ impl ServerMessage {
             code,
             message: message.into(),
             cause: None,
+            url: None,
+        }
+    }
+
+    /// An error that names the node to join instead.
+    pub fn redirect(code: ErrorCode, message: impl Into<String>, url: String) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            cause: None,
+            url: Some(url),
         }
     }
 
@@ -590,6 +618,7 @@ impl ServerMessage {
             code: ErrorCode::MediaFailed,
             message: message.into(),
             cause: Some(cause),
+            url: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, AuthError, Claims, MAX_NAME_BYTES};
+use crate::cluster::{Cluster, Host};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -61,6 +62,11 @@ pub struct Context {
     pub resumes: ResumeTokens,
     /// The embedded TURN server, when enabled: each participant gets a credential of its own.
     pub turn: Option<Arc<Turn>>,
+    /// This node's part in a cluster, or `None` for a single node.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Cancelled when a cluster node starts draining: every joined session tells its client to
+    /// move (`leave` with reason `node_draining` and the `url` of another node).
+    pub drain: CancellationToken,
 }
 
 /// Why the socket could not take a message: the session ends without a goodbye, or waits for a
@@ -167,6 +173,7 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
         let lost = tokio::select! {
             biased;
             _ = app.shutdown.cancelled() => break Some(LeaveReason::ServerShutdown),
+            _ = app.drain.cancelled(), if session.joined.is_some() => break Some(LeaveReason::NodeDraining),
             _ = end.ended() => break Some(end.reason().unwrap_or(LeaveReason::Disconnected)),
             // The media worker never waits for a session: one that let its events pile up
             // is ended like a slow consumer of room events.
@@ -278,7 +285,13 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
     if goodbye.is_some() && session.sink.is_some() {
         // The client's own `leave` was answered already.
         if reason != LeaveReason::ClientLeft {
-            let _ = session.send(&ServerMessage::Leave { reason }, None).await;
+            let url = match (reason, &app.cluster) {
+                (LeaveReason::NodeDraining, Some(cluster)) => cluster.redirect("node_draining"),
+                _ => None,
+            };
+            let _ = session
+                .send(&ServerMessage::Leave { reason, url }, None)
+                .await;
         }
         session.close(close_code::NORMAL, "").await;
     }
@@ -472,6 +485,39 @@ impl Session {
         Ok(Next::Continue)
     }
 
+    /// Refuses a join for `room`. In cluster mode the room's placement is let go unless the
+    /// room is open here, and a node that is full or draining names another node to join
+    /// (`node_full` / `node_draining` with its `url`), when there is one that takes people.
+    async fn refuse(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        room: &str,
+        request_id: Option<&str>,
+    ) -> Result<Next, SocketGone> {
+        let Some(cluster) = self.app.cluster.clone() else {
+            return self.error(code, message, request_id).await;
+        };
+        cluster.unplace(room, &self.app.rooms).await;
+        let message = message.into();
+        let open_here = self.app.rooms.get(room).is_some();
+        let redirect = match code {
+            // A full node still serves the rooms it hosts: it cannot send one of them away.
+            ErrorCode::ServerFull if !open_here => Some((ErrorCode::NodeFull, "node_full")),
+            ErrorCode::NodeDraining => Some((ErrorCode::NodeDraining, "node_draining")),
+            _ => None,
+        };
+        match redirect.and_then(|(code, reason)| Some((code, cluster.redirect(reason)?))) {
+            Some((code, url)) => {
+                let message = format!("{message}; join at {url}");
+                self.send(&ServerMessage::redirect(code, message, url), request_id)
+                    .await?;
+                Ok(Next::Continue)
+            }
+            None => self.error(code, message, request_id).await,
+        }
+    }
+
     async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = Message::Close(Some(CloseFrame {
             code,
@@ -548,6 +594,7 @@ impl Session {
                 self.send(
                     &ServerMessage::Leave {
                         reason: LeaveReason::ClientLeft,
+                        url: None,
                     },
                     id.as_deref(),
                 )
@@ -979,11 +1026,38 @@ impl Session {
             permissions,
             metadata: String::new(),
         };
+        // Cluster mode: the room may live on another node, or this one may be draining.
+        if let Some(cluster) = self.app.cluster.clone() {
+            if cluster.is_draining() {
+                return self
+                    .refuse(
+                        ErrorCode::NodeDraining,
+                        "this node is draining",
+                        &token_room,
+                        id,
+                    )
+                    .await;
+            }
+            if let Host::Elsewhere { node, url } = cluster.place(&token_room).await {
+                let message = format!("room `{token_room}` is on node {node}: join it at {url}");
+                self.send(
+                    &ServerMessage::redirect(ErrorCode::RoomOnOtherNode, message, url),
+                    id,
+                )
+                .await?;
+                return Ok(Next::Continue);
+            }
+        }
         // A worker past its CPU budget takes no one more: the calls it carries keep their CPU.
         if let Err(overloaded) = self.app.media.admit(&token_room) {
             tracing::warn!(room = %token_room, "join refused: {overloaded}");
             return self
-                .error(ErrorCode::ServerFull, overloaded.to_string(), id)
+                .refuse(
+                    ErrorCode::ServerFull,
+                    overloaded.to_string(),
+                    &token_room,
+                    id,
+                )
                 .await;
         }
         let participant =
@@ -997,7 +1071,7 @@ impl Session {
                     RoomError::ServerFull(_) => ErrorCode::ServerFull,
                     RoomError::Closed => ErrorCode::Internal,
                 };
-                return self.error(code, e.to_string(), id).await;
+                return self.refuse(code, e.to_string(), &token_room, id).await;
             }
         };
         if let Some(old) = &joined.replaced {

@@ -1,0 +1,454 @@
+//! Cluster mode: many nodes behind a load balancer, sharing one Redis (`cluster.redis_url`).
+//!
+//! What this owns:
+//! - The node registry ([`node`]): every `cluster.refresh` each node writes its entry (address,
+//!   participants, CPU load, packet rate, draining) with a TTL of `cluster.node_ttl`, and reads
+//!   everyone's. A node that stops writing (killed) is gone once its entry expires.
+//! - Room placement ([`placement`]): a room lives on one node. A join that reaches another node
+//!   is answered `room_on_other_node` with that node's signaling `url`, and clients follow it.
+//!   A node over its capacity answers a join for a room it does not host with `node_full` naming
+//!   the least-loaded node. The rooms of a node that died or drains can be taken by any node.
+//! - Draining: after SIGTERM the node takes no joins (`node_draining` with a `url`), lets go of
+//!   its rooms, and its sessions tell their clients to move there.
+//!
+//! Redis being down never stops a node: requests time out ([`REDIS_TIMEOUT`]), are counted in
+//! `sfu_cluster_redis_errors_total` and logged, and a join is then served here. The connection
+//! manager reconnects on its own. Without `cluster.redis_url` none of this runs.
+
+pub mod node;
+pub mod placement;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::room::Rooms;
+use crate::rtc::MediaEngine;
+pub use node::NodeInfo;
+use placement::{Holder, NODES_SET, NODE_KEY};
+
+/// The longest a Redis request may hold up a join or a refresh.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a join for a room goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// Serve it here.
+    Here,
+    /// The room lives on another node: join there.
+    Elsewhere { node: String, url: String },
+}
+
+/// This node's part in the cluster.
+pub struct Cluster {
+    me: String,
+    url: String,
+    redis: ConnectionManager,
+    refresh: Duration,
+    ttl_ms: u64,
+    started_at_ms: u64,
+    draining: AtomicBool,
+    /// Every live node as last read from Redis (this one included).
+    nodes: RwLock<Vec<NodeInfo>>,
+    /// Rooms this node took, and when: a room is renewed while it is open here; one taken
+    /// for a join that never became a room is let go after a few refreshes.
+    claimed: Mutex<HashMap<String, Instant>>,
+    metrics: Arc<Metrics>,
+    /// Packets forwarded at the last refresh, for the packet rate.
+    last_sent: Mutex<(Instant, u64)>,
+    max_participants: usize,
+    max_load: f64,
+}
+
+/// Why a Redis request failed, for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {REDIS_TIMEOUT:?}")]
+    Timeout,
+}
+
+impl Cluster {
+    /// The cluster part of `config`, or `None` for a single node. Connects lazily: a node starts
+    /// while Redis is down.
+    pub fn new(
+        config: &Config,
+        http_port: u16,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
+        let cluster = &config.cluster;
+        if !cluster.enabled() {
+            return Ok(None);
+        }
+        let client = redis::Client::open(cluster.redis_url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_max_delay(Duration::from_secs(2));
+        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let me = if cluster.node_id.is_empty() {
+            format!("node-{:08x}", rand::random::<u32>())
+        } else {
+            cluster.node_id.clone()
+        };
+        let url = if cluster.advertise_url.is_empty() {
+            let host = if config.http.bind.is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                match config.http.bind {
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                }
+            };
+            let scheme = if config.http.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}:{http_port}")
+        } else {
+            cluster.advertise_url.trim_end_matches('/').to_string()
+        };
+        let sent = packets_sent(&metrics);
+        Ok(Some(Arc::new(Self {
+            me,
+            url,
+            redis,
+            refresh: cluster.refresh,
+            ttl_ms: cluster.node_ttl.as_millis() as u64,
+            started_at_ms: unix_ms(),
+            draining: AtomicBool::new(false),
+            nodes: RwLock::new(Vec::new()),
+            claimed: Mutex::new(HashMap::new()),
+            metrics,
+            last_sent: Mutex::new((Instant::now(), sent)),
+            max_participants: config.room.max_total_participants,
+            max_load: config.rtc.max_worker_load,
+        })))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.me
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts the refresh loop; it ends with `shutdown`, taking this node out of Redis.
+    pub fn start(
+        self: &Arc<Self>,
+        rooms: Arc<Rooms>,
+        media: Arc<MediaEngine>,
+        shutdown: CancellationToken,
+    ) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            tracing::info!(node = %cluster.me, url = %cluster.url, "cluster node started");
+            let mut tick = tokio::time::interval(cluster.refresh);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut healthy = true;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match cluster.refresh_once(&rooms, &media).await {
+                    Ok(()) if !healthy => {
+                        tracing::info!("cluster: redis reachable again");
+                        healthy = true;
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        cluster.metrics.cluster_redis_errors.inc();
+                        if healthy {
+                            tracing::warn!("cluster: refresh failed, serving on alone: {e}");
+                        }
+                        healthy = false;
+                    }
+                }
+            }
+            cluster.leave().await;
+        });
+    }
+
+    /// Writes this node's entry, renews its rooms, lets go of rooms no longer here, and reads
+    /// every node's entry.
+    async fn refresh_once(&self, rooms: &Rooms, media: &MediaEngine) -> Result<(), ClusterError> {
+        let entry = self.entry(media);
+        let json = serde_json::to_string(&entry).unwrap_or_default();
+        let mut redis = self.redis.clone();
+        let key = format!("{NODE_KEY}{}", self.me);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(&json)
+            .arg("PX")
+            .arg(self.ttl_ms)
+            .ignore()
+            .sadd(NODES_SET, &self.me)
+            .ignore();
+        timed(pipe.query_async::<()>(&mut redis)).await?;
+
+        let (renew, release) = self.sort_claims(rooms);
+        if !self.is_draining() {
+            let lost = timed(placement::renew(&mut redis, &renew, &self.me, self.ttl_ms)).await?;
+            for room in lost {
+                tracing::warn!(%room, "cluster: another node took this room's placement");
+            }
+        }
+        timed(placement::release(&mut redis, &release, &self.me)).await?;
+
+        let nodes = self.read_nodes().await?;
+        self.metrics.cluster_nodes.set(nodes.len() as i64);
+        if let Ok(mut cached) = self.nodes.write() {
+            *cached = nodes;
+        }
+        Ok(())
+    }
+
+    /// Splits the rooms this node took into those to renew (open here, or taken moments ago for
+    /// a join under way) and those to let go; forgets the latter.
+    fn sort_claims(&self, rooms: &Rooms) -> (Vec<String>, Vec<String>) {
+        let grace = self.refresh * 2;
+        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        for name in rooms.names() {
+            claimed.entry(name).or_insert_with(Instant::now);
+        }
+        let (mut renew, mut release) = (Vec::new(), Vec::new());
+        claimed.retain(|room, at| {
+            if rooms.get(room).is_some() || at.elapsed() < grace {
+                renew.push(room.clone());
+                true
+            } else {
+                release.push(room.clone());
+                false
+            }
+        });
+        (renew, release)
+    }
+
+    fn entry(&self, media: &MediaEngine) -> NodeInfo {
+        let now = Instant::now();
+        let sent = packets_sent(&self.metrics);
+        let packets_per_second = {
+            let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+            let secs = now.duration_since(last.0).as_secs_f64();
+            let rate = if secs > 0.0 {
+                sent.saturating_sub(last.1) as f64 / secs
+            } else {
+                0.0
+            };
+            *last = (now, sent);
+            rate
+        };
+        NodeInfo {
+            id: self.me.clone(),
+            url: self.url.clone(),
+            signal_url: node::signal_url(&self.url),
+            version: env!("CARGO_PKG_VERSION").into(),
+            participants: self.metrics.participants.get().max(0) as usize,
+            max_participants: self.max_participants,
+            rooms: self.metrics.rooms.get().max(0) as usize,
+            load: media.loads().into_iter().fold(0.0, f64::max),
+            max_load: self.max_load,
+            packets_per_second,
+            draining: self.is_draining(),
+            started_at_ms: self.started_at_ms,
+            updated_at_ms: unix_ms(),
+        }
+    }
+
+    /// Every live node's entry, read from Redis; ids whose entry expired are dropped from the
+    /// set of nodes.
+    async fn read_nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let mut redis = self.redis.clone();
+        let ids: Vec<String> = timed(redis.smembers(NODES_SET)).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| format!("{NODE_KEY}{id}")).collect();
+        let entries: Vec<Option<String>> =
+            timed(redis::cmd("MGET").arg(&keys).query_async(&mut redis)).await?;
+        let mut nodes = Vec::new();
+        let mut gone = Vec::new();
+        for (id, entry) in ids.into_iter().zip(entries) {
+            match entry.and_then(|e| serde_json::from_str::<NodeInfo>(&e).ok()) {
+                Some(info) => nodes.push(info),
+                None => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            tracing::info!(nodes = ?gone, "cluster: nodes gone (their entries expired)");
+            timed(redis.srem::<_, _, ()>(NODES_SET, &gone)).await?;
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    /// Every live node, read now (the admin API).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        self.read_nodes().await.inspect_err(|_| {
+            self.metrics.cluster_redis_errors.inc();
+        })
+    }
+
+    /// Where a join for `room` goes: here when this node hosts it or takes it now (also when
+    /// Redis cannot be asked), else the node that hosts it.
+    pub async fn place(&self, room: &str) -> Host {
+        let mut redis = self.redis.clone();
+        match timed(placement::claim(&mut redis, room, &self.me, self.ttl_ms)).await {
+            Ok(Holder::Here) => {
+                let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+                claimed.insert(room.to_string(), Instant::now());
+                Host::Here
+            }
+            Ok(Holder::Elsewhere { node, entry }) => {
+                let url = serde_json::from_str::<NodeInfo>(&entry)
+                    .map(|n| n.signal_url)
+                    .unwrap_or_default();
+                self.metrics
+                    .cluster_redirects
+                    .with_label_values(&["room_on_other_node"])
+                    .inc();
+                Host::Elsewhere { node, url }
+            }
+            Err(e) => {
+                self.metrics.cluster_redis_errors.inc();
+                tracing::warn!(%room, "cluster: room placement unknown, serving it here: {e}");
+                Host::Here
+            }
+        }
+    }
+
+    /// A join for `room` was not served here after [`Cluster::place`] took it: let it go now
+    /// unless the room is open here.
+    pub async fn unplace(&self, room: &str, rooms: &Rooms) {
+        if rooms.get(room).is_some() {
+            return;
+        }
+        self.claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room);
+        let mut redis = self.redis.clone();
+        if let Err(e) = timed(placement::release(
+            &mut redis,
+            &[room.to_string()],
+            &self.me,
+        ))
+        .await
+        {
+            self.metrics.cluster_redis_errors.inc();
+            tracing::warn!(%room, "cluster: could not let go of the room: {e}");
+        }
+    }
+
+    /// The signaling URL of the node a client refused here should go to, counted under
+    /// `reason`: the least-loaded other node that takes participants.
+    pub fn redirect(&self, reason: &'static str) -> Option<String> {
+        let nodes = self.nodes.read().ok()?;
+        let target = node::least_loaded(&nodes, &self.me)?;
+        self.metrics
+            .cluster_redirects
+            .with_label_values(&[reason])
+            .inc();
+        Some(target.signal_url.clone())
+    }
+
+    /// Starts draining: joins are sent elsewhere from now on, the entry says so at once, and
+    /// every room is let go so the clients that move can take it on another node.
+    pub async fn drain(&self, media: &MediaEngine) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.metrics.cluster_draining.set(1);
+        let rooms: Vec<String> = {
+            let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+            claimed.drain().map(|(room, _)| room).collect()
+        };
+        let json = serde_json::to_string(&self.entry(media)).unwrap_or_default();
+        let mut redis = self.redis.clone();
+        let key = format!("{NODE_KEY}{}", self.me);
+        let written = async {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&json)
+                .arg("PX")
+                .arg(self.ttl_ms)
+                .query_async::<()>(&mut redis)
+                .await?;
+            placement::release(&mut redis, &rooms, &self.me).await
+        };
+        // Where the clients go is read now, not from the last refresh.
+        let read = async {
+            timed(written).await?;
+            self.read_nodes().await
+        };
+        match read.await {
+            Ok(nodes) => {
+                if let Ok(mut cached) = self.nodes.write() {
+                    *cached = nodes;
+                }
+                tracing::info!(rooms = rooms.len(), "cluster: draining; rooms let go");
+            }
+            Err(e) => {
+                self.metrics.cluster_redis_errors.inc();
+                tracing::warn!("cluster: draining, but redis was not told: {e}");
+            }
+        }
+    }
+
+    /// Takes this node out of Redis at shutdown (its entry and its rooms).
+    async fn leave(&self) {
+        let rooms: Vec<String> = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(room, _)| room)
+            .collect();
+        let mut redis = self.redis.clone();
+        let key = format!("{NODE_KEY}{}", self.me);
+        let removed = async {
+            let mut pipe = redis::pipe();
+            pipe.del(&key).ignore().srem(NODES_SET, &self.me).ignore();
+            pipe.query_async::<()>(&mut redis).await?;
+            placement::release(&mut redis, &rooms, &self.me).await
+        };
+        match timed(removed).await {
+            Ok(()) => tracing::info!(node = %self.me, "cluster: node left"),
+            Err(e) => tracing::warn!("cluster: could not remove this node from redis: {e}"),
+        }
+    }
+}
+
+/// A Redis request bounded by [`REDIS_TIMEOUT`].
+async fn timed<T>(
+    request: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(REDIS_TIMEOUT, request).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ClusterError::Timeout),
+    }
+}
+
+fn packets_sent(metrics: &Metrics) -> u64 {
+    ["audio", "video"]
+        .iter()
+        .map(|kind| metrics.rtp_packets_sent.with_label_values(&[*kind]).get())
+        .sum()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

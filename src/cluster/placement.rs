@@ -1,0 +1,116 @@
+//! Room placement in Redis: which node hosts each room (`sfu:room:<name>` holds its node id,
+//! with the same TTL as node entries). A room lives on one node; a join that reaches another
+//! node is sent there. Each step is one Lua script, so two nodes racing for a room agree.
+
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Script};
+
+/// Key prefixes in Redis.
+pub const NODE_KEY: &str = "sfu:node:";
+pub const NODES_SET: &str = "sfu:nodes";
+pub const ROOM_KEY: &str = "sfu:room:";
+
+/// Takes the room for this node unless a live node that is not draining holds it. Returns the
+/// holder's id and, when that is another node, its entry (JSON).
+///
+/// KEYS[1] the room key; ARGV: this node's id, the TTL in ms, the node key prefix.
+const CLAIM: &str = r#"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then
+  local node = redis.call('GET', ARGV[3] .. owner)
+  if node then
+    local ok, info = pcall(cjson.decode, node)
+    if ok and not info.draining then
+      return {owner, node}
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {ARGV[1], ''}
+"#;
+
+/// Renews this node's hold on the room; a room another node took meanwhile is left to it
+/// (returns 0). KEYS[1] the room key; ARGV: this node's id, the TTL in ms.
+const RENEW: &str = r#"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// Lets go of the room if this node holds it. KEYS[1] the room key; ARGV[1] this node's id.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Who hosts a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// This node (it has just taken the room, or held it already).
+    Here,
+    /// Another live node; its entry as it wrote it.
+    Elsewhere { node: String, entry: String },
+}
+
+pub async fn claim(
+    redis: &mut ConnectionManager,
+    room: &str,
+    me: &str,
+    ttl_ms: u64,
+) -> RedisResult<Holder> {
+    let (owner, entry): (String, String) = Script::new(CLAIM)
+        .key(format!("{ROOM_KEY}{room}"))
+        .arg(me)
+        .arg(ttl_ms)
+        .arg(NODE_KEY)
+        .invoke_async(redis)
+        .await?;
+    Ok(if owner == me {
+        Holder::Here
+    } else {
+        Holder::Elsewhere { node: owner, entry }
+    })
+}
+
+/// Renews every room in `rooms` in one round trip; returns those another node holds now.
+pub async fn renew(
+    redis: &mut ConnectionManager,
+    rooms: &[String],
+    me: &str,
+    ttl_ms: u64,
+) -> RedisResult<Vec<String>> {
+    if rooms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let script = Script::new(RENEW);
+    let mut pipe = redis::pipe();
+    pipe.load_script(&script).ignore();
+    for room in rooms {
+        let mut invocation = script.key(format!("{ROOM_KEY}{room}"));
+        invocation.arg(me).arg(ttl_ms);
+        pipe.invoke_script(&invocation);
+    }
+    let held: Vec<i64> = pipe.query_async(redis).await?;
+    Ok(rooms
+        .iter()
+        .zip(held)
+        .filter(|(_, held)| *held == 0)
+        .map(|(room, _)| room.clone())
+        .collect())
+}
+
+pub async fn release(redis: &mut ConnectionManager, rooms: &[String], me: &str) -> RedisResult<()> {
+    if rooms.is_empty() {
+        return Ok(());
+    }
+    let script = Script::new(RELEASE);
+    let mut pipe = redis::pipe();
+    pipe.load_script(&script).ignore();
+    for room in rooms {
+        let mut invocation = script.key(format!("{ROOM_KEY}{room}"));
+        invocation.arg(me);
+        pipe.invoke_script(&invocation).ignore();
+    }
+    pipe.query_async::<()>(redis).await
+}
