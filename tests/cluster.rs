@@ -55,6 +55,20 @@ impl Redis {
         redis::cmd("GET").arg(key).query(&mut connection).ok()?
     }
 
+    /// Entries in a stream.
+    fn stream_len(&self, key: &str) -> usize {
+        let Some(mut connection) = redis::Client::open(self.url())
+            .ok()
+            .and_then(|c| c.get_connection().ok())
+        else {
+            return 0;
+        };
+        redis::cmd("XLEN")
+            .arg(key)
+            .query(&mut connection)
+            .unwrap_or(0)
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -259,6 +273,10 @@ async fn a_draining_node_sends_its_clients_and_new_joins_to_another_node() {
     };
     let ((), (_alice, joined)) = tokio::join!(a.drain(), moved);
     assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(
+        joined["chat_history"][0]["text"], "before the move",
+        "the room's chat moved with it: {joined}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "drain waited for its timeout ({:?}) instead of the node emptying",
@@ -354,12 +372,23 @@ async fn a_node_killed_with_sigkill_is_forgotten_and_its_rooms_move() {
     let (mut child, port) = spawn_node(&redis, "node-a", 2.0).await;
     assert!(sees_nodes(&b, 2.0).await, "b never saw the node process");
     let a_url = format!("ws://127.0.0.1:{port}/ws");
-    let (_alice, joined) = join_at(&a_url, &token(&b, "standup", "alice")).await;
+    let (mut alice, joined) = join_at(&a_url, &token(&b, "standup", "alice")).await;
     assert_eq!(joined["type"], "joined", "{joined}");
+    for text in ["one", "two", "three"] {
+        let sent = alice.request(json!({"type":"chat","text":text})).await;
+        assert_eq!(sent["type"], "chat", "{sent}");
+    }
     let bob_token = token(&b, "standup", "bob");
     let (_, refused) = join_at(&signal_url(&b), &bob_token).await;
     assert_eq!(refused["code"], "room_on_other_node", "{refused}");
 
+    // The node keeps its chat in Redis as it goes (not at exit, which a kill -9 skips).
+    assert!(
+        eventually_within(Duration::from_secs(5), || async {
+            redis.stream_len("sfu:chat:standup") == 3
+        })
+        .await
+    );
     child.kill().expect("kill -9");
     let killed = Instant::now();
     let _ = child.wait();
@@ -369,8 +398,28 @@ async fn a_node_killed_with_sigkill_is_forgotten_and_its_rooms_move() {
         "b still lists the killed node: {}",
         nodes(&b).await
     );
-    let (_bob, joined) = join_at(&signal_url(&b), &bob_token).await;
+    let (mut bob, joined) = join_at(&signal_url(&b), &bob_token).await;
     assert_eq!(joined["type"], "joined", "{joined}");
+    // The chat of the dead node's room is all there, and numbering goes on.
+    let history: Vec<(u64, String)> = joined["chat_history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|m| {
+                    (
+                        m["id"].as_u64().unwrap_or(0),
+                        m["text"].as_str().unwrap_or("").into(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        history,
+        vec![(1, "one".into()), (2, "two".into()), (3, "three".into())]
+    );
+    let next = bob.request(json!({"type":"chat","text":"four"})).await;
+    assert_eq!(next["message"]["id"], 4, "{next}");
     assert!(
         killed.elapsed() < NODE_TTL + Duration::from_secs(5),
         "took {:?}",

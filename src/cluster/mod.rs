@@ -8,6 +8,9 @@
 //!   is answered `room_on_other_node` with that node's signaling `url`, and clients follow it.
 //!   A node over its capacity answers a join for a room it does not host with `node_full` naming
 //!   the least-loaded node. The rooms of a node that died or drains can be taken by any node.
+//! - Chat history: every chat message also goes to the room's Redis stream (`sfu:chat:<room>`,
+//!   capped at `chat.history`), and a node that opens a room takes the history back from it, so
+//!   a room that moves (its node drained, restarted or died) keeps its chat.
 //! - Draining: after SIGTERM the node takes no joins (`node_draining` with a `url`), lets go of
 //!   its rooms, and its sessions tell their clients to move there.
 //!
@@ -25,14 +28,23 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::model::ChatMessage;
 use crate::room::Rooms;
 use crate::rtc::MediaEngine;
 pub use node::NodeInfo;
-use placement::{Holder, NODES_SET, NODE_KEY};
+use placement::{Holder, CHAT_KEY, NODES_SET, NODE_KEY};
+
+/// How long a room's chat stays in Redis after its last message when no node closes the room
+/// (its node died): long enough for anyone to come back.
+const CHAT_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// Chat messages waiting to be written to Redis; past it they are not kept there (counted as
+/// Redis errors).
+const CHAT_QUEUE: usize = 1024;
 
 /// The longest a Redis request may hold up a join or a refresh.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,14 +69,35 @@ pub struct Cluster {
     draining: AtomicBool,
     /// Every live node as last read from Redis (this one included).
     nodes: RwLock<Vec<NodeInfo>>,
-    /// Rooms this node took, and when: a room is renewed while it is open here; one taken
-    /// for a join that never became a room is let go after a few refreshes.
-    claimed: Mutex<HashMap<String, Instant>>,
+    /// Rooms this node took: a room is renewed while it is open here; one taken for a join
+    /// that never became a room is let go after a few refreshes.
+    claimed: Mutex<HashMap<String, Claim>>,
+    /// Chat messages to write to their rooms' streams, in order, by one task.
+    chat_tx: mpsc::Sender<(String, ChatMessage)>,
+    chat_rx: Mutex<Option<mpsc::Receiver<(String, ChatMessage)>>>,
+    chat_history: usize,
     metrics: Arc<Metrics>,
     /// Packets forwarded at the last refresh, for the packet rate.
     last_sent: Mutex<(Instant, u64)>,
     max_participants: usize,
     max_load: f64,
+}
+
+/// A room this node took.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    at: Instant,
+    /// The room was open here: when it closes, its chat in Redis goes too.
+    opened: bool,
+}
+
+impl Claim {
+    fn new() -> Self {
+        Self {
+            at: Instant::now(),
+            opened: false,
+        }
+    }
 }
 
 /// Why a Redis request failed, for the log.
@@ -118,7 +151,11 @@ impl Cluster {
             cluster.advertise_url.trim_end_matches('/').to_string()
         };
         let sent = packets_sent(&metrics);
+        let (chat_tx, chat_rx) = mpsc::channel(CHAT_QUEUE);
         Ok(Some(Arc::new(Self {
+            chat_tx,
+            chat_rx: Mutex::new(Some(chat_rx)),
+            chat_history: config.chat.history,
             me,
             url,
             redis,
@@ -150,6 +187,10 @@ impl Cluster {
         media: Arc<MediaEngine>,
         shutdown: CancellationToken,
     ) {
+        let chat = self.chat_rx.lock().ok().and_then(|mut rx| rx.take());
+        if let Some(chat) = chat {
+            tokio::spawn(self.clone().write_chat(chat));
+        }
         let cluster = self.clone();
         tokio::spawn(async move {
             tracing::info!(node = %cluster.me, url = %cluster.url, "cluster node started");
@@ -205,7 +246,17 @@ impl Cluster {
                 tracing::warn!(%room, "cluster: another node took this room's placement");
             }
         }
+        let closed: Vec<String> = release
+            .iter()
+            .filter(|(_, claim)| claim.opened)
+            .map(|(room, _)| format!("{CHAT_KEY}{room}"))
+            .collect();
+        let release: Vec<String> = release.into_iter().map(|(room, _)| room).collect();
         timed(placement::release(&mut redis, &release, &self.me)).await?;
+        if !closed.is_empty() {
+            // A room that closed here ends its chat, as on a single node.
+            timed(redis.del::<_, ()>(&closed)).await?;
+        }
 
         let nodes = self.read_nodes().await?;
         self.metrics.cluster_nodes.set(nodes.len() as i64);
@@ -216,24 +267,97 @@ impl Cluster {
     }
 
     /// Splits the rooms this node took into those to renew (open here, or taken moments ago for
-    /// a join under way) and those to let go; forgets the latter.
-    fn sort_claims(&self, rooms: &Rooms) -> (Vec<String>, Vec<String>) {
+    /// a join under way) and those to let go; forgets the latter. A draining node let go of
+    /// everything already.
+    fn sort_claims(&self, rooms: &Rooms) -> (Vec<String>, Vec<(String, Claim)>) {
+        if self.is_draining() {
+            return (Vec::new(), Vec::new());
+        }
         let grace = self.refresh * 2;
         let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
         for name in rooms.names() {
-            claimed.entry(name).or_insert_with(Instant::now);
+            claimed.entry(name).or_insert_with(Claim::new).opened = true;
         }
         let (mut renew, mut release) = (Vec::new(), Vec::new());
-        claimed.retain(|room, at| {
-            if rooms.get(room).is_some() || at.elapsed() < grace {
+        claimed.retain(|room, claim| {
+            if rooms.get(room).is_some() || claim.at.elapsed() < grace {
                 renew.push(room.clone());
                 true
             } else {
-                release.push(room.clone());
+                release.push((room.clone(), *claim));
                 false
             }
         });
         (renew, release)
+    }
+
+    /// Keeps a chat message in its room's stream (written in order by one task; a full queue
+    /// drops it from Redis only, the room has it).
+    pub fn save_chat(&self, room: &str, message: &ChatMessage) {
+        if self.chat_history == 0 {
+            return;
+        }
+        if self
+            .chat_tx
+            .try_send((room.to_string(), message.clone()))
+            .is_err()
+        {
+            self.metrics.cluster_redis_errors.inc();
+        }
+    }
+
+    async fn write_chat(self: Arc<Self>, mut queue: mpsc::Receiver<(String, ChatMessage)>) {
+        let mut redis = self.redis.clone();
+        while let Some((room, message)) = queue.recv().await {
+            let key = format!("{CHAT_KEY}{room}");
+            let json = serde_json::to_string(&message).unwrap_or_default();
+            let mut pipe = redis::pipe();
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg(self.chat_history)
+                .arg("*")
+                .arg("m")
+                .arg(json)
+                .ignore()
+                .pexpire(&key, CHAT_KEPT.as_millis() as i64)
+                .ignore();
+            if let Err(e) = timed(pipe.query_async::<()>(&mut redis)).await {
+                self.metrics.cluster_redis_errors.inc();
+                tracing::debug!(%room, "cluster: chat message not kept in redis: {e}");
+            }
+        }
+    }
+
+    /// The chat history `room` has in Redis (oldest first), for a node that opens the room.
+    pub async fn chat_history(&self, room: &str) -> Vec<ChatMessage> {
+        if self.chat_history == 0 {
+            return Vec::new();
+        }
+        let mut redis = self.redis.clone();
+        let mut command = redis::cmd("XREVRANGE");
+        command
+            .arg(format!("{CHAT_KEY}{room}"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(self.chat_history);
+        let read = command.query_async::<Vec<(String, HashMap<String, String>)>>(&mut redis);
+        match timed(read).await {
+            Ok(entries) => {
+                let mut messages: Vec<ChatMessage> = entries
+                    .into_iter()
+                    .filter_map(|(_, fields)| serde_json::from_str(fields.get("m")?).ok())
+                    .collect();
+                messages.reverse();
+                messages
+            }
+            Err(e) => {
+                self.metrics.cluster_redis_errors.inc();
+                tracing::warn!(%room, "cluster: the room's chat history could not be read: {e}");
+                Vec::new()
+            }
+        }
     }
 
     fn entry(&self, media: &MediaEngine) -> NodeInfo {
@@ -308,7 +432,10 @@ impl Cluster {
         match timed(placement::claim(&mut redis, room, &self.me, self.ttl_ms)).await {
             Ok(Holder::Here) => {
                 let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-                claimed.insert(room.to_string(), Instant::now());
+                claimed
+                    .entry(room.to_string())
+                    .or_insert_with(Claim::new)
+                    .at = Instant::now();
                 Host::Here
             }
             Ok(Holder::Elsewhere { node, entry }) => {

@@ -9,6 +9,7 @@ use redis::{RedisResult, Script};
 pub const NODE_KEY: &str = "sfu:node:";
 pub const NODES_SET: &str = "sfu:nodes";
 pub const ROOM_KEY: &str = "sfu:room:";
+pub const CHAT_KEY: &str = "sfu:chat:";
 
 /// Takes the room for this node unless a live node that is not draining holds it. Returns the
 /// holder's id and, when that is another node, its entry (JSON).

@@ -39,6 +39,20 @@ impl ChatLog {
         message
     }
 
+    /// Takes back the history a room had on another node (cluster mode: kept in Redis), if
+    /// this log has none of its own yet; numbering goes on after its last message.
+    pub fn restore(&mut self, messages: Vec<ChatMessage>) {
+        if self.next_id != 1 || !self.history.is_empty() {
+            return;
+        }
+        let Some(last) = messages.last() else {
+            return;
+        };
+        self.next_id = last.id + 1;
+        let skip = messages.len().saturating_sub(self.capacity);
+        self.history.extend(messages.into_iter().skip(skip));
+    }
+
     /// The newest kept messages whose texts add up to at most `max_bytes`, oldest first: what
     /// a joiner gets, bounded so a full history cannot make every `joined` huge.
     pub fn history(&self, max_bytes: usize) -> Vec<ChatMessage> {
@@ -77,6 +91,24 @@ mod tests {
             .map(|m| (m.id, m.text))
             .collect();
         assert_eq!(texts, vec![(4, "m3".into()), (5, "m4".into())]);
+    }
+
+    #[test]
+    fn a_restored_history_is_kept_and_numbered_on_only_while_the_log_is_new() {
+        let mut old = ChatLog::new(10);
+        for i in 0..4 {
+            old.post(sender(), format!("m{i}"), i);
+        }
+        let mut log = ChatLog::new(3);
+        log.restore(old.history(usize::MAX));
+        let next = log.post(sender(), "after".into(), 9);
+        assert_eq!(next.id, 5, "numbering goes on");
+        let ids: Vec<u64> = log.history(usize::MAX).iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![3, 4, 5], "capped at its capacity");
+        // A log with messages of its own keeps them.
+        log.restore(old.history(usize::MAX));
+        assert_eq!(log.history(usize::MAX).len(), 3);
+        assert_eq!(log.post(sender(), "x".into(), 10).id, 6);
     }
 
     #[test]

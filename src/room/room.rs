@@ -307,6 +307,11 @@ impl Room {
         state.participants.get(index).cloned()
     }
 
+    /// Takes back the chat history the room had on another node (see [`ChatLog::restore`]).
+    pub fn restore_chat(&self, messages: Vec<ChatMessage>) {
+        self.state().chat.restore(messages);
+    }
+
     /// Stamps and relays a chat message to everyone but its sender, whose session answers it;
     /// refused past the sender identity's rate.
     pub fn chat(

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ChatConfig, RoomConfig};
 use crate::metrics::Metrics;
-use crate::model::LeaveReason;
+use crate::model::{ChatMessage, LeaveReason};
 use crate::room::participant::{EncodeEvent, Participant};
 use crate::room::room::{Joined, Room, RoomError, RoomRef, RoomSummary};
 
@@ -58,6 +58,17 @@ impl Rooms {
         name: &str,
         participant: Participant,
     ) -> Result<(RoomRef, Joined), RoomError> {
+        self.join_with_history(name, participant, Vec::new())
+    }
+
+    /// [`Rooms::join`] for a room that may have had a chat `history` on another node (cluster
+    /// mode): a room without chat of its own takes it back before the participant joins.
+    pub fn join_with_history(
+        self: &Arc<Self>,
+        name: &str,
+        participant: Participant,
+        history: Vec<ChatMessage>,
+    ) -> Result<(RoomRef, Joined), RoomError> {
         // Reserve a place on the server first, so concurrent joins cannot overshoot the budget:
         // past it the server is full, and the calls in progress keep what they have.
         let max_total = self.room_config.max_total_participants;
@@ -65,7 +76,7 @@ impl Rooms {
             self.participants.fetch_sub(1, Ordering::SeqCst);
             return Err(RoomError::ServerFull(max_total));
         }
-        let joined = self.join_room(name, participant);
+        let joined = self.join_room(name, participant, history);
         if !matches!(&joined, Ok((_, j)) if j.replaced.is_none()) {
             // Refused, or it took the place of its own earlier session.
             self.participants.fetch_sub(1, Ordering::SeqCst);
@@ -77,9 +88,13 @@ impl Rooms {
         self: &Arc<Self>,
         name: &str,
         participant: Participant,
+        mut history: Vec<ChatMessage>,
     ) -> Result<(RoomRef, Joined), RoomError> {
         loop {
             let room = self.get_or_create(name)?;
+            if !history.is_empty() {
+                room.restore_chat(std::mem::take(&mut history));
+            }
             match room.join(participant.clone(), self.room_config.max_participants) {
                 Ok(joined) => {
                     if joined.replaced.is_none() {

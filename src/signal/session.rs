@@ -1060,9 +1060,20 @@ impl Session {
                 )
                 .await;
         }
+        // A room opening on this node takes back the chat it had on another (cluster mode).
+        let history = match &self.app.cluster {
+            Some(cluster) if self.app.rooms.get(&token_room).is_none() => {
+                cluster.chat_history(&token_room).await
+            }
+            _ => Vec::new(),
+        };
         let participant =
             Participant::new(info.clone(), self.outbound_tx.clone(), self.end.clone());
-        let (room, joined) = match self.app.rooms.join(&token_room, participant) {
+        let joined = self
+            .app
+            .rooms
+            .join_with_history(&token_room, participant, history);
+        let (room, joined) = match joined {
             Ok(ok) => ok,
             Err(e) => {
                 let code = match e {
@@ -1190,6 +1201,9 @@ impl Session {
                 .await;
         };
         self.app.metrics.chat_messages.inc();
+        if let Some(cluster) = &self.app.cluster {
+            cluster.save_chat(room.name(), &message);
+        }
         self.send(&ServerMessage::Chat { message }, id).await?;
         Ok(Next::Continue)
     }
