@@ -165,9 +165,127 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn list_rooms(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+#[derive(Deserialize)]
+struct ListParams {
+    /// `node`: this node's rooms only (what nodes ask each other).
+    scope: Option<String>,
+}
+
+/// The rooms and their participant counts. In cluster mode every node's, each with the `node`
+/// that hosts it (asked of each node, with the caller's token); nodes that did not answer are
+/// listed in `unreachable`.
+async fn list_rooms(
+    State(app): State<AppState>,
+    Query(params): Query<ListParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     app.auth.verify_admin(bearer(&headers))?;
-    Ok(Json(serde_json::json!({ "rooms": app.rooms.list() })).into_response())
+    let local = app.rooms.list();
+    let cluster = app
+        .cluster
+        .as_ref()
+        .filter(|_| params.scope.as_deref() != Some("node"));
+    let Some(cluster) = cluster else {
+        return Ok(Json(serde_json::json!({ "rooms": local })).into_response());
+    };
+    let tagged = |mut room: serde_json::Value, node: &str| {
+        room["node"] = node.into();
+        room
+    };
+    let mut rooms: Vec<serde_json::Value> = local
+        .iter()
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .map(|r| tagged(r, cluster.node_id()))
+        .collect();
+    let asks = cluster.others().into_iter().map(|node| {
+        let request = cluster
+            .http()
+            .get(format!("{}/api/rooms?scope=node", node.url))
+            .headers(authorization(&headers));
+        async move {
+            let answer = async {
+                let response = request.send().await?.error_for_status()?;
+                response.json::<serde_json::Value>().await
+            };
+            (node.id, answer.await)
+        }
+    });
+    let mut unreachable = Vec::new();
+    for (node, answer) in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(listed) => rooms.extend(
+                listed["rooms"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| tagged(r.clone(), &node)),
+            ),
+            Err(e) => {
+                tracing::warn!(%node, "cluster: the node did not list its rooms: {e}");
+                unreachable.push(serde_json::json!({ "node": node, "error": e.to_string() }));
+            }
+        }
+    }
+    rooms.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(Json(serde_json::json!({ "rooms": rooms, "unreachable": unreachable })).into_response())
+}
+
+/// The caller's `Authorization` header, to pass on to another node.
+fn authorization(headers: &HeaderMap) -> reqwest::header::HeaderMap {
+    let mut out = reqwest::header::HeaderMap::new();
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        out.insert(reqwest::header::AUTHORIZATION, value.clone());
+    }
+    out
+}
+
+/// Cluster mode, for a room not open here: the answer of the node that hosts it to the same
+/// admin request (`path` under its base URL). `None` when no other node hosts it.
+async fn ask_host(
+    app: &AppState,
+    room: &str,
+    method: reqwest::Method,
+    path: &[&str],
+    headers: &HeaderMap,
+) -> Option<Result<Response, ApiError>> {
+    let cluster = app.cluster.as_ref()?;
+    let host = cluster.host_of(room).await?;
+    let unreachable = |e: String| {
+        ApiError(
+            StatusCode::BAD_GATEWAY,
+            "node_unreachable",
+            format!(
+                "room `{room}` is on node {}, which did not answer: {e}",
+                host.id
+            ),
+        )
+    };
+    let mut url = match reqwest::Url::parse(&host.url) {
+        Ok(url) => url,
+        Err(e) => return Some(Err(unreachable(e.to_string()))),
+    };
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().extend(path);
+    }
+    let request = cluster
+        .http()
+        .request(method, url)
+        .headers(authorization(headers));
+    let answer = async {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    };
+    Some(match answer.await {
+        Ok((status, body)) => Ok((
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()),
+        Err(e) => Err(unreachable(e.to_string())),
+    })
 }
 
 fn room_not_found(room: &str) -> ApiError {
@@ -184,10 +302,17 @@ async fn room_detail(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     app.auth.verify_admin(bearer(&headers))?;
-    let r = app.rooms.get(&room).ok_or_else(|| room_not_found(&room))?;
+    let Some(r) = app.rooms.get(&room) else {
+        let path = ["api", "rooms", room.as_str()];
+        return match ask_host(&app, &room, reqwest::Method::GET, &path, &headers).await {
+            Some(answer) => answer,
+            None => Err(room_not_found(&room)),
+        };
+    };
     let tracks = app.media.forwarding(r.name()).await;
     Ok(Json(serde_json::json!({
         "name": r.name(),
+        "node": app.cluster.as_ref().map(|c| c.node_id()),
         "participants": r.participants(),
         "tracks": tracks,
     }))
@@ -201,7 +326,13 @@ async fn kick(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     app.auth.verify_admin(bearer(&headers))?;
-    let r = app.rooms.get(&room).ok_or_else(|| room_not_found(&room))?;
+    let Some(r) = app.rooms.get(&room) else {
+        let path = ["api", "rooms", &room, "participants", &identity];
+        return match ask_host(&app, &room, reqwest::Method::DELETE, &path, &headers).await {
+            Some(answer) => answer,
+            None => Err(room_not_found(&room)),
+        };
+    };
     let participant = r.participant(&identity).ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,

@@ -81,6 +81,8 @@ pub struct Cluster {
     last_sent: Mutex<(Instant, u64)>,
     max_participants: usize,
     max_load: f64,
+    /// For the admin API's requests to other nodes.
+    http: reqwest::Client,
 }
 
 /// A room this node took.
@@ -169,6 +171,9 @@ impl Cluster {
             last_sent: Mutex::new((Instant::now(), sent)),
             max_participants: config.room.max_total_participants,
             max_load: config.rtc.max_worker_load,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
         })))
     }
 
@@ -416,6 +421,35 @@ impl Cluster {
         }
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(nodes)
+    }
+
+    /// The client for requests to other nodes' HTTP APIs.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The other live nodes, as of the last refresh.
+    pub fn others(&self) -> Vec<NodeInfo> {
+        self.nodes
+            .read()
+            .map(|nodes| nodes.iter().filter(|n| n.id != self.me).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The live node other than this one that hosts `room`, if one does.
+    pub async fn host_of(&self, room: &str) -> Option<NodeInfo> {
+        let mut redis = self.redis.clone();
+        let key = format!("{}{room}", placement::ROOM_KEY);
+        let host: Option<String> = match timed(redis.get(key)).await {
+            Ok(host) => host,
+            Err(e) => {
+                self.metrics.cluster_redis_errors.inc();
+                tracing::warn!(%room, "cluster: the room's node cannot be read: {e}");
+                None
+            }
+        };
+        let host = host.filter(|h| *h != self.me)?;
+        self.others().into_iter().find(|n| n.id == host)
     }
 
     /// Every live node, read now (the admin API).
