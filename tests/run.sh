@@ -62,6 +62,8 @@ exec unshare -n sh -c '
   (cd tests/browser && node --test meeting.test.mjs) || status=1
   (cd tests/browser && node --test page.test.mjs) || status=1
   (cd tests/browser && node --test turn.test.mjs) || status=1
+  echo "== browser tests: a cluster of three nodes on Redis (headless Chromium)"
+  (cd tests/browser && node --test cluster.test.mjs) || status=1
   echo "== browser tests (headless Firefox ESR, with Chromium)"
   (cd tests/browser && node --test firefox.test.mjs) || status=1
   echo "== browser tests without UDP: ICE-TCP, TURN over TLS (in a namespace of its own: it drops UDP there)"
