@@ -165,7 +165,29 @@ pub async fn run(
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Cluster refusals that name the node to join instead (`url`); followed like the web client
+/// follows them, at most [`MAX_REDIRECTS`] times.
+const REDIRECTS: [&str; 3] = ["room_on_other_node", "node_full", "node_draining"];
+const MAX_REDIRECTS: usize = 3;
+
 async fn join(url: &str, token: &str) -> anyhow::Result<Ws> {
+    let mut url = url.to_string();
+    for _ in 0..=MAX_REDIRECTS {
+        match join_at(&url, token).await? {
+            Joined::Here(ws) => return Ok(ws),
+            Joined::Elsewhere(next) => url = next,
+        }
+    }
+    anyhow::bail!("join refused: sent on more than {MAX_REDIRECTS} times")
+}
+
+enum Joined {
+    Here(Ws),
+    /// A cluster node named another node's signaling URL.
+    Elsewhere(String),
+}
+
+async fn join_at(url: &str, token: &str) -> anyhow::Result<Joined> {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     let join = json!({"type":"join","id":"join","token":token});
     ws.send(Message::Text(join.to_string().into())).await?;
@@ -175,8 +197,15 @@ async fn join(url: &str, token: &str) -> anyhow::Result<Ws> {
         };
         let v: Value = serde_json::from_str(&text)?;
         match v["type"].as_str() {
-            Some("joined") => return Ok(ws),
-            Some("error") => anyhow::bail!("join refused: {}", v["message"]),
+            Some("joined") => return Ok(Joined::Here(ws)),
+            Some("error") => {
+                let redirect = REDIRECTS.contains(&v["code"].as_str().unwrap_or_default());
+                if let (true, Some(next)) = (redirect, v["url"].as_str()) {
+                    let _ = ws.close(None).await;
+                    return Ok(Joined::Elsewhere(next.to_string()));
+                }
+                anyhow::bail!("join refused: {}", v["message"])
+            }
             _ => {}
         }
     }
