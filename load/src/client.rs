@@ -174,7 +174,7 @@ async fn join(url: &str, token: &str) -> anyhow::Result<Ws> {
     let mut url = url.to_string();
     for _ in 0..=MAX_REDIRECTS {
         match join_at(&url, token).await? {
-            Joined::Here(ws) => return Ok(ws),
+            Joined::Here(ws) => return Ok(*ws),
             Joined::Elsewhere(next) => url = next,
         }
     }
@@ -182,7 +182,7 @@ async fn join(url: &str, token: &str) -> anyhow::Result<Ws> {
 }
 
 enum Joined {
-    Here(Ws),
+    Here(Box<Ws>),
     /// A cluster node named another node's signaling URL.
     Elsewhere(String),
 }
@@ -197,7 +197,7 @@ async fn join_at(url: &str, token: &str) -> anyhow::Result<Joined> {
         };
         let v: Value = serde_json::from_str(&text)?;
         match v["type"].as_str() {
-            Some("joined") => return Ok(Joined::Here(ws)),
+            Some("joined") => return Ok(Joined::Here(Box::new(ws))),
             Some("error") => {
                 let redirect = REDIRECTS.contains(&v["code"].as_str().unwrap_or_default());
                 if let (true, Some(next)) = (redirect, v["url"].as_str()) {
