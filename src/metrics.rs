@@ -541,6 +541,9 @@ impl Metrics {
         for layer in LAYERS {
             m.video_subscriptions.with_label_values(&[layer]);
         }
+        for reason in ["room_on_other_node", "node_full", "node_draining"] {
+            m.cluster_redirects.with_label_values(&[reason]);
+        }
         for reason in DROP_REASONS {
             m.rtp_packets_dropped.with_label_values(&[reason]);
         }
