@@ -134,6 +134,13 @@ impl Cluster {
         } else {
             cluster.node_id.clone()
         };
+        if cluster.advertise_url.is_empty() && config.http.bind.is_unspecified() {
+            tracing::warn!(
+                "cluster.advertise_url is empty and http.bind is a wildcard: other nodes and \
+                 clients sent here are told http://127.0.0.1:{http_port}, which works on one \
+                 host only; set cluster.advertise_url"
+            );
+        }
         let url = if cluster.advertise_url.is_empty() {
             let host = if config.http.bind.is_unspecified() {
                 "127.0.0.1".to_string()
