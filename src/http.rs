@@ -567,6 +567,9 @@ impl Server {
         if let Some(turn) = &state.session.turn {
             turn.close().await;
         }
+        if let Some(cluster) = &state.cluster {
+            cluster.leave().await;
+        }
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || state.media.shutdown()).await;
     }

@@ -192,7 +192,8 @@ impl Cluster {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Starts the refresh loop; it ends with `shutdown`, taking this node out of Redis.
+    /// Starts the refresh loop; it ends with `shutdown` (then [`Cluster::leave`] takes this
+    /// node out of Redis).
     pub fn start(
         self: &Arc<Self>,
         rooms: Arc<Rooms>,
@@ -223,13 +224,12 @@ impl Cluster {
                     Err(e) => {
                         cluster.metrics.cluster_redis_errors.inc();
                         if healthy {
-                            tracing::warn!("cluster: refresh failed, serving on alone: {e}");
+                            tracing::warn!("cluster: refresh failed, serving on alone until redis answers: {e}");
                         }
                         healthy = false;
                     }
                 }
             }
-            cluster.leave().await;
         });
     }
 
@@ -573,8 +573,9 @@ impl Cluster {
         }
     }
 
-    /// Takes this node out of Redis at shutdown (its entry and its rooms).
-    async fn leave(&self) {
+    /// Takes this node out of Redis at shutdown (its entry and its rooms), so the others need
+    /// not wait for its entry to expire.
+    pub async fn leave(&self) {
         let rooms: Vec<String> = self
             .claimed
             .lock()
