@@ -152,6 +152,9 @@ pub enum LeaveReason {
     MediaFailed,
     /// Cluster mode: this node is draining (SIGTERM); `leave.url` names the node to join.
     NodeDraining,
+    /// Cluster mode: the room was open on two nodes at once (Redis lost its placement) and
+    /// the other node keeps it; `leave.url` names that node.
+    RoomMoved,
 }
 
 /// What ended a participant's media, as `media_failed` tells the client (`cause`).

@@ -532,6 +532,64 @@ async fn nodes_go_on_while_redis_restarts_and_find_each_other_again() {
     assert_eq!(refused["url"], json!(signal_url(&a)));
 }
 
+/// The first `leave` any of `clients` receives within 15 s: (index, message).
+async fn first_leave(clients: &mut [&mut Client]) -> Option<(usize, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        for (i, client) in clients.iter_mut().enumerate() {
+            if let Some(m) = client.try_recv(Duration::from_millis(20)).await {
+                if m["type"] == "leave" {
+                    return Some((i, m));
+                }
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_room_split_while_redis_was_down_is_made_whole_again() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a", |_| {}).await;
+    let b = node(&redis, "node-b", |_| {}).await;
+    assert!(sees_nodes(&a, 2.0).await);
+    let alice_token = token(&a, "standup", "alice");
+    let (mut alice, _) = join_at(&signal_url(&a), &alice_token).await;
+    let port = redis.stop();
+    // With no Redis to ask, b serves the join itself: the room is open on both nodes.
+    let dave_token = token(&b, "standup", "dave");
+    let (mut dave, joined) = join_at(&signal_url(&b), &dave_token).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["participants"], json!([]), "b's half of the room");
+
+    // Redis comes back empty; whichever node writes the room first keeps it, and the other
+    // sends its participants there.
+    let _redis = Redis::start_on(port);
+    let (moved, leave) = first_leave(&mut [&mut alice, &mut dave])
+        .await
+        .expect("neither half of the room was told to move");
+    assert_eq!(leave["reason"], "room_moved", "{leave}");
+    let (staying, token) = if moved == 0 {
+        (&b, &alice_token)
+    } else {
+        (&a, &dave_token)
+    };
+    assert_eq!(leave["url"], json!(signal_url(staying)), "{leave}");
+    let (_moved, joined) = join_at(leave["url"].as_str().unwrap(), token).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    let others: Vec<&str> = joined["participants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["identity"].as_str())
+        .collect();
+    assert_eq!(
+        others,
+        vec![if moved == 0 { "dave" } else { "alice" }],
+        "{joined}"
+    );
+}
+
 #[tokio::test]
 async fn sfu_load_publishers_on_one_node_and_subscribers_sent_to_another_meet() {
     let redis = Redis::start();

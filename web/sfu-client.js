@@ -151,6 +151,7 @@ export const LEAVE_MESSAGES = {
   join_timeout: 'Joining the room took too long.',
   media_failed: 'The media connection failed.',
   node_draining: 'The server is being taken down for maintenance; moving to another one.',
+  room_moved: 'The room continues on another server; moving there.',
 };
 
 /** What a `media_failed` cause means to the person in front of the screen. */
@@ -162,7 +163,7 @@ export const MEDIA_FAILURES = {
 };
 
 /** Reasons worth a reconnect: a retry can fix them. Others end the session for good. */
-const RETRYABLE = new Set(['disconnected', 'server_shutdown', 'slow_consumer', 'media_failed', 'node_draining']);
+const RETRYABLE = new Set(['disconnected', 'server_shutdown', 'slow_consumer', 'media_failed', 'node_draining', 'room_moved']);
 /**
  * Cluster mode: join refusals that name the node to join instead (`url`, its signaling
  * WebSocket). The client follows at most MAX_REDIRECTS of them per join.
@@ -711,8 +712,8 @@ export class SfuClient extends EventTarget {
       case 'leave':
         // The server closes the socket right after; the close handler reports it.
         this._leaveReason = msg.reason;
-        // A draining cluster node names the node to move to.
-        if (msg.reason === 'node_draining' && msg.url) this._moveUrl = msg.url;
+        // A draining cluster node, or one whose room lives on another node, names where to go.
+        if ((msg.reason === 'node_draining' || msg.reason === 'room_moved') && msg.url) this._moveUrl = msg.url;
         break;
       case 'error':
         // media_failed carries its cause: ice_failed, dtls_failed or internal. The `leave`

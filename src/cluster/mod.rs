@@ -11,6 +11,9 @@
 //! - Chat history: every chat message also goes to the room's Redis stream (`sfu:chat:<room>`,
 //!   capped at `chat.history`), and a node that opens a room takes the history back from it, so
 //!   a room that moves (its node drained, restarted or died) keeps its chat.
+//! - Healing a split: while Redis is down (or after it restarts empty) a room can open on two
+//!   nodes. The node that finds another holding its room's placement sends its participants
+//!   there (`leave` with reason `room_moved` and the `url`), so the room is whole again.
 //! - Draining: after SIGTERM the node takes no joins (`node_draining` with a `url`), lets go of
 //!   its rooms, and its sessions tell their clients to move there.
 //!
@@ -33,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::ChatMessage;
+use crate::model::{ChatMessage, LeaveReason};
 use crate::room::Rooms;
 use crate::rtc::MediaEngine;
 pub use node::NodeInfo;
@@ -83,6 +86,8 @@ pub struct Cluster {
     max_load: f64,
     /// For the admin API's requests to other nodes.
     http: reqwest::Client,
+    /// Rooms whose participants were sent to the node that holds them, with its signaling URL.
+    moved: Mutex<HashMap<String, String>>,
 }
 
 /// A room this node took.
@@ -181,6 +186,7 @@ impl Cluster {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()?,
+            moved: Mutex::new(HashMap::new()),
         })))
     }
 
@@ -252,12 +258,11 @@ impl Cluster {
         timed(pipe.query_async::<()>(&mut redis)).await?;
 
         let (renew, release) = self.sort_claims(rooms);
-        if !self.is_draining() {
-            let lost = timed(placement::renew(&mut redis, &renew, &self.me, self.ttl_ms)).await?;
-            for room in lost {
-                tracing::warn!(%room, "cluster: another node took this room's placement");
-            }
-        }
+        let lost = if self.is_draining() {
+            Vec::new()
+        } else {
+            timed(placement::renew(&mut redis, &renew, &self.me, self.ttl_ms)).await?
+        };
         let closed: Vec<String> = release
             .iter()
             .filter(|(_, claim)| claim.opened)
@@ -275,7 +280,46 @@ impl Cluster {
         if let Ok(mut cached) = self.nodes.write() {
             *cached = nodes;
         }
+        for room in lost {
+            self.give_up(&room, rooms).await;
+        }
         Ok(())
+    }
+
+    /// Another node holds the placement of `room`, open here too (a split while Redis was
+    /// down or after it came back empty): the room goes on there. Its participants here are
+    /// told to join that node (`room_moved` with its url) and the room is no longer renewed.
+    async fn give_up(&self, room: &str, rooms: &Rooms) {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room);
+        let Some(host) = self.host_of(room).await else {
+            return;
+        };
+        let Some(open) = rooms.get(room) else {
+            return;
+        };
+        tracing::warn!(
+            %room,
+            node = %host.id,
+            participants = open.len(),
+            "cluster: the room is open on another node too; its participants here move there"
+        );
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room.to_string(), host.signal_url);
+        open.end_all(LeaveReason::RoomMoved);
+    }
+
+    /// Where the participants of `room` were sent by [`Cluster::give_up`], for their `leave`.
+    pub fn moved_to(&self, room: &str) -> Option<String> {
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+            .cloned()
     }
 
     /// Splits the rooms this node took into those to renew (open here, or taken moments ago for
@@ -287,9 +331,14 @@ impl Cluster {
         }
         let grace = self.refresh * 2;
         let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        let moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
         for name in rooms.names() {
-            claimed.entry(name).or_insert_with(Claim::new).opened = true;
+            // A room given up to another node is not taken back while it closes here.
+            if !moved.contains_key(&name) {
+                claimed.entry(name).or_insert_with(Claim::new).opened = true;
+            }
         }
+        drop(moved);
         let (mut renew, mut release) = (Vec::new(), Vec::new());
         claimed.retain(|room, claim| {
             if rooms.get(room).is_some() || claim.at.elapsed() < grace {
@@ -472,6 +521,10 @@ impl Cluster {
         let mut redis = self.redis.clone();
         match timed(placement::claim(&mut redis, room, &self.me, self.ttl_ms)).await {
             Ok(Holder::Here) => {
+                self.moved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(room);
                 let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
                 claimed
                     .entry(room.to_string())

@@ -263,6 +263,15 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
     };
 
     let reason = goodbye.unwrap_or(LeaveReason::Disconnected);
+    // Cluster mode: where a client that must move goes.
+    let move_to = match (reason, &app.cluster) {
+        (LeaveReason::NodeDraining, Some(cluster)) => cluster.redirect("node_draining"),
+        (LeaveReason::RoomMoved, Some(cluster)) => session
+            .joined
+            .as_ref()
+            .and_then(|j| cluster.moved_to(j.room.name())),
+        _ => None,
+    };
     if reason == LeaveReason::SlowConsumer {
         metrics.signal_slow_consumers.inc();
     }
@@ -285,12 +294,14 @@ pub async fn run(socket: WebSocket, app: Arc<Context>, preauth: Option<Claims>) 
     if goodbye.is_some() && session.sink.is_some() {
         // The client's own `leave` was answered already.
         if reason != LeaveReason::ClientLeft {
-            let url = match (reason, &app.cluster) {
-                (LeaveReason::NodeDraining, Some(cluster)) => cluster.redirect("node_draining"),
-                _ => None,
-            };
             let _ = session
-                .send(&ServerMessage::Leave { reason, url }, None)
+                .send(
+                    &ServerMessage::Leave {
+                        reason,
+                        url: move_to,
+                    },
+                    None,
+                )
                 .await;
         }
         session.close(close_code::NORMAL, "").await;
