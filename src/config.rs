@@ -825,6 +825,48 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_are_checked_only_in_cluster_mode() {
+        let redis = ("SFU_CLUSTER_REDIS_URL", "redis://127.0.0.1:6379/0");
+        let cases = [
+            (
+                vec![("SFU_CLUSTER_REDIS_URL", "not a url")],
+                "cluster.redis_url",
+            ),
+            (
+                vec![("SFU_CLUSTER_REDIS_URL", "rediss://r:6380/")],
+                "cluster.redis_url",
+            ),
+            (
+                vec![redis, ("SFU_CLUSTER_ADVERTISE_URL", "ftp://x")],
+                "cluster.advertise_url",
+            ),
+            (
+                vec![redis, ("SFU_CLUSTER_REFRESH", "0s")],
+                "cluster.refresh",
+            ),
+            (
+                vec![
+                    redis,
+                    ("SFU_CLUSTER_REFRESH", "5s"),
+                    ("SFU_CLUSTER_NODE_TTL", "8s"),
+                ],
+                "cluster.node_ttl",
+            ),
+        ];
+        for (vars, key) in cases {
+            let err = Config::load(None, env(&vars), true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{vars:?}: {err}");
+        }
+        // Without a Redis URL the rest is not looked at.
+        let single = Config::load(None, env(&[("SFU_CLUSTER_REFRESH", "0s")]), true).unwrap();
+        assert!(!single.cluster.enabled());
+        let cluster = Config::load(None, env(&[redis]), true).unwrap();
+        assert!(cluster.cluster.enabled());
+    }
+
+    #[test]
     fn unknown_key_in_file_is_named() {
         let err = Config::from_toml("[chat]\nhistroy = 5\n")
             .unwrap_err()
