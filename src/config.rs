@@ -244,7 +244,8 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// How clients and the other nodes reach this node's HTTP/WebSocket server, e.g.
     /// `https://sfu-3.example.com` (a refused join names it as `wss://sfu-3.example.com/ws`).
-    /// Empty: `http://<http.bind, or 127.0.0.1 for a wildcard>:<http.port>`.
+    /// Empty: `http(s)://<http.bind, or 127.0.0.1 for a wildcard>:<http.port>` (https with
+    /// `http.tls_cert`).
     pub advertise_url: String,
     /// How often the node writes its load and refreshes its rooms in Redis.
     #[serde(with = "humantime_serde")]
@@ -254,7 +255,7 @@ pub struct ClusterConfig {
     #[serde(with = "humantime_serde")]
     pub node_ttl: Duration,
     /// After SIGTERM, how long a draining node waits for its participants to move before it
-    /// exits anyway.
+    /// exits anyway. Keep it under the orchestrator's grace period (Kubernetes: 30 s).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
 }
@@ -300,7 +301,7 @@ impl Default for ClusterConfig {
             advertise_url: String::new(),
             refresh: Duration::from_secs(2),
             node_ttl: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(25),
         }
     }
 }

@@ -167,7 +167,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 
 #[derive(Deserialize)]
 struct ListParams {
-    /// `node`: this node's rooms only (what nodes ask each other).
+    /// `node`: this node's rooms only, never another node's (what nodes ask each other).
     scope: Option<String>,
 }
 
@@ -250,6 +250,8 @@ async fn ask_host(
 ) -> Option<Result<Response, ApiError>> {
     let cluster = app.cluster.as_ref()?;
     let host = cluster.host_of(room).await?;
+    // A request one node passed on is answered by the node it reached, never passed again
+    // (a placement that changes under it must not bounce it between nodes).
     let unreachable = |e: String| {
         ApiError(
             StatusCode::BAD_GATEWAY,
@@ -267,6 +269,7 @@ async fn ask_host(
     if let Ok(mut segments) = url.path_segments_mut() {
         segments.pop_if_empty().extend(path);
     }
+    url.set_query(Some("scope=node"));
     let request = cluster
         .http()
         .request(method, url)
@@ -299,10 +302,14 @@ fn room_not_found(room: &str) -> ApiError {
 async fn room_detail(
     State(app): State<AppState>,
     Path(room): Path<String>,
+    Query(params): Query<ListParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     app.auth.verify_admin(bearer(&headers))?;
     let Some(r) = app.rooms.get(&room) else {
+        if params.scope.as_deref() == Some("node") {
+            return Err(room_not_found(&room));
+        }
         let path = ["api", "rooms", room.as_str()];
         return match ask_host(&app, &room, reqwest::Method::GET, &path, &headers).await {
             Some(answer) => answer,
@@ -323,10 +330,14 @@ async fn room_detail(
 async fn kick(
     State(app): State<AppState>,
     Path((room, identity)): Path<(String, String)>,
+    Query(params): Query<ListParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     app.auth.verify_admin(bearer(&headers))?;
     let Some(r) = app.rooms.get(&room) else {
+        if params.scope.as_deref() == Some("node") {
+            return Err(room_not_found(&room));
+        }
         let path = ["api", "rooms", &room, "participants", &identity];
         return match ask_host(&app, &room, reqwest::Method::DELETE, &path, &headers).await {
             Some(answer) => answer,

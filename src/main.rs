@@ -306,8 +306,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
     if shutdown_signal().await == Signal::Terminate {
-        // A cluster node drains first (a single node has nothing to drain).
-        server.drain().await;
+        // A cluster node drains first (a single node has nothing to drain); a second signal
+        // stops the drain.
+        tokio::select! {
+            _ = server.drain() => {}
+            _ = shutdown_signal() => tracing::warn!("drain cut short by a second signal"),
+        }
     }
     tracing::info!("shutting down: telling every client");
     server.shutdown().await;

@@ -38,12 +38,18 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (tests/run.sh installs Debian's redis-server)");
+        let mut redis = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port }
+        // The port answered: it must be ours, not another test's Redis that took the port.
+        assert!(
+            matches!(redis.child.try_wait(), Ok(None)),
+            "redis-server exited: port {port} is someone else's"
+        );
+        redis
     }
 
     /// A key's value, read by a client of the test's own.
@@ -137,9 +143,10 @@ async fn join_at(url: &str, token: &str) -> (Client, Value) {
     (client, answer)
 }
 
-async fn nodes(server: &Server) -> Value {
+/// `GET path` of `server`'s admin API, as JSON.
+async fn admin_json(server: &Server, path: &str) -> Value {
     reqwest::Client::new()
-        .get(common::http_url(server, "/api/nodes"))
+        .get(common::http_url(server, path))
         .bearer_auth(admin_token(server))
         .send()
         .await
@@ -147,6 +154,10 @@ async fn nodes(server: &Server) -> Value {
         .json()
         .await
         .expect("json")
+}
+
+async fn nodes(server: &Server) -> Value {
+    admin_json(server, "/api/nodes").await
 }
 
 #[tokio::test]
@@ -184,17 +195,7 @@ async fn a_join_on_any_node_is_sent_to_the_node_that_hosts_its_room() {
     assert_eq!(joined["type"], "joined", "{joined}");
 
     // The admin API of any node lists every node's rooms, shows and kicks in any of them.
-    let api = reqwest::Client::new();
-    let admin = admin_token(&b);
-    let listed: Value = api
-        .get(common::http_url(&b, "/api/rooms"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("api answers")
-        .json()
-        .await
-        .expect("json");
+    let listed = admin_json(&b, "/api/rooms").await;
     let rooms: Vec<(String, String, u64)> = listed["rooms"]
         .as_array()
         .into_iter()
@@ -215,17 +216,11 @@ async fn a_join_on_any_node_is_sent_to_the_node_that_hosts_its_room() {
         ],
         "{listed}"
     );
-    let detail: Value = api
-        .get(common::http_url(&b, "/api/rooms/standup"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("api answers")
-        .json()
-        .await
-        .expect("json");
+    let detail = admin_json(&b, "/api/rooms/standup").await;
     assert_eq!(detail["node"], "node-a", "{detail}");
     assert_eq!(detail["participants"].as_array().map(Vec::len), Some(2));
+    let api = reqwest::Client::new();
+    let admin = admin_token(&b);
     let kicked = api
         .delete(common::http_url(&b, "/api/rooms/standup/participants/bob"))
         .bearer_auth(&admin)
@@ -308,6 +303,13 @@ async fn a_draining_node_sends_its_clients_and_new_joins_to_another_node() {
     alice
         .request(json!({"type":"chat","text":"before the move"}))
         .await;
+    // Kept in Redis as it goes, not at the drain.
+    assert!(
+        eventually_within(Duration::from_secs(5), || async {
+            redis.stream_len("sfu:chat:standup") == 1
+        })
+        .await
+    );
 
     let health = |server: &Server| {
         let url = common::http_url(server, "/healthz");
@@ -532,6 +534,39 @@ async fn nodes_go_on_while_redis_restarts_and_find_each_other_again() {
     assert_eq!(refused["url"], json!(signal_url(&a)));
 }
 
+#[tokio::test]
+async fn a_room_that_closes_lets_go_of_its_node_and_its_chat() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a", |c| {
+        c.room.empty_timeout = Duration::from_millis(100)
+    })
+    .await;
+    let b = node(&redis, "node-b", |_| {}).await;
+    assert!(sees_nodes(&b, 2.0).await);
+    let (mut alice, _) = join_at(&signal_url(&a), &token(&a, "standup", "alice")).await;
+    alice.request(json!({"type":"chat","text":"bye"})).await;
+    assert!(
+        eventually_within(Duration::from_secs(5), || async {
+            redis.stream_len("sfu:chat:standup") == 1
+        })
+        .await
+    );
+    alice.close().await;
+    assert!(
+        eventually_within(Duration::from_secs(10), || async {
+            redis.get("sfu:room:standup").is_none() && redis.stream_len("sfu:chat:standup") == 0
+        })
+        .await,
+        "the closed room's placement ({:?}) or chat ({} messages) stayed in redis",
+        redis.get("sfu:room:standup"),
+        redis.stream_len("sfu:chat:standup")
+    );
+    // The next one to open it may be any node, and starts without the old chat.
+    let (_, joined) = join_at(&signal_url(&b), &token(&b, "standup", "bob")).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["chat_history"], json!([]), "{joined}");
+}
+
 /// The first `leave` any of `clients` receives within 15 s: (index, message).
 async fn first_leave(clients: &mut [&mut Client]) -> Option<(usize, Value)> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -564,7 +599,7 @@ async fn a_room_split_while_redis_was_down_is_made_whole_again() {
 
     // Redis comes back empty; whichever node writes the room first keeps it, and the other
     // sends its participants there.
-    let _redis = Redis::start_on(port);
+    let redis = Redis::start_on(port);
     let (moved, leave) = first_leave(&mut [&mut alice, &mut dave])
         .await
         .expect("neither half of the room was told to move");
@@ -577,6 +612,18 @@ async fn a_room_split_while_redis_was_down_is_made_whole_again() {
     assert_eq!(leave["url"], json!(signal_url(staying)), "{leave}");
     let (_moved, joined) = join_at(leave["url"].as_str().unwrap(), token).await;
     assert_eq!(joined["type"], "joined", "{joined}");
+    let (kept_by, stayed) = if moved == 0 {
+        ("node-b", &mut dave)
+    } else {
+        ("node-a", &mut alice)
+    };
+    assert_eq!(redis.get("sfu:room:standup").as_deref(), Some(kept_by));
+    // The half that stays is not sent anywhere (a few refreshes later still not).
+    let quiet = stayed.try_recv(REFRESH * 4).await;
+    assert!(
+        quiet.as_ref().is_none_or(|m| m["type"] != "leave"),
+        "the staying half was told to leave too: {quiet:?}"
+    );
     let others: Vec<&str> = joined["participants"]
         .as_array()
         .into_iter()

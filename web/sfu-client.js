@@ -171,7 +171,7 @@ const RETRYABLE = new Set(['disconnected', 'server_shutdown', 'slow_consumer', '
 const REDIRECTS = new Set(['room_on_other_node', 'node_full', 'node_draining']);
 const MAX_REDIRECTS = 3;
 /** Request failures that mean "try again later" rather than "this will never work". */
-const TRANSIENT = new Set(['connect_failed', 'not_connected', 'timeout', 'disconnected', 'rate_limited', 'internal', 'server_busy']);
+const TRANSIENT = new Set(['connect_failed', 'not_connected', 'timeout', 'disconnected', 'rate_limited', 'internal', 'server_busy', 'node_draining']);
 
 /**
  * `server_busy` means the room's media worker could not take the request within 5 s and did
@@ -284,6 +284,9 @@ export class SfuClient extends EventTarget {
       throw new SfuError('already_connected', 'connect() was called on a connected client; call leave() first');
     }
     this.url = url;
+    /** The URL the app gave (a load balancer, in a cluster): where a full rejoin starts. */
+    this._entryUrl = url;
+    this._moveUrl = null;
     this.token = token;
     this._leaving = false;
     await this._openSocket();
@@ -480,6 +483,7 @@ export class SfuClient extends EventTarget {
 
   /** The session is over for good: release the devices and say why. */
   _finish(reason, event, error = null) {
+    this._moveUrl = null;
     this._stopLocalTracks();
     this._setState('closed');
     const message = error?.message ?? closeMessage(reason, event, this._mediaFailure);
@@ -561,10 +565,10 @@ export class SfuClient extends EventTarget {
       await sleep(delay);
       if (this._leaving) break;
       try {
-        if (this._moveUrl) {
-          this.url = this._moveUrl;
-          this._moveUrl = null;
-        }
+        // A full rejoin goes where a draining node or a moved room said, else back to the
+        // URL the app gave: the node joined last may be the one that died.
+        this.url = this._moveUrl ?? this._entryUrl ?? this.url;
+        this._moveUrl = null;
         await this._openSocket();
         const joined = await this._joinFollowing();
         this._reconnecting = false;

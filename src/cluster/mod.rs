@@ -88,6 +88,13 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Rooms whose participants were sent to the node that holds them, with its signaling URL.
     moved: Mutex<HashMap<String, String>>,
+    /// Random per process, in the entry (see [`NodeInfo::instance`]).
+    instance: String,
+    /// Whether the last refresh reached Redis. While not, joins do not ask it (a Redis that
+    /// accepts connections but never answers would hold every join up for its timeouts).
+    healthy: AtomicBool,
+    /// The refresh loop, stopped before the node takes itself out of Redis.
+    refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A room this node took.
@@ -187,6 +194,9 @@ impl Cluster {
                 .timeout(Duration::from_secs(5))
                 .build()?,
             moved: Mutex::new(HashMap::new()),
+            instance: format!("{:016x}", rand::random::<u64>()),
+            healthy: AtomicBool::new(true),
+            refresher: Mutex::new(None),
         })))
     }
 
@@ -211,7 +221,7 @@ impl Cluster {
             tokio::spawn(self.clone().write_chat(chat));
         }
         let cluster = self.clone();
-        tokio::spawn(async move {
+        let refresher = tokio::spawn(async move {
             tracing::info!(node = %cluster.me, url = %cluster.url, "cluster node started");
             let mut tick = tokio::time::interval(cluster.refresh);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -235,8 +245,12 @@ impl Cluster {
                         healthy = false;
                     }
                 }
+                cluster.healthy.store(healthy, Ordering::Relaxed);
             }
         });
+        if let Ok(mut slot) = self.refresher.lock() {
+            *slot = Some(refresher);
+        }
     }
 
     /// Writes this node's entry, renews its rooms, lets go of rooms no longer here, and reads
@@ -245,17 +259,22 @@ impl Cluster {
         let entry = self.entry(media);
         let json = serde_json::to_string(&entry).unwrap_or_default();
         let mut redis = self.redis.clone();
-        let key = format!("{NODE_KEY}{}", self.me);
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(&key)
-            .arg(&json)
-            .arg("PX")
-            .arg(self.ttl_ms)
-            .ignore()
-            .sadd(NODES_SET, &self.me)
-            .ignore();
-        timed(pipe.query_async::<()>(&mut redis)).await?;
+        let previous = timed(placement::announce(
+            &mut redis,
+            &self.me,
+            &json,
+            self.ttl_ms,
+        ))
+        .await?;
+        if let Ok(previous) = serde_json::from_str::<NodeInfo>(&previous) {
+            if previous.instance != self.instance {
+                tracing::error!(
+                    node = %self.me,
+                    "cluster: another process writes its entry under this node_id; each node \
+                     needs its own cluster.node_id (rooms would be served by both)"
+                );
+            }
+        }
 
         let (renew, release) = self.sort_claims(rooms);
         let lost = if self.is_draining() {
@@ -263,16 +282,22 @@ impl Cluster {
         } else {
             timed(placement::renew(&mut redis, &renew, &self.me, self.ttl_ms)).await?
         };
-        let closed: Vec<String> = release
-            .iter()
-            .filter(|(_, claim)| claim.opened)
-            .map(|(room, _)| format!("{CHAT_KEY}{room}"))
-            .collect();
-        let release: Vec<String> = release.into_iter().map(|(room, _)| room).collect();
-        timed(placement::release(&mut redis, &release, &self.me)).await?;
-        if !closed.is_empty() {
-            // A room that closed here ends its chat, as on a single node.
-            timed(redis.del::<_, ()>(&closed)).await?;
+        // A room that closed here ends its chat, as on a single node; one only taken for a
+        // join that did not happen just lets go. Claims stay until Redis took the change.
+        let (closed, unused): (Vec<_>, Vec<_>) = release.iter().partition(|(_, c)| c.opened);
+        let names = |list: Vec<&(String, Claim)>| {
+            list.into_iter().map(|(r, _)| r.clone()).collect::<Vec<_>>()
+        };
+        let released = async {
+            placement::close(&mut redis, &names(closed), &self.me).await?;
+            placement::release(&mut redis, &names(unused), &self.me).await
+        };
+        if let Err(e) = timed(released).await {
+            let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+            for (room, claim) in release {
+                claimed.entry(room).or_insert(claim);
+            }
+            return Err(e);
         }
 
         let nodes = self.read_nodes().await?;
@@ -331,7 +356,9 @@ impl Cluster {
         }
         let grace = self.refresh * 2;
         let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-        let moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        // A room given up here is forgotten once it closed here.
+        moved.retain(|room, _| rooms.get(room).is_some());
         for name in rooms.names() {
             // A room given up to another node is not taken back while it closes here.
             if !moved.contains_key(&name) {
@@ -392,7 +419,7 @@ impl Cluster {
 
     /// The chat history `room` has in Redis (oldest first), for a node that opens the room.
     pub async fn chat_history(&self, room: &str) -> Vec<ChatMessage> {
-        if self.chat_history == 0 {
+        if self.chat_history == 0 || !self.is_healthy() {
             return Vec::new();
         }
         let mut redis = self.redis.clone();
@@ -437,6 +464,7 @@ impl Cluster {
         };
         NodeInfo {
             id: self.me.clone(),
+            instance: self.instance.clone(),
             url: self.url.clone(),
             signal_url: node::signal_url(&self.url),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -518,6 +546,9 @@ impl Cluster {
     /// Where a join for `room` goes: here when this node hosts it or takes it now (also when
     /// Redis cannot be asked), else the node that hosts it.
     pub async fn place(&self, room: &str) -> Host {
+        if !self.is_healthy() {
+            return self.here_without_redis(room);
+        }
         let mut redis = self.redis.clone();
         match timed(placement::claim(&mut redis, room, &self.me, self.ttl_ms)).await {
             Ok(Holder::Here) => {
@@ -536,6 +567,12 @@ impl Cluster {
                 let url = serde_json::from_str::<NodeInfo>(&entry)
                     .map(|n| n.signal_url)
                     .unwrap_or_default();
+                if url.is_empty() {
+                    // An entry this node cannot read names no place to go.
+                    self.metrics.cluster_redis_errors.inc();
+                    tracing::warn!(%room, %node, "cluster: the room's node has no usable entry; serving it here");
+                    return self.here_without_redis(room);
+                }
                 self.metrics
                     .cluster_redirects
                     .with_label_values(&["room_on_other_node"])
@@ -545,15 +582,42 @@ impl Cluster {
             Err(e) => {
                 self.metrics.cluster_redis_errors.inc();
                 tracing::warn!(%room, "cluster: room placement unknown, serving it here: {e}");
-                Host::Here
+                self.here_without_redis(room)
             }
+        }
+    }
+
+    /// Serves `room` here without a placement from Redis (Redis down, or no usable answer).
+    fn here_without_redis(&self, room: &str) -> Host {
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room);
+        Host::Here
+    }
+
+    /// Whether the last refresh reached Redis.
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// A participant joined `room` here: when the room closes, its chat goes too (a room
+    /// can open and close between two refreshes).
+    pub fn opened(&self, room: &str) {
+        if let Some(claim) = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(room)
+        {
+            claim.opened = true;
         }
     }
 
     /// A join for `room` was not served here after [`Cluster::place`] took it: let it go now
     /// unless the room is open here.
     pub async fn unplace(&self, room: &str, rooms: &Rooms) {
-        if rooms.get(room).is_some() {
+        if rooms.get(room).is_some() || !self.is_healthy() {
             return;
         }
         self.claimed
@@ -629,6 +693,12 @@ impl Cluster {
     /// Takes this node out of Redis at shutdown (its entry and its rooms), so the others need
     /// not wait for its entry to expire.
     pub async fn leave(&self) {
+        // A refresh under way must not write the entry back after it is removed.
+        let refresher = self.refresher.lock().ok().and_then(|mut r| r.take());
+        if let Some(refresher) = refresher {
+            refresher.abort();
+            let _ = refresher.await;
+        }
         let rooms: Vec<String> = self
             .claimed
             .lock()

@@ -5,9 +5,12 @@ use serde::{Deserialize, Serialize};
 
 /// One node's entry in Redis (`sfu:node:<id>`, JSON), rewritten every `cluster.refresh` with a
 /// TTL of `cluster.node_ttl`: a node whose entry expired is gone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeInfo {
     pub id: String,
+    /// Random per process: two processes configured with one `node_id` tell each other apart.
+    pub instance: String,
     /// The node's HTTP base URL (`cluster.advertise_url`): its admin API and web client.
     pub url: String,
     /// Its signaling WebSocket, the `url` a refused join names.
@@ -71,6 +74,7 @@ mod tests {
     fn node(id: &str, participants: usize, load: f64, draining: bool) -> NodeInfo {
         NodeInfo {
             id: id.into(),
+            instance: String::new(),
             url: format!("http://{id}:7880"),
             signal_url: signal_url(&format!("http://{id}:7880")),
             version: "0".into(),

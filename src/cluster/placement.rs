@@ -45,6 +45,60 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
+/// A room that closed here: lets go of it and ends its chat, both only if this node still
+/// holds it (a node that took it meanwhile keeps its chat). KEYS: the room key, the chat key;
+/// ARGV[1] this node's id.
+const CLOSE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"#;
+
+/// Writes this node's entry (KEYS[1], ARGV[1] with a TTL of ARGV[2] ms) and adds its id
+/// (ARGV[3]) to the set of nodes (KEYS[2]); returns the entry it replaced, so a node can tell
+/// that another process writes under its id.
+const ANNOUNCE: &str = r#"
+local previous = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return previous or ''
+"#;
+
+/// Writes a node's entry; returns the one it replaced ("" if none).
+pub async fn announce(
+    redis: &mut ConnectionManager,
+    me: &str,
+    entry: &str,
+    ttl_ms: u64,
+) -> RedisResult<String> {
+    Script::new(ANNOUNCE)
+        .key(format!("{NODE_KEY}{me}"))
+        .key(NODES_SET)
+        .arg(entry)
+        .arg(ttl_ms)
+        .arg(me)
+        .invoke_async(redis)
+        .await
+}
+
+/// Lets go of rooms that closed here and ends their chat, where this node still holds them.
+pub async fn close(redis: &mut ConnectionManager, rooms: &[String], me: &str) -> RedisResult<()> {
+    if rooms.is_empty() {
+        return Ok(());
+    }
+    let script = Script::new(CLOSE);
+    let mut pipe = redis::pipe();
+    pipe.load_script(&script).ignore();
+    for room in rooms {
+        let mut invocation = script.key(format!("{ROOM_KEY}{room}"));
+        invocation.key(format!("{CHAT_KEY}{room}")).arg(me);
+        pipe.invoke_script(&invocation).ignore();
+    }
+    pipe.query_async::<()>(redis).await
+}
+
 /// Who hosts a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Holder {

@@ -1099,6 +1099,9 @@ impl Session {
         if let Some(old) = &joined.replaced {
             self.app.rooms.replaced(old);
         }
+        if let Some(cluster) = &self.app.cluster {
+            cluster.opened(room.name());
+        }
         let media = self.app.media.place(room.name());
         let join = Command::Join {
             room: room.name().to_string(),

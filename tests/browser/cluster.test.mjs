@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { launchChromium, metricValue, openPerson, receivedFrom, startServer, until } from './lib.mjs';
+import { launchChromium, metricValue, openPerson, printPages, receivedFrom, startServer, until } from './lib.mjs';
 
 const ROOM = `cluster-${process.pid}`;
 const MEDIA_TIMEOUT_MS = 60_000;
@@ -63,11 +63,7 @@ async function diagnose(fn) {
   try {
     return await fn();
   } catch (err) {
-    for (const p of Object.values(people)) {
-      const status = await p.page.locator('#status').textContent().catch(() => '?');
-      console.error(`-- ${p.name}: status "${status}", socket ${await p.page.evaluate(() => window.sfu.url).catch(() => '?')}`);
-      for (const line of p.console.slice(-20)) console.error(`   ${line}`);
-    }
+    await printPages(Object.values(people));
     for (const [id, node] of Object.entries(nodes)) {
       console.error(`-- node ${id} (log ${node.logPath}):`);
       console.error(node.output().split('\n').slice(-15).join('\n'));

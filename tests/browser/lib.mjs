@@ -509,6 +509,16 @@ export async function forwardedTo(server, room, trackSid, subscriberSid) {
   return track?.subscribers.find((s) => s.participant === subscriberSid) ?? null;
 }
 
+/** Prints what each page shows and said (status line, signaling socket, last console lines): for failure reports. */
+export async function printPages(people) {
+  for (const p of people) {
+    const status = await p.page.locator('#status').textContent().catch(() => '?');
+    const socket = await p.page.evaluate(() => window.sfu?.url).catch(() => '?');
+    console.error(`-- ${p.name}: status "${status}", socket ${socket}`);
+    for (const line of p.console.slice(-20)) console.error(`   ${line}`);
+  }
+}
+
 /** Polls `check` (async, returns a truthy value when done) every `intervalMs` until `timeoutMs`. */
 export async function until(check, { timeoutMs, intervalMs = 100, what }) {
   const deadline = Date.now() + timeoutMs;

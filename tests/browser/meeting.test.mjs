@@ -27,6 +27,7 @@ import {
   launchChromium,
   metricValue,
   openPerson,
+  printPages,
   receivedFrom,
   screenshot,
   sentLayers,
@@ -65,11 +66,7 @@ async function diagnose(fn) {
   try {
     return await fn();
   } catch (err) {
-    for (const p of Object.values(people)) {
-      const status = await p.page.locator('#status').textContent().catch(() => '?');
-      console.error(`-- ${p.name}: status "${status}"`);
-      for (const line of p.console.slice(-20)) console.error(`   ${line}`);
-    }
+    await printPages(Object.values(people));
     console.error(`-- server log (last lines; all in ${server?.logPath}):`);
     console.error(server?.output().split('\n').slice(-40).join('\n'));
     throw err;
