@@ -293,7 +293,7 @@ impl Cluster {
             placement::release(&mut redis, &names(unused), &self.me).await
         };
         if let Err(e) = timed(released).await {
-            let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut claimed = lock(&self.claimed);
             for (room, claim) in release {
                 claimed.entry(room).or_insert(claim);
             }
@@ -301,10 +301,7 @@ impl Cluster {
         }
 
         let nodes = self.read_nodes().await?;
-        self.metrics.cluster_nodes.set(nodes.len() as i64);
-        if let Ok(mut cached) = self.nodes.write() {
-            *cached = nodes;
-        }
+        self.remember(nodes);
         for room in lost {
             self.give_up(&room, rooms).await;
         }
@@ -315,10 +312,7 @@ impl Cluster {
     /// down or after it came back empty): the room goes on there. Its participants here are
     /// told to join that node (`room_moved` with its url) and the room is no longer renewed.
     async fn give_up(&self, room: &str, rooms: &Rooms) {
-        self.claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(room);
+        lock(&self.claimed).remove(room);
         let Some(host) = self.host_of(room).await else {
             return;
         };
@@ -331,20 +325,13 @@ impl Cluster {
             participants = open.len(),
             "cluster: the room is open on another node too; its participants here move there"
         );
-        self.moved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(room.to_string(), host.signal_url);
+        lock(&self.moved).insert(room.to_string(), host.signal_url);
         open.end_all(LeaveReason::RoomMoved);
     }
 
     /// Where the participants of `room` were sent by [`Cluster::give_up`], for their `leave`.
     pub fn moved_to(&self, room: &str) -> Option<String> {
-        self.moved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(room)
-            .cloned()
+        lock(&self.moved).get(room).cloned()
     }
 
     /// Splits the rooms this node took into those to renew (open here, or taken moments ago for
@@ -355,8 +342,8 @@ impl Cluster {
             return (Vec::new(), Vec::new());
         }
         let grace = self.refresh * 2;
-        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-        let mut moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut claimed = lock(&self.claimed);
+        let mut moved = lock(&self.moved);
         // A room given up here is forgotten once it closed here.
         moved.retain(|room, _| rooms.get(room).is_some());
         for name in rooms.names() {
@@ -452,7 +439,7 @@ impl Cluster {
         let now = Instant::now();
         let sent = packets_sent(&self.metrics);
         let packets_per_second = {
-            let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = lock(&self.last_sent);
             let secs = now.duration_since(last.0).as_secs_f64();
             let rate = if secs > 0.0 {
                 sent.saturating_sub(last.1) as f64 / secs
@@ -536,6 +523,19 @@ impl Cluster {
         self.others().into_iter().find(|n| n.id == host)
     }
 
+    /// Keeps the nodes just read from Redis, for redirects, and shows how many there are.
+    fn remember(&self, nodes: Vec<NodeInfo>) {
+        self.metrics.cluster_nodes.set(nodes.len() as i64);
+        if let Ok(mut cached) = self.nodes.write() {
+            *cached = nodes;
+        }
+    }
+
+    /// Forgets every room this node took, returning their names (to let go of in Redis).
+    fn take_claims(&self) -> Vec<String> {
+        lock(&self.claimed).drain().map(|(room, _)| room).collect()
+    }
+
     /// Every live node, read now (the admin API).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
         self.read_nodes().await.inspect_err(|_| {
@@ -552,11 +552,8 @@ impl Cluster {
         let mut redis = self.redis.clone();
         match timed(placement::claim(&mut redis, room, &self.me, self.ttl_ms)).await {
             Ok(Holder::Here) => {
-                self.moved
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(room);
-                let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+                lock(&self.moved).remove(room);
+                let mut claimed = lock(&self.claimed);
                 claimed
                     .entry(room.to_string())
                     .or_insert_with(Claim::new)
@@ -589,10 +586,7 @@ impl Cluster {
 
     /// Serves `room` here without a placement from Redis (Redis down, or no usable answer).
     fn here_without_redis(&self, room: &str) -> Host {
-        self.moved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(room);
+        lock(&self.moved).remove(room);
         Host::Here
     }
 
@@ -604,12 +598,7 @@ impl Cluster {
     /// A participant joined `room` here: when the room closes, its chat goes too (a room
     /// can open and close between two refreshes).
     pub fn opened(&self, room: &str) {
-        if let Some(claim) = self
-            .claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(room)
-        {
+        if let Some(claim) = lock(&self.claimed).get_mut(room) {
             claim.opened = true;
         }
     }
@@ -620,10 +609,7 @@ impl Cluster {
         if rooms.get(room).is_some() || !self.is_healthy() {
             return;
         }
-        self.claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(room);
+        lock(&self.claimed).remove(room);
         let mut redis = self.redis.clone();
         if let Err(e) = timed(placement::release(
             &mut redis,
@@ -654,21 +640,11 @@ impl Cluster {
     pub async fn drain(&self, media: &MediaEngine) {
         self.draining.store(true, Ordering::Relaxed);
         self.metrics.cluster_draining.set(1);
-        let rooms: Vec<String> = {
-            let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-            claimed.drain().map(|(room, _)| room).collect()
-        };
+        let rooms = self.take_claims();
         let json = serde_json::to_string(&self.entry(media)).unwrap_or_default();
         let mut redis = self.redis.clone();
-        let key = format!("{NODE_KEY}{}", self.me);
         let written = async {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&json)
-                .arg("PX")
-                .arg(self.ttl_ms)
-                .query_async::<()>(&mut redis)
-                .await?;
+            placement::announce(&mut redis, &self.me, &json, self.ttl_ms).await?;
             placement::release(&mut redis, &rooms, &self.me).await
         };
         // Where the clients go is read now, not from the last refresh.
@@ -678,9 +654,7 @@ impl Cluster {
         };
         match read.await {
             Ok(nodes) => {
-                if let Ok(mut cached) = self.nodes.write() {
-                    *cached = nodes;
-                }
+                self.remember(nodes);
                 tracing::info!(rooms = rooms.len(), "cluster: draining; rooms let go");
             }
             Err(e) => {
@@ -699,13 +673,7 @@ impl Cluster {
             refresher.abort();
             let _ = refresher.await;
         }
-        let rooms: Vec<String> = self
-            .claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(room, _)| room)
-            .collect();
+        let rooms = self.take_claims();
         let mut redis = self.redis.clone();
         let key = format!("{NODE_KEY}{}", self.me);
         let removed = async {
@@ -719,6 +687,12 @@ impl Cluster {
             Err(e) => tracing::warn!("cluster: could not remove this node from redis: {e}"),
         }
     }
+}
+
+/// The value behind `mutex`; one left by a thread that panicked holding it is whole (every
+/// change to these maps is one call).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A Redis request bounded by [`REDIS_TIMEOUT`].

@@ -3,7 +3,7 @@
 //! node is sent there. Each step is one Lua script, so two nodes racing for a room agree.
 
 use redis::aio::ConnectionManager;
-use redis::{RedisResult, Script};
+use redis::{RedisResult, Script, ScriptInvocation};
 
 /// Key prefixes in Redis.
 pub const NODE_KEY: &str = "sfu:node:";
@@ -89,14 +89,27 @@ pub async fn close(redis: &mut ConnectionManager, rooms: &[String], me: &str) ->
         return Ok(());
     }
     let script = Script::new(CLOSE);
+    per_room(&script, rooms, |room, invocation| {
+        invocation.key(format!("{CHAT_KEY}{room}")).arg(me);
+    })
+    .query_async::<()>(redis)
+    .await
+}
+
+/// One pipeline that runs `script` once per room: its room key first, then what `rest` adds.
+fn per_room<'a>(
+    script: &'a Script,
+    rooms: &[String],
+    rest: impl Fn(&str, &mut ScriptInvocation<'a>),
+) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    pipe.load_script(&script).ignore();
+    pipe.load_script(script).ignore();
     for room in rooms {
         let mut invocation = script.key(format!("{ROOM_KEY}{room}"));
-        invocation.key(format!("{CHAT_KEY}{room}")).arg(me);
-        pipe.invoke_script(&invocation).ignore();
+        rest(room, &mut invocation);
+        pipe.invoke_script(&invocation);
     }
-    pipe.query_async::<()>(redis).await
+    pipe
 }
 
 /// Who hosts a room.
@@ -139,14 +152,11 @@ pub async fn renew(
         return Ok(Vec::new());
     }
     let script = Script::new(RENEW);
-    let mut pipe = redis::pipe();
-    pipe.load_script(&script).ignore();
-    for room in rooms {
-        let mut invocation = script.key(format!("{ROOM_KEY}{room}"));
+    let held: Vec<i64> = per_room(&script, rooms, |_, invocation| {
         invocation.arg(me).arg(ttl_ms);
-        pipe.invoke_script(&invocation);
-    }
-    let held: Vec<i64> = pipe.query_async(redis).await?;
+    })
+    .query_async(redis)
+    .await?;
     Ok(rooms
         .iter()
         .zip(held)
@@ -160,12 +170,9 @@ pub async fn release(redis: &mut ConnectionManager, rooms: &[String], me: &str) 
         return Ok(());
     }
     let script = Script::new(RELEASE);
-    let mut pipe = redis::pipe();
-    pipe.load_script(&script).ignore();
-    for room in rooms {
-        let mut invocation = script.key(format!("{ROOM_KEY}{room}"));
+    per_room(&script, rooms, |_, invocation| {
         invocation.arg(me);
-        pipe.invoke_script(&invocation).ignore();
-    }
-    pipe.query_async::<()>(redis).await
+    })
+    .query_async::<()>(redis)
+    .await
 }
