@@ -26,11 +26,11 @@ struct Redis {
 }
 
 impl Redis {
-    fn start() -> Self {
-        Self::start_on(free_port())
+    async fn start() -> Self {
+        Self::start_on(free_port()).await
     }
 
-    fn start_on(port: u16) -> Self {
+    async fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -39,11 +39,13 @@ impl Redis {
             .spawn()
             .expect("redis-server runs (tests/run.sh installs Debian's redis-server)");
         let mut redis = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let listening = eventually_within(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(listening, "redis-server did not listen");
         // The port answered: it must be ours, not another test's Redis that took the port.
         assert!(
             matches!(redis.child.try_wait(), Ok(None)),
@@ -143,14 +145,20 @@ async fn join_at(url: &str, token: &str) -> (Client, Value) {
     (client, answer)
 }
 
-/// `GET path` of `server`'s admin API, as JSON.
-async fn admin_json(server: &Server, path: &str) -> Value {
+/// `method path` on `server`'s admin API, with an admin token.
+async fn admin(server: &Server, method: reqwest::Method, path: &str) -> reqwest::Response {
     reqwest::Client::new()
-        .get(common::http_url(server, path))
+        .request(method, common::http_url(server, path))
         .bearer_auth(admin_token(server))
         .send()
         .await
         .expect("api answers")
+}
+
+/// `GET path` of `server`'s admin API, as JSON.
+async fn admin_json(server: &Server, path: &str) -> Value {
+    admin(server, reqwest::Method::GET, path)
+        .await
         .json()
         .await
         .expect("json")
@@ -162,7 +170,7 @@ async fn nodes(server: &Server) -> Value {
 
 #[tokio::test]
 async fn a_join_on_any_node_is_sent_to_the_node_that_hosts_its_room() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let a = node(&redis, "node-a", |_| {}).await;
     let b = node(&redis, "node-b", |_| {}).await;
     assert!(sees_nodes(&b, 2.0).await, "b never saw both nodes");
@@ -219,22 +227,15 @@ async fn a_join_on_any_node_is_sent_to_the_node_that_hosts_its_room() {
     let detail = admin_json(&b, "/api/rooms/standup").await;
     assert_eq!(detail["node"], "node-a", "{detail}");
     assert_eq!(detail["participants"].as_array().map(Vec::len), Some(2));
-    let api = reqwest::Client::new();
-    let admin = admin_token(&b);
-    let kicked = api
-        .delete(common::http_url(&b, "/api/rooms/standup/participants/bob"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("api answers");
+    let kicked = admin(
+        &b,
+        reqwest::Method::DELETE,
+        "/api/rooms/standup/participants/bob",
+    )
+    .await;
     assert_eq!(kicked.status(), 204);
     assert_eq!(bob.recv_type("leave").await["reason"], "kicked");
-    let missing = api
-        .get(common::http_url(&b, "/api/rooms/nowhere"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("api answers");
+    let missing = admin(&b, reqwest::Method::GET, "/api/rooms/nowhere").await;
     assert_eq!(missing.status(), 404);
 
     // The admin API of either node lists both, with their load.
@@ -260,7 +261,7 @@ async fn a_join_on_any_node_is_sent_to_the_node_that_hosts_its_room() {
 
 #[tokio::test]
 async fn a_full_node_names_a_less_loaded_node_and_keeps_serving_its_rooms() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let a = node(&redis, "node-a", |c| c.room.max_total_participants = 2).await;
     let b = node(&redis, "node-b", |_| {}).await;
     assert!(sees_nodes(&a, 2.0).await, "a never saw b");
@@ -290,7 +291,7 @@ async fn a_full_node_names_a_less_loaded_node_and_keeps_serving_its_rooms() {
 
 #[tokio::test]
 async fn a_draining_node_sends_its_clients_and_new_joins_to_another_node() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let a = node(&redis, "node-a", |c| {
         c.cluster.drain_timeout = Duration::from_secs(20);
     })
@@ -399,7 +400,7 @@ async fn spawn_node(redis: &Redis, id: &str, nodes: f64) -> (Child, u16) {
 
 #[tokio::test]
 async fn sigterm_drains_a_node_process_and_it_exits() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let b = node(&redis, "node-b", |_| {}).await;
     let (mut child, port) = spawn_node(&redis, "node-a", 2.0).await;
     assert!(sees_nodes(&b, 2.0).await, "b never saw the node process");
@@ -428,7 +429,7 @@ async fn sigterm_drains_a_node_process_and_it_exits() {
 
 #[tokio::test]
 async fn a_node_killed_with_sigkill_is_forgotten_and_its_rooms_move() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let b = node(&redis, "node-b", |_| {}).await;
     let (mut child, port) = spawn_node(&redis, "node-a", 2.0).await;
     assert!(sees_nodes(&b, 2.0).await, "b never saw the node process");
@@ -490,7 +491,7 @@ async fn a_node_killed_with_sigkill_is_forgotten_and_its_rooms_move() {
 
 #[tokio::test]
 async fn nodes_go_on_while_redis_restarts_and_find_each_other_again() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let a = node(&redis, "node-a", |_| {}).await;
     let b = node(&redis, "node-b", |_| {}).await;
     assert!(sees_nodes(&a, 2.0).await);
@@ -519,7 +520,7 @@ async fn nodes_go_on_while_redis_restarts_and_find_each_other_again() {
     assert_eq!(joined["type"], "joined", "{joined}");
 
     // Redis comes back empty: both nodes write themselves and their rooms again.
-    let redis = Redis::start_on(port);
+    let redis = Redis::start_on(port).await;
     assert!(
         eventually_within(Duration::from_secs(10), || async {
             redis.get("sfu:room:standup").as_deref() == Some("node-a")
@@ -536,7 +537,7 @@ async fn nodes_go_on_while_redis_restarts_and_find_each_other_again() {
 
 #[tokio::test]
 async fn a_room_that_closes_lets_go_of_its_node_and_its_chat() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let a = node(&redis, "node-a", |c| {
         c.room.empty_timeout = Duration::from_millis(100)
     })
@@ -584,7 +585,7 @@ async fn first_leave(clients: &mut [&mut Client]) -> Option<(usize, Value)> {
 
 #[tokio::test]
 async fn a_room_split_while_redis_was_down_is_made_whole_again() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let a = node(&redis, "node-a", |_| {}).await;
     let b = node(&redis, "node-b", |_| {}).await;
     assert!(sees_nodes(&a, 2.0).await);
@@ -599,7 +600,7 @@ async fn a_room_split_while_redis_was_down_is_made_whole_again() {
 
     // Redis comes back empty; whichever node writes the room first keeps it, and the other
     // sends its participants there.
-    let redis = Redis::start_on(port);
+    let redis = Redis::start_on(port).await;
     let (moved, leave) = first_leave(&mut [&mut alice, &mut dave])
         .await
         .expect("neither half of the room was told to move");
@@ -639,7 +640,7 @@ async fn a_room_split_while_redis_was_down_is_made_whole_again() {
 
 #[tokio::test]
 async fn sfu_load_publishers_on_one_node_and_subscribers_sent_to_another_meet() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let a = node(&redis, "node-a", |_| {}).await;
     let b = node(&redis, "node-b", |_| {}).await;
     assert!(sees_nodes(&b, 2.0).await);
