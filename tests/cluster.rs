@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{admin_token, eventually_within, metric, token, Client};
 use serde_json::{json, Value};
+use sfu::cluster::placement;
 use sfu::config::Config;
 use sfu::http::Server;
 
@@ -566,6 +567,52 @@ async fn a_room_that_closes_lets_go_of_its_node_and_its_chat() {
     let (_, joined) = join_at(&signal_url(&b), &token(&b, "standup", "bob")).await;
     assert_eq!(joined["type"], "joined", "{joined}");
     assert_eq!(joined["chat_history"], json!([]), "{joined}");
+}
+
+#[tokio::test]
+async fn a_chat_message_reaches_redis_only_while_its_node_holds_the_room() {
+    // A message written after its room closed here (or moved) must not bring the room's chat
+    // stream back: a later room of the same name would start with it.
+    let redis = Redis::start().await;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut connection = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("connects to the test's redis");
+    let keep = |connection: &mut redis::aio::ConnectionManager, node: &'static str| {
+        let mut connection = connection.clone();
+        async move {
+            placement::keep_chat(
+                &mut connection,
+                "late",
+                node,
+                r#"{"text":"hi"}"#,
+                10,
+                60_000,
+            )
+            .await
+            .expect("the script runs")
+        }
+    };
+    assert!(
+        !keep(&mut connection, "node-a").await,
+        "no one holds the room"
+    );
+    assert_eq!(redis.stream_len("sfu:chat:late"), 0);
+    let held = placement::claim(&mut connection, "late", "node-a", 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(held, placement::Holder::Here);
+    assert!(keep(&mut connection, "node-a").await);
+    assert!(
+        !keep(&mut connection, "node-b").await,
+        "node-b does not hold it"
+    );
+    assert_eq!(redis.stream_len("sfu:chat:late"), 1);
+    placement::close(&mut connection, &["late".to_string()], "node-a")
+        .await
+        .expect("close");
+    assert!(!keep(&mut connection, "node-a").await, "the room closed");
+    assert_eq!(redis.stream_len("sfu:chat:late"), 0);
 }
 
 /// The first `leave` any of `clients` receives within 15 s: (index, message).

@@ -384,22 +384,23 @@ impl Cluster {
     async fn write_chat(self: Arc<Self>, mut queue: mpsc::Receiver<(String, ChatMessage)>) {
         let mut redis = self.redis.clone();
         while let Some((room, message)) = queue.recv().await {
-            let key = format!("{CHAT_KEY}{room}");
             let json = serde_json::to_string(&message).unwrap_or_default();
-            let mut pipe = redis::pipe();
-            pipe.cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg(self.chat_history)
-                .arg("*")
-                .arg("m")
-                .arg(json)
-                .ignore()
-                .pexpire(&key, CHAT_KEPT.as_millis() as i64)
-                .ignore();
-            if let Err(e) = timed(pipe.query_async::<()>(&mut redis)).await {
-                self.metrics.cluster_redis_errors.inc();
-                tracing::debug!(%room, "cluster: chat message not kept in redis: {e}");
+            let kept = placement::keep_chat(
+                &mut redis,
+                &room,
+                &self.me,
+                &json,
+                self.chat_history,
+                CHAT_KEPT.as_millis() as u64,
+            );
+            match timed(kept).await {
+                Ok(true) => {}
+                // The room closed here, or another node holds it now: its history is theirs.
+                Ok(false) => tracing::debug!(%room, "cluster: chat of a room not held here"),
+                Err(e) => {
+                    self.metrics.cluster_redis_errors.inc();
+                    tracing::debug!(%room, "cluster: chat message not kept in redis: {e}");
+                }
             }
         }
     }

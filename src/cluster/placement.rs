@@ -56,6 +56,17 @@ end
 return 0
 "#;
 
+/// Adds a chat message to the room's stream (capped at ARGV[3] entries, kept ARGV[4] ms after
+/// the last), only while this node holds the room: a message that reaches Redis after the room
+/// closed here, or after another node took it, must not bring the stream back. KEYS: the room
+/// key, the chat key; ARGV: this node's id, the message (JSON), the cap, the time kept.
+const KEEP_CHAT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 'm', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"#;
+
 /// Writes this node's entry (KEYS[1], ARGV[1] with a TTL of ARGV[2] ms) and adds its id
 /// (ARGV[3]) to the set of nodes (KEYS[2]); returns the entry it replaced, so a node can tell
 /// that another process writes under its id.
@@ -94,6 +105,27 @@ pub async fn close(redis: &mut ConnectionManager, rooms: &[String], me: &str) ->
     })
     .query_async::<()>(redis)
     .await
+}
+
+/// Adds `message` (JSON) to `room`'s chat stream if this node holds the room; returns whether
+/// it did.
+pub async fn keep_chat(
+    redis: &mut ConnectionManager,
+    room: &str,
+    me: &str,
+    message: &str,
+    history: usize,
+    kept_ms: u64,
+) -> RedisResult<bool> {
+    Script::new(KEEP_CHAT)
+        .key(format!("{ROOM_KEY}{room}"))
+        .key(format!("{CHAT_KEY}{room}"))
+        .arg(me)
+        .arg(message)
+        .arg(history)
+        .arg(kept_ms)
+        .invoke_async(redis)
+        .await
 }
 
 /// One pipeline that runs `script` once per room: its room key first, then what `rest` adds.
