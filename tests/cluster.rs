@@ -695,7 +695,8 @@ async fn sfu_load_publishers_on_one_node_and_subscribers_sent_to_another_meet() 
     // at b and waits there for the room's tracks.
     let mut publishers = common::load_options(&a, "webinar");
     publishers.subscribers = 0;
-    publishers.duration = Duration::from_secs(8);
+    // Long enough to outlast the wait below and the whole subscriber run on a slow machine.
+    publishers.duration = Duration::from_secs(15);
     publishers.server_pid = None;
     let publishing = tokio::spawn(sfu_load::run(publishers));
     assert!(

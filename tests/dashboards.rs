@@ -254,21 +254,26 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         report.table()
     );
 
-    // Enough scrapes for every rate() to have two samples after the load.
+    // Enough scrapes for every rate() to have two samples after the load: counted on the
+    // series the run created last (the bad request's error), since on a fast machine the
+    // server's older series may already have ten samples before the run ended.
+    let count = |selector: &'static str| {
+        let client = &client;
+        let url = &prometheus.url;
+        async move {
+            let v = query(client, url, &format!("count_over_time({selector}[1m])")).await;
+            v.and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+        }
+    };
     let scraped = common::eventually_within(Duration::from_secs(60), || async {
-        let v = query(
-            &client,
-            &prometheus.url,
-            "count_over_time(sfu_build_info[1m])",
-        )
-        .await;
-        v.and_then(|v| {
-            v["data"]["result"][0]["value"][1]
-                .as_str()?
-                .parse::<f64>()
-                .ok()
-        })
-        .is_some_and(|n| n >= 10.0)
+        count("sfu_build_info").await >= 10.0
+            && count(r#"sfu_signal_errors_total{code="bad_json"}"#).await >= 3.0
     })
     .await;
     assert!(scraped, "Prometheus scraped the server");

@@ -10,6 +10,10 @@ use std::time::Duration;
 use sfu_load::token::{Grants, Minter};
 use sfu_load::{run, LoadOptions, Report};
 
+/// The load runs take this one at a time: one run's CPU would show in another's delays and
+/// worker load (the CPU-budget test calibrates on one run and applies it to the next).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Loss allowed on loopback, in percent: a few packets when the machine is busy, not a broken
 /// forwarder or a stream that stops.
 const MAX_LOSS_PERCENT: f64 = 2.0;
@@ -89,6 +93,7 @@ fn assert_server_measured_from_our_pid(report: &Report) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_publishers_reach_every_subscriber() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let server = common::start(|_| {}).await;
     let report = run(LoadOptions {
         simulcast: true,
@@ -104,6 +109,7 @@ async fn simulcast_publishers_reach_every_subscriber() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audio_only_meeting_where_everyone_sends_and_measures_latency() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let server = common::start(|_| {}).await;
     let report = run(LoadOptions {
         audio_only: true,
@@ -169,6 +175,7 @@ const MAX_P99_DELAY_MS: f64 = 250.0;
 /// stamps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_above_the_estimate_is_forwarded_without_queueing() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let server = common::start(|_| {}).await;
     let report = run(LoadOptions {
         publishers: 1,
@@ -196,6 +203,7 @@ async fn a_stream_above_the_estimate_is_forwarded_without_queueing() {
 /// server's downstream estimates from where they start. With `--no-feedback` nothing does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_subscribers_send_feedback_unless_told_not_to() {
+    let _one = ONE_AT_A_TIME.lock().await;
     for feedback in [true, false] {
         let server = common::start(|_| {}).await;
         let report = run(LoadOptions {
@@ -262,6 +270,7 @@ fn busy_call(server: &sfu::http::Server) -> LoadOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_past_its_cpu_budget_takes_no_one_more_and_its_calls_go_on() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // What the call costs its worker depends on the machine (a fixed budget passed here and
     // failed on a faster one), so the budget is taken from the same call on this machine: first
     // without a budget, reading the highest load its worker reaches, then with half of that.
@@ -333,6 +342,7 @@ async fn a_worker_past_its_cpu_budget_takes_no_one_more_and_its_calls_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_refuses_joins_and_the_calls_in_progress_go_on() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // The budget is the 6 participants of the load run: while it runs, a seventh join gets
     // `server_full`, and the running call keeps its media (the usual loss bound).
     let server = common::start(|c| c.room.max_total_participants = 6).await;

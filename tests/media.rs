@@ -1152,8 +1152,10 @@ async fn a_connection_with_nothing_to_send_is_not_woken_for_padding_or_estimates
     // each (three peers: alice's publisher connection, alice's and bob's subscriber ones).
     let stats_before = timeouts("stats").await;
     let (pacer_before, bwe_before) = (timeouts("pacer").await, timeouts("bwe").await);
-    let waited =
-        common::eventually(|| async { timeouts("stats").await >= stats_before + 9.0 }).await;
+    let waited = common::eventually_within(Duration::from_secs(15), || async {
+        timeouts("stats").await >= stats_before + 9.0
+    })
+    .await;
     assert!(waited, "the statistics timers never fired");
     let stats = timeouts("stats").await - stats_before;
     let pacer = timeouts("pacer").await - pacer_before;
