@@ -98,7 +98,8 @@
  *                       window ends), otherwise a full rejoin is being tried
  *   redirected          {code, url, from}   cluster mode: the node refused the join and named
  *                       another (`room_on_other_node`, `node_full`, `node_draining`); the
- *                       client moves its socket to `url` and joins there
+ *                       client moves its socket to `url` and joins there (its state stays
+ *                       `connected` meanwhile: no second `connecting`)
  *   resumed             {replayed, attempt}   the session was taken over on a new socket; the
  *                       `replayed` messages we missed were handled as usual before this event
  *   ice_restart         {target}   a media connection went disconnected/failed after it had
@@ -328,7 +329,9 @@ export class SfuClient extends EventTarget {
     clearInterval(this._pingTimer);
     if (ws) ws.close(1000, 'moving to another node');
     this.url = url;
-    await this._openSocket();
+    // The client stays `connected` (the join goes on over the new socket), not `connecting`
+    // again: the page does not go back a step for a redirect.
+    await this._openSocket({ moving: true });
   }
 
   /** Leaves the room and closes everything. The camera and microphone are released. */
@@ -395,8 +398,9 @@ export class SfuClient extends EventTarget {
     });
   }
 
-  _openSocket() {
-    if (!this._reconnecting) this._setState('connecting');
+  _openSocket({ moving = false } = {}) {
+    const quiet = this._reconnecting || moving;
+    if (!quiet) this._setState('connecting');
     return new Promise((resolve, reject) => {
       let ws;
       try {
@@ -417,7 +421,7 @@ export class SfuClient extends EventTarget {
           return;
         }
         opened = true;
-        if (!this._reconnecting) this._setState('connected');
+        if (!quiet) this._setState('connected');
         this._startPing(ws);
         resolve();
       };

@@ -104,6 +104,11 @@ async function seesChat(person, texts) {
 async function join(name, node) {
   const person = await openPerson(browser, nodes[node].url, { room: ROOM, name });
   people[name] = person;
+  // Every state the client goes through, to show a redirect is not a step back.
+  await person.page.evaluate(() => {
+    window.__states = [];
+    window.sfu.addEventListener('state', (e) => window.__states.push(e.detail.state));
+  });
   await person.page.click('#join');
   await person.page.waitForFunction(() => window.sfuState?.joined === true, null, { timeout: 30_000 });
   return person;
@@ -133,6 +138,8 @@ describe('cluster: three nodes on one Redis, Chromium pages on different nodes',
     const bob = await join('Bob', 'b');
     assert.equal(await socketOf(bob), ws('a'), 'Bob\'s client followed node B to the room\'s node');
     assert.equal(await metricValue(nodes.b, 'sfu_cluster_redirects_total{reason="room_on_other_node"}'), 1);
+    assert.deepEqual(await bob.page.evaluate(() => window.__states), ['connecting', 'connected', 'joined'],
+      'a redirected join does not go back to `connecting`');
     await assertReceiving(ann, 'Bob');
     await assertReceiving(bob, 'Ann');
     await chat(ann, 'hello from Ann');
