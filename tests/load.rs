@@ -240,6 +240,58 @@ async fn load_subscribers_send_feedback_unless_told_not_to() {
     }
 }
 
+/// A subscriber of tracks whose publisher sends nothing is not probed: no padding bursts for
+/// media that is not there. Counted as the pacer's and the estimator's timers against the
+/// statistics timers (once a second per connection) of the same seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_tracks_with_nothing_flowing_are_not_probed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let server = common::start(|_| {}).await;
+    let options = LoadOptions {
+        publishers: 1,
+        subscribers: 4,
+        simulcast: true,
+        idle: true,
+        duration: Duration::from_secs(10),
+        ..common::load_options(&server, "idle")
+    };
+    let load = running(&server, options).await;
+    let timeouts = |reason: &'static str| common::peer_timeouts(&server, reason);
+    let stats_after = |n: f64| {
+        let timeouts = &timeouts;
+        async move {
+            let start = timeouts("stats").await;
+            common::eventually_within(Duration::from_secs(15), || async {
+                timeouts("stats").await >= start + n
+            })
+            .await
+        }
+    };
+    // Past the connections' start (str0m probes each new one once, whatever it carries).
+    assert!(stats_after(10.0).await, "the statistics timers never fired");
+    let before = (
+        timeouts("stats").await,
+        timeouts("pacer").await,
+        timeouts("bwe").await,
+    );
+    assert!(stats_after(15.0).await, "the statistics timers never fired");
+    let stats = timeouts("stats").await - before.0;
+    let pacer = timeouts("pacer").await - before.1;
+    let bwe = timeouts("bwe").await - before.2;
+    eprintln!("{stats} statistics timers, {pacer} pacer, {bwe} estimator");
+    assert!(
+        pacer <= stats,
+        "{pacer} pacer timers while the statistics timers fired {stats} times: probing"
+    );
+    assert!(
+        bwe <= stats * 2.0,
+        "{bwe} estimator timers while the statistics timers fired {stats} times"
+    );
+    let report = load.await.expect("load task").expect("load run");
+    assert_eq!(report.joins_failed, 0, "{}", report.table());
+    server.shutdown().await;
+}
+
 /// Starts a load run and waits until all of its participants are in.
 async fn running(
     server: &sfu::http::Server,

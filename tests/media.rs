@@ -1148,13 +1148,7 @@ async fn a_connection_with_nothing_to_send_is_not_woken_for_padding_or_estimates
         common::eventually(|| async { bob.received_of("video/vp8").len() >= 20 }).await,
         "bob receives alice's video"
     );
-    let timeouts = |reason: &'static str| {
-        let server = &server;
-        async move {
-            let series = format!("sfu_peer_timeouts_total{{reason=\"{reason}\"}}");
-            common::metric(server, &series).await.unwrap_or(0.0)
-        }
-    };
+    let timeouts = |reason: &'static str| common::peer_timeouts(&server, reason);
     // Measured over what the peers' once-a-second statistics timers take to fire a few times
     // each (three peers: alice's publisher connection, alice's and bob's subscriber ones).
     let stats_before = timeouts("stats").await;

@@ -180,6 +180,14 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
         self.muted
     }
 
+    /// Whether any of its layers has packets coming in now.
+    pub fn is_flowing(&self, now: Instant) -> bool {
+        self.layers
+            .iter()
+            .flatten()
+            .any(|l| l.receiver.is_live(now))
+    }
+
     pub fn codec(&self) -> Codec {
         self.codec
     }

@@ -247,6 +247,12 @@ pub async fn metric(server: &Server, series: &str) -> Option<f64> {
     sample(&scrape(server).await?, series)
 }
 
+/// How many of the peers' str0m timers for `reason` (`stats`, `pacer`, `bwe`...) have fired.
+pub async fn peer_timeouts(server: &Server, reason: &str) -> f64 {
+    let series = format!("sfu_peer_timeouts_total{{reason=\"{reason}\"}}");
+    metric(server, &series).await.unwrap_or(0.0)
+}
+
 /// The server's /metrics text, for reading several samples taken at one moment.
 pub async fn scrape(server: &Server) -> Option<String> {
     reqwest::get(http_url(server, "/metrics"))

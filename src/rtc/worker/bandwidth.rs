@@ -88,14 +88,21 @@ impl Worker {
             return;
         };
         let mut demands = Vec::new();
+        // Tracks with packets coming in: only they are worth probing for. A track whose
+        // publisher sends nothing (yet) is allocated on assumed layer rates, but probing for
+        // it would send the subscriber padding bursts every few seconds for nothing.
+        let mut flowing = Vec::new();
         for track in p.negotiation.tracks() {
             if let Some(publication) = self.publications.get_mut(track) {
                 if let Some(d) = publication.router.demand(&peer_id, track.to_string(), now) {
+                    if publication.router.is_flowing(now) {
+                        flowing.push(d.clone());
+                    }
                     demands.push(d);
                 }
             }
         }
-        let desired = Allocator::desired_bps(&demands);
+        let desired = Allocator::desired_bps(&flowing);
         let Some(p) = self.participants.get_mut(participant) else {
             return;
         };
@@ -107,7 +114,7 @@ impl Worker {
                 continue;
             };
             let (cap, paused_now) = publication.router.set_cap(&peer_id, cap);
-            if let Some(d) = demands.iter().find(|d| d.key == track) {
+            if let Some(d) = flowing.iter().find(|d| d.key == track) {
                 allocated += d.cost(cap);
             }
             if paused_now {
