@@ -266,6 +266,9 @@ impl Cluster {
             self.ttl_ms,
         ))
         .await?;
+        // Redis answers again: joins ask it from now on, not only once the whole refresh is
+        // done (a join in between would open here a room another node holds).
+        self.healthy.store(true, Ordering::Relaxed);
         if let Ok(previous) = serde_json::from_str::<NodeInfo>(&previous) {
             if previous.instance != self.instance {
                 tracing::error!(
