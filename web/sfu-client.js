@@ -1401,7 +1401,11 @@ export class SfuClient extends EventTarget {
     }
     await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
     const answer = await pc.createAnswer();
-    await pc.setLocalDescription(answer);
+    // Receiver reference times (see withRrtr); a browser that refuses the edited answer gets
+    // its own, and its NACKs are only repeated less often.
+    const sdp = withRrtr(answer.sdp, msg.sdp);
+    if (sdp === answer.sdp) await pc.setLocalDescription(answer);
+    else await pc.setLocalDescription({ type: 'answer', sdp }).catch(() => pc.setLocalDescription(answer));
     if (gen !== this._gen) return;
     await this.request('answer', { sdp: pc.localDescription.sdp });
   }
@@ -1809,4 +1813,18 @@ function msidTrackId(sdp, mid) {
     return msid ? msid.trim().split(/\s+/)[1] ?? null : null;
   }
   return null;
+}
+
+/**
+ * The answer with `a=rtcp-fb:PT rrtr` after each `a=rtcp-fb:PT nack` whose format the offer
+ * gave `rrtr`. A connection that only receives learns its round trip from RTCP XR receiver
+ * reference times (RFC 3611), which the server answers; Chromium sends them only when its own
+ * description lists `rrtr`, and without a round trip it repeats the NACK for a lost
+ * retransmission only every 100 ms, long enough for a packet lost twice to freeze the picture.
+ */
+function withRrtr(answer, offer) {
+  const offered = new Set([...offer.matchAll(/^a=rtcp-fb:(\d+) rrtr\r?$/gm)].map((m) => m[1]));
+  if (!offered.size) return answer;
+  return answer.replace(/^a=rtcp-fb:(\d+) nack(\r?\n)/gm, (line, pt, eol) =>
+    offered.has(pt) && !answer.includes(`a=rtcp-fb:${pt} rrtr`) ? `${line}a=rtcp-fb:${pt} rrtr${eol}` : line);
 }

@@ -1,7 +1,8 @@
 //! Client SDP as it enters the media plane: bounded and parsed on the caller's task (the
 //! client's signaling session), so a hostile offer costs its own session's time, never a media
 //! worker's, whose thread serves other rooms too. An offer's track ids are made explicit here
-//! whatever msid form the client used ([`with_track_ids`]).
+//! whatever msid form the client used ([`with_track_ids`]). Also the one addition the server
+//! makes to its own offers' text: receiver reference times ([`with_rrtr`]).
 
 use str0m::change::{SdpAnswer, SdpOffer};
 
@@ -156,6 +157,29 @@ impl ClientAnswer {
     }
 }
 
+/// The server's offer to a subscriber with `a=rtcp-fb:PT rrtr` after each `a=rtcp-fb:PT nack`
+/// line: the subscriber may send RTCP XR receiver reference times (RFC 3611 section 4.4),
+/// which the stack answers with DLRR blocks. That is how a connection that only receives learns
+/// its round trip; without it, Chromium repeats the NACK for a retransmission that was lost
+/// too only after its default 100 ms, and a packet lost twice freezes the picture.
+pub fn with_rrtr(offer: &str) -> String {
+    let mut out = String::with_capacity(offer.len() + 128);
+    for line in offer.split_inclusive("\r\n") {
+        out.push_str(line);
+        let Some(pt) = line
+            .strip_prefix("a=rtcp-fb:")
+            .and_then(|rest| rest.strip_suffix(" nack\r\n"))
+        else {
+            continue;
+        };
+        let rrtr = format!("a=rtcp-fb:{pt} rrtr\r\n");
+        if !offer.contains(&rrtr) {
+            out.push_str(&rrtr);
+        }
+    }
+    out
+}
+
 /// Refuses SDP with more than `max` m-lines before anything parses it.
 fn check_media_lines(sdp: &str, max: usize) -> Result<(), MediaError> {
     let lines = sdp
@@ -173,6 +197,22 @@ fn check_media_lines(sdp: &str, max: usize) -> Result<(), MediaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_format_with_nack_gets_receiver_reference_times_once() {
+        let offer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97 98\r\na=mid:1\r\n\
+            a=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 transport-cc\r\n\
+            a=rtcp-fb:98 nack\r\na=rtcp-fb:98 rrtr\r\na=rtpmap:97 rtx/90000\r\n";
+        let with = with_rrtr(offer);
+        assert_eq!(
+            with,
+            offer
+                .replace("96 nack\r\n", "96 nack\r\na=rtcp-fb:96 rrtr\r\n")
+                .as_str(),
+            "one rrtr after 96's nack; 98 had one already, 97 (rtx) has no nack"
+        );
+        assert_eq!(with_rrtr(&with), with);
+    }
 
     #[test]
     fn too_many_media_lines_are_refused_before_parsing() {

@@ -215,6 +215,22 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     }
   }));
 
+  it('each page\'s receiving connection measures its round trip to the server (RTCP XR), so its NACKs repeat after one round trip, not 100 ms', () => diagnose(async () => {
+    // Chromium learns a receive-only connection's round trip only from DLRR answers to its
+    // receiver reference times, which it sends only when its answer lists `rtcp-fb ... rrtr`
+    // (the server offers it, the client adds it to its answer): remote-outbound-rtp counts them.
+    for (const p of [people.Alice, people.Bob]) {
+      const rtt = await until(() => p.page.evaluate(async () => {
+        let found = null;
+        (await window.sfu._sub.getStats()).forEach((s) => {
+          if (s.type === 'remote-outbound-rtp' && s.kind === 'video' && s.roundTripTimeMeasurements > 0) found = s.totalRoundTripTime / s.roundTripTimeMeasurements;
+        });
+        return found === null ? null : { seconds: found };
+      }), { timeoutMs: 20_000, what: `${p.name}'s subscriber connection to measure a video round trip (remote-outbound-rtp roundTripTimeMeasurements)` });
+      console.log(`${p.name}: subscriber connection round trip ${(rtt.seconds * 1000).toFixed(1)} ms (mean)`);
+    }
+  }));
+
   it('a burst of publisher_layers lists reaches the camera one change at a time: the last list wins, and no error shows', () => diagnose(async () => {
     const { Alice } = people;
     const camera = await Alice.page.evaluate(() => {

@@ -196,7 +196,7 @@ impl Worker {
             })
             .collect();
         p.events.send(MediaEvent::SubscriberOffer {
-            sdp: name_lines(&offer.to_sdp_string(), &tracks),
+            sdp: crate::rtc::sdp::with_rrtr(&name_lines(&offer.to_sdp_string(), &tracks)),
             tracks,
         });
         self.to_poll.insert(peer_id);
