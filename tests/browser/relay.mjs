@@ -9,13 +9,14 @@
 // toward 127.0.0.1:<same port>, so the server sees one distinct address per client.
 //
 // Per client, in both directions: a one-way delay, random loss, optionally loss in bursts and
-// jitter (each datagram held a further random 0..jitter ms, so some overtake others). Server -> client only: a
+// jitter (each datagram held a further random 0..jitter ms, so some overtake others; with
+// `inorder`, none overtakes: a queue whose wait varies). Server -> client only: a
 // token bucket at the given rate (a burst of `burst` bytes passes at once) feeding a FIFO queue
 // that holds at most `queue` ms of traffic at that rate; a packet that finds the queue full is
 // dropped ("dropped by rate"). So the link behaves like a bottleneck router with a short buffer:
 // queueing delay first, then loss. Client -> server has no rate limit.
 //
-// Spec: RATE,DELAY,LOSS[,queue=MS][,burst=BYTES][,bursts=P%xN][,jitter=MS], e.g. `2000kbit,50ms,1%`,
+// Spec: RATE,DELAY,LOSS[,queue=MS][,burst=BYTES][,bursts=P%xN][,jitter=MS][,inorder], e.g. `2000kbit,50ms,1%`,
 // `1.5mbit,20ms,0%,queue=100ms,burst=20000` or issue 13's `100mbit,10ms,5%,bursts=2%x5,jitter=30ms`
 // (bursts=2%x5: a further 2% of datagrams lost in runs of 5, a run starting with chance 2%/5).
 
@@ -47,6 +48,7 @@ export function parseRelaySpec(text) {
     burstLoss: 0,
     burstLength: 0,
     jitterMs: 0,
+    inOrder: false,
   };
   for (const option of options) {
     const queue = /^queue=(\d+(?:\.\d+)?)ms$/i.exec(option);
@@ -59,7 +61,8 @@ export function parseRelaySpec(text) {
       spec.burstLoss = Number(bursts[1]) / 100;
       spec.burstLength = Number(bursts[2]);
     } else if (jitter) spec.jitterMs = Number(jitter[1]);
-    else throw new Error(`bad relay option "${option}": expected queue=MS, burst=BYTES, bursts=P%xN or jitter=MS`);
+    else if (option === 'inorder') spec.inOrder = true;
+    else throw new Error(`bad relay option "${option}": expected queue=MS, burst=BYTES, bursts=P%xN, jitter=MS or inorder`);
   }
   if (spec.rateBps <= 0) throw new Error(`relay rate must be above 0 (${text})`);
   if (spec.loss >= 1) throw new Error(`relay loss must be below 100% (${text})`);
@@ -70,7 +73,7 @@ export function parseRelaySpec(text) {
 /** The spec as people write it, for reports. */
 export function describeRelaySpec(spec) {
   const bursts = spec.burstLength ? `, ${spec.burstLoss * 100}% more in bursts of ${spec.burstLength}` : '';
-  const jitter = spec.jitterMs ? `, up to ${spec.jitterMs} ms jitter` : '';
+  const jitter = spec.jitterMs ? `, up to ${spec.jitterMs} ms jitter${spec.inOrder ? ' in order' : ' (reordering)'}` : '';
   return `${spec.rateBps / 1e3} kbit/s down per client (burst ${spec.burstBytes} B, queue ${spec.queueMs} ms), ` +
     `${spec.delayMs} ms each way, ${spec.loss * 100}% loss each way${bursts}${jitter}`;
 }
@@ -78,18 +81,26 @@ export function describeRelaySpec(spec) {
 /**
  * Holds every datagram for `delayMs`, then hands it to `deliver` in arrival order; one timer
  * for the head of the line rather than one per datagram. With jitter, each datagram is held a
- * further random 0..jitterMs on a timer of its own (so some overtake others).
+ * further random 0..jitterMs on a timer of its own (so some overtake others), or with `inOrder`
+ * at least until the one before it left (a queue whose wait varies: nothing overtakes).
  */
 class DelayLine {
-  constructor(delayMs, deliver, jitterMs = 0) {
+  constructor(delayMs, deliver, jitterMs = 0, inOrder = false) {
     this.delayMs = delayMs;
     this.jitterMs = jitterMs;
+    this.inOrder = inOrder;
     this.deliver = deliver;
     this.queue = [];
     this.timer = null;
   }
 
   push(datagram) {
+    if (this.jitterMs > 0 && this.inOrder) {
+      const last = this.queue.length ? this.queue[this.queue.length - 1].due : 0;
+      this.queue.push({ due: Math.max(last, performance.now() + this.delayMs + Math.random() * this.jitterMs), datagram });
+      if (!this.timer) this.schedule();
+      return;
+    }
     if (this.jitterMs > 0) {
       setTimeout(() => this.deliver(datagram), this.delayMs + Math.random() * this.jitterMs);
       return;
@@ -237,12 +248,12 @@ export async function startRelay({ ports, spec, listenHost = '127.0.0.2', server
       up.deliveredPackets += 1;
       up.deliveredBytes += datagram.length;
       back.send(datagram, port, serverHost);
-    }, spec.jitterMs);
+    }, spec.jitterMs, spec.inOrder);
     const toClient = new DelayLine(spec.delayMs, (datagram) => {
       down.deliveredPackets += 1;
       down.deliveredBytes += datagram.length;
       front.send(datagram, rinfo.port, rinfo.address);
-    }, spec.jitterMs);
+    }, spec.jitterMs, spec.inOrder);
     const shaper = new Shaper(spec, (datagram) => toClient.push(datagram), down);
     const flow = {
       client: `${rinfo.address}:${rinfo.port}`,
