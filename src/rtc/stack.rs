@@ -51,8 +51,12 @@ pub const RESEND_BUFFER_AGE: Duration = Duration::from_secs(3);
 pub const RESEND_BUFFER_VIDEO: usize = 500;
 /// The same for audio: a second of 20 ms frames (str0m's default).
 pub const RESEND_BUFFER_AUDIO: usize = 50;
-/// str0m's default cap on retransmitted bytes as a share of the stream's.
-const RESEND_RATIO_CAP: Option<f32> = Some(0.15);
+/// The most a stream's resends may be of its bytes in the last second (resent / (resent +
+/// sent)); past it str0m drops every queued resend. str0m's default, 15%, is about what a link
+/// losing 5% with bursts needs once lost resends are asked for again: Chromium behind issue
+/// 13's network froze about twice as often with it (docs/reliability.md). Half still bounds
+/// what a subscriber asking for everything can draw (as much again as its stream).
+const RESEND_RATIO_CAP: Option<f32> = Some(0.5);
 
 /// Sizes the resend (NACK) buffer of the send stream on m-line `mid` by what NACK needs, and
 /// so the memory each subscription costs. A stream whose SSRC was renewed starts with str0m's
