@@ -307,12 +307,18 @@ impl Session {
         // We piggyback on the SR cadence so the DLRR doesn't generate extra standalone
         // RTCP traffic that could perturb bandwidth estimation.
         // Consume at most 50 entries per report; the rest remain for subsequent SRs.
-        if !self.pending_rrtrs.is_empty()
-            && self
-                .feedback_tx
-                .iter()
-                .any(|r| matches!(r, Rtcp::SenderReport(_)))
-        {
+        // One XR per Sender Report, from that SR's SSRC: a receiver keys the round trip it
+        // reports for a stream by the XR's sender (libwebrtc's remote-outbound-rtp), so a DLRR
+        // from one arbitrary local SSRC would reach the statistics of one stream only.
+        let reporting: Vec<Ssrc> = self
+            .feedback_tx
+            .iter()
+            .filter_map(|r| match r {
+                Rtcp::SenderReport(sr) => Some(sr.sender_info.ssrc),
+                _ => None,
+            })
+            .collect();
+        if !self.pending_rrtrs.is_empty() && !reporting.is_empty() {
             let n = self.pending_rrtrs.len().min(MAX_DLRR_PER_REPORT);
             let items: Vec<DlrrItem> = self
                 .pending_rrtrs
@@ -328,11 +334,15 @@ impl Session {
                 })
                 .collect();
 
-            self.feedback_tx
-                .push_back(Rtcp::ExtendedReport(ExtendedReport {
-                    ssrc: sender_ssrc,
-                    blocks: vec![ReportBlock::Dlrr(Dlrr { items })],
-                }));
+            for ssrc in reporting {
+                self.feedback_tx
+                    .push_back(Rtcp::ExtendedReport(ExtendedReport {
+                        ssrc,
+                        blocks: vec![ReportBlock::Dlrr(Dlrr {
+                            items: items.clone(),
+                        })],
+                    }));
+            }
         }
 
         if do_nack {
