@@ -5,8 +5,8 @@
 //! count does not grow with its users. Dashboards in grafana/ query only names defined here.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Track kinds, the `kind` label.
@@ -115,6 +115,10 @@ pub struct Metrics {
     pub layer_switches: IntCounterVec,
     /// Downstream bandwidth estimates of subscriber connections, bits per second.
     pub bwe_estimate: Histogram,
+    /// Round trips the stack measured per media stream, by `direction`: `publisher` (from the
+    /// publisher's DLRR answers to our receiver reference times), `subscriber` (from the
+    /// subscriber's receiver reports).
+    pub rtt: HistogramVec,
     /// Items a bounded queue could not take, by queue.
     pub queue_drops: IntCounterVec,
     /// Media worker threads restarted after a fault outside any peer's panic boundary.
@@ -345,6 +349,18 @@ impl Metrics {
                 ]),
             )
             .expect("valid metric"),
+            rtt: HistogramVec::new(
+                HistogramOpts::new(
+                    "sfu_rtt_seconds",
+                    "Round trips measured on media streams, by direction (publisher: upstream, \
+                     subscriber: downstream)",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+                ]),
+                &["direction"],
+            )
+            .expect("valid metric"),
             forward_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "sfu_forward_latency_seconds",
@@ -498,6 +514,7 @@ impl Metrics {
             Box::new(m.keyframe_requests_sent.clone()),
             Box::new(m.layer_switches.clone()),
             Box::new(m.bwe_estimate.clone()),
+            Box::new(m.rtt.clone()),
             Box::new(m.forward_latency.clone()),
             Box::new(m.join_duration.clone()),
             Box::new(m.udp_datagrams_dropped.clone()),

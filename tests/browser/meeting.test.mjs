@@ -215,7 +215,7 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     }
   }));
 
-  it('each page\'s receiving connection measures its round trip to the server (RTCP XR), so its NACKs repeat after one round trip, not 100 ms', () => diagnose(async () => {
+  it('each page\'s receiving connection measures its round trip to the server (RTCP XR), so its NACKs repeat after one round trip, not 100 ms, and the server measures both directions', () => diagnose(async () => {
     // Chromium learns a receive-only connection's round trip only from DLRR answers to its
     // receiver reference times, which it sends only when its answer lists `rtcp-fb ... rrtr`
     // (the server offers it, the client adds it to its answer): remote-outbound-rtp counts them.
@@ -228,6 +228,14 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
         return found === null ? null : { seconds: found };
       }), { timeoutMs: 20_000, what: `${p.name}'s subscriber connection to measure a video round trip (remote-outbound-rtp roundTripTimeMeasurements)` });
       console.log(`${p.name}: subscriber connection round trip ${(rtt.seconds * 1000).toFixed(1)} ms (mean)`);
+    }
+    // The server's side: the publishers' round trips from Chromium's DLRR answers to the
+    // server's receiver reference times (the stack repeats its NACKs upstream after one), and
+    // the subscribers' from their receiver reports.
+    for (const direction of ['publisher', 'subscriber']) {
+      const series = `sfu_rtt_seconds_count{direction="${direction}"}`;
+      await until(async () => (await metricValue(server, series)) > 0,
+        { timeoutMs: 20_000, what: `the server to measure a ${direction} round trip (${series})` });
     }
   }));
 

@@ -112,8 +112,8 @@ impl StreamTotals {
 }
 
 impl Worker {
-    /// A subscriber stream's statistics: NACKs it received, and packets it resent (what it
-    /// sent beyond what we forwarded on it).
+    /// A subscriber stream's statistics: NACKs it received, packets it resent (what it sent
+    /// beyond what we forwarded on it), and its round trip.
     pub(super) fn on_egress_stats(&mut self, id: PeerId, stats: &MediaEgressStats) {
         let key = (id, stats.mid, stats.rid);
         let nacks = self.stream_totals.delta(key, true, stats.nacks);
@@ -123,14 +123,27 @@ impl Worker {
             .stream_totals
             .delta(key, false, stats.packets.saturating_sub(forwarded));
         self.metrics.retransmissions.inc_by(resent);
+        if let Some(rtt) = stats.rtt {
+            self.metrics
+                .rtt
+                .with_label_values(&["subscriber"])
+                .observe(rtt.as_secs_f64());
+        }
     }
 
-    /// A publisher stream's statistics: NACKs we sent it.
+    /// A publisher stream's statistics: NACKs we sent it, and its round trip (the stack NACKs
+    /// again after one; without a measure, after 100 ms).
     pub(super) fn on_ingress_stats(&mut self, id: PeerId, stats: &MediaIngressStats) {
         let nacks = self
             .stream_totals
             .delta((id, stats.mid, stats.rid), true, stats.nacks);
         self.metrics.nacks_sent.inc_by(nacks);
+        if let Some(rtt) = stats.rtt {
+            self.metrics
+                .rtt
+                .with_label_values(&["publisher"])
+                .observe(rtt.as_secs_f64());
+        }
     }
 
     /// Packets this worker wrote to subscriber peer `peer`'s m-line `mid`.
