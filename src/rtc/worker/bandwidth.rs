@@ -21,6 +21,11 @@ use crate::rtc::{MediaError, MediaEvent, QualityPreference};
 
 /// How far above the subscriptions' unlimited demand the estimator is asked to probe.
 const PROBE_HEADROOM: f64 = 1.3;
+/// Padding for a subscriber whose wanted video is paused because nothing fits its estimate
+/// (libwebrtc's minimum video bitrate). With no media going to it, its estimator would get no
+/// feedback and keep the state it paused in, which forbids probing: the video stayed paused
+/// after the link recovered.
+const STARVED_PADDING_BPS: u64 = 30_000;
 
 impl Worker {
     /// A new downstream estimate for a subscriber connection: our own from its TWCC feedback
@@ -108,6 +113,7 @@ impl Worker {
         };
         let caps = p.allocator.allocate(estimate, &demands, now);
         let mut allocated = 0u64;
+        let mut starved = false;
         let mut paused = Vec::new();
         for (track, cap) in caps {
             let Some(publication) = self.publications.get_mut(&track) else {
@@ -116,6 +122,7 @@ impl Worker {
             let (cap, paused_now) = publication.router.set_cap(&peer_id, cap);
             if let Some(d) = flowing.iter().find(|d| d.key == track) {
                 allocated += d.cost(cap);
+                starved |= cap.is_none() && d.preferred.is_some();
             }
             if paused_now {
                 paused.push(track);
@@ -131,10 +138,11 @@ impl Worker {
             // floor beyond str0m's own: filling the link just to measure it costs the
             // subscriber's bandwidth all the time; probes cost it now and then.
             let target = (desired as f64 * PROBE_HEADROOM) as u64;
+            let floor = if starved { STARVED_PADDING_BPS } else { 0 };
             let probed = guard(|| {
                 peer.rtc
                     .bwe()
-                    .set_bitrate(Bitrate::ZERO, Bitrate::bps(target.max(allocated)))
+                    .set_bitrate(Bitrate::bps(floor), Bitrate::bps(target.max(allocated)))
             });
             match probed {
                 Ok(()) => {
