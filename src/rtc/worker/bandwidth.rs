@@ -135,8 +135,9 @@ impl Worker {
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             // The estimator probes up to twice this: past what every subscription would take
             // unlimited, so the estimate can climb to show room for the next layer. No padding
-            // floor beyond str0m's own: filling the link just to measure it costs the
-            // subscriber's bandwidth all the time; probes cost it now and then.
+            // floor beyond str0m's own unless a wanted video is paused (STARVED_PADDING_BPS):
+            // filling the link just to measure it costs the subscriber's bandwidth all the
+            // time; probes cost it now and then.
             let target = (desired as f64 * PROBE_HEADROOM) as u64;
             let floor = if starved { STARVED_PADDING_BPS } else { 0 };
             let probed = guard(|| {
