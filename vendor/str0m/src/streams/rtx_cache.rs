@@ -1,8 +1,10 @@
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
 use crate::io::DATAGRAM_MAX_PACKET_SIZE;
-use crate::rtp_::SeqNo;
+use crate::packet::Vp8Patch;
+use crate::rtp_::{ExtensionValues, MediaTime, Mid, Pt, Rid, RtpHeader, SeqNo, Ssrc};
 
 use super::RtpPacket;
 use super::rtx_cache_buf::EvictingBuffer;
@@ -13,12 +15,138 @@ const RTX_CACHE_QUANTIZE_SLOTS: usize = DATAGRAM_MAX_PACKET_SIZE / RTX_CACHE_SIZ
 #[derive(Debug)]
 pub(crate) struct RtxCache {
     // Data, new additions here probably need to be cleared in [`clear`].
-    packet_by_seq_no: EvictingBuffer<RtpPacket>,
+    packet_by_seq_no: EvictingBuffer<CachedPacket>,
 
     // Technically we want [Option<SeqNo>; X] to indicate the absence of
     // a SeqNo. However We can half the storage space by using the sentinel
     // values SeqNo::MAX to indicate None
     seq_no_by_quantized_size: [SeqNo; RTX_CACHE_QUANTIZE_SLOTS],
+
+    // The packet last looked up, rebuilt from its compact form. Lookups hand out a
+    // reference to this.
+    scratch: RtpPacket,
+}
+
+/// A sent packet as the cache holds it.
+///
+/// The cache holds hundreds of packets per stream, and every slot of its buffer is as large
+/// as one entry, so entries are kept small: a packet whose header carries only what str0m
+/// writes on every send (MID, RID) and audio levels is kept without the rest of
+/// [`RtpHeader`] (CSRCs, every other extension value), which is most of an `RtpPacket`'s
+/// size. Any other packet is boxed whole.
+#[derive(Debug)]
+enum CachedPacket {
+    Plain(PlainPacket),
+    Full(Box<RtpPacket>),
+}
+
+#[derive(Debug)]
+struct PlainPacket {
+    seq_no: SeqNo,
+    time: MediaTime,
+    payload: Arc<[u8]>,
+    timestamp: Instant,
+    rtp_time: u32,
+    ssrc: Ssrc,
+    sequence_number: u16,
+    header_len: u16,
+    payload_type: Pt,
+    version: u8,
+    marker: bool,
+    has_padding: bool,
+    has_extension: bool,
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
+    mid: Option<Mid>,
+    rid: Option<Rid>,
+    vp8_patch: Option<Vp8Patch>,
+}
+
+impl CachedPacket {
+    fn new(packet: RtpPacket) -> Self {
+        let h = &packet.header;
+        let v = &h.ext_vals;
+        let plain_exts = ExtensionValues {
+            audio_level: v.audio_level,
+            voice_activity: v.voice_activity,
+            mid: v.mid,
+            rid: v.rid,
+            ..Default::default()
+        };
+        let plain = h.csrc_count == 0
+            && h.csrc == [0; 15]
+            && *v == plain_exts
+            && packet.last_sender_info.is_none()
+            && u16::try_from(h.header_len).is_ok();
+        if !plain {
+            return Self::Full(Box::new(packet));
+        }
+        Self::Plain(PlainPacket {
+            seq_no: packet.seq_no,
+            time: packet.time,
+            timestamp: packet.timestamp,
+            rtp_time: h.timestamp,
+            ssrc: h.ssrc,
+            sequence_number: h.sequence_number,
+            header_len: h.header_len as u16,
+            payload_type: h.payload_type,
+            version: h.version,
+            marker: h.marker,
+            has_padding: h.has_padding,
+            has_extension: h.has_extension,
+            audio_level: v.audio_level,
+            voice_activity: v.voice_activity,
+            mid: v.mid,
+            rid: v.rid,
+            vp8_patch: packet.vp8_patch,
+            payload: packet.payload,
+        })
+    }
+
+    fn payload(&self) -> &Arc<[u8]> {
+        match self {
+            Self::Plain(p) => &p.payload,
+            Self::Full(p) => &p.payload,
+        }
+    }
+
+    /// The packet as it was cached, in `scratch` unless it was kept whole.
+    fn restore<'a>(&'a mut self, scratch: &'a mut RtpPacket) -> &'a mut RtpPacket {
+        let p = match self {
+            Self::Full(p) => return p,
+            Self::Plain(p) => p,
+        };
+        *scratch = RtpPacket {
+            seq_no: p.seq_no,
+            time: p.time,
+            header: RtpHeader {
+                version: p.version,
+                has_padding: p.has_padding,
+                has_extension: p.has_extension,
+                csrc_count: 0,
+                marker: p.marker,
+                payload_type: p.payload_type,
+                sequence_number: p.sequence_number,
+                timestamp: p.rtp_time,
+                ssrc: p.ssrc,
+                csrc: [0; 15],
+                ext_vals: ExtensionValues {
+                    audio_level: p.audio_level,
+                    voice_activity: p.voice_activity,
+                    mid: p.mid,
+                    rid: p.rid,
+                    ..Default::default()
+                },
+                header_len: usize::from(p.header_len),
+            },
+            payload: p.payload.clone(),
+            vp8_patch: p.vp8_patch,
+            timestamp: p.timestamp,
+            last_sender_info: None,
+            nackable: true,
+        };
+        scratch
+    }
 }
 
 impl RtxCache {
@@ -26,6 +154,7 @@ impl RtxCache {
         Self {
             packet_by_seq_no: EvictingBuffer::new(10, max_packet_age, max_packet_count),
             seq_no_by_quantized_size: [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS],
+            scratch: RtpPacket::blank(),
         }
     }
 
@@ -33,7 +162,8 @@ impl RtxCache {
         assert!(packet.nackable);
         let seq_no = packet.seq_no;
         let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
-        self.packet_by_seq_no.push(*seq_no, now, packet);
+        self.packet_by_seq_no
+            .push(*seq_no, now, CachedPacket::new(packet));
         self.seq_no_by_quantized_size[quantized_size] = seq_no;
         self.remove_old_packets(now);
     }
@@ -42,8 +172,14 @@ impl RtxCache {
         Some(self.packet_by_seq_no.last_position()?.into())
     }
 
+    /// The payload size of a cached packet, without restoring it.
+    pub fn cached_payload_len(&self, seq_no: SeqNo) -> Option<usize> {
+        Some(self.packet_by_seq_no.get(*seq_no)?.payload().len())
+    }
+
     pub fn get_cached_packet_by_seq_no(&mut self, seq_no: SeqNo) -> Option<&mut RtpPacket> {
-        self.packet_by_seq_no.get_mut(*seq_no)
+        let cached = self.packet_by_seq_no.get_mut(*seq_no)?;
+        Some(cached.restore(&mut self.scratch))
     }
 
     pub fn get_cached_packet_smaller_than(&mut self, max_size: usize) -> Option<&mut RtpPacket> {
@@ -64,12 +200,13 @@ impl RtxCache {
 
     pub(crate) fn last_packet(&self) -> Option<&[u8]> {
         let packet = self.packet_by_seq_no.last()?;
-        Some(packet.payload.as_ref())
+        Some(packet.payload().as_ref())
     }
 
     pub(crate) fn clear(&mut self) {
         self.packet_by_seq_no.clear();
         self.seq_no_by_quantized_size = [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS];
+        self.scratch = RtpPacket::blank();
     }
 }
 
@@ -188,5 +325,56 @@ mod test {
             Some(&mut packet(now, 200, 2000)),
             rtx_cache.get_cached_packet_by_seq_no(200.into())
         );
+    }
+
+    #[test]
+    fn rtx_cache_keeps_a_plain_packet_compact() {
+        // A slot of the cache's buffer is as large as its largest entry; a full RtpPacket
+        // is several hundred bytes, and a video stream's cache holds hundreds of them.
+        assert!(
+            std::mem::size_of::<CachedPacket>() <= 128,
+            "{} bytes",
+            std::mem::size_of::<CachedPacket>()
+        );
+        let now = Instant::now();
+        let mut pkt = packet(now, 7, 10);
+        pkt.header.marker = true;
+        pkt.header.timestamp = 90_000;
+        pkt.header.ext_vals.audio_level = Some(-30);
+        pkt.header.ext_vals.mid = Some("1".into());
+        assert!(matches!(
+            CachedPacket::new(clone(&pkt)),
+            CachedPacket::Plain(_)
+        ));
+        let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
+        rtx_cache.cache_sent_packet(clone(&pkt), after(now, 10));
+        assert_eq!(Some(&mut pkt), rtx_cache.get_cached_packet_by_seq_no(7.into()));
+        assert_eq!(Some(8), rtx_cache.cached_payload_len(7.into()));
+    }
+
+    #[test]
+    fn rtx_cache_keeps_any_other_packet_whole() {
+        let now = Instant::now();
+        let mut pkt = packet(now, 7, 10);
+        pkt.header.csrc_count = 1;
+        pkt.header.csrc[0] = 42;
+        pkt.header.ext_vals.video_orientation = Some(crate::rtp_::VideoOrientation::Deg90);
+        assert!(matches!(CachedPacket::new(clone(&pkt)), CachedPacket::Full(_)));
+        let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
+        rtx_cache.cache_sent_packet(clone(&pkt), after(now, 10));
+        assert_eq!(Some(&mut pkt), rtx_cache.get_cached_packet_by_seq_no(7.into()));
+    }
+
+    fn clone(p: &RtpPacket) -> RtpPacket {
+        RtpPacket {
+            seq_no: p.seq_no,
+            time: p.time,
+            header: p.header.clone(),
+            payload: p.payload.clone(),
+            vp8_patch: p.vp8_patch,
+            timestamp: p.timestamp,
+            last_sender_info: p.last_sender_info,
+            nackable: p.nackable,
+        }
     }
 }

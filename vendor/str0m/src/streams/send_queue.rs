@@ -6,6 +6,9 @@ use crate::util::not_happening;
 
 use super::RtpPacket;
 
+/// The most packets' room an empty [`SendQueue`] keeps.
+const SEND_QUEUE_KEPT_CAPACITY: usize = 16;
+
 #[derive(Debug)]
 pub(crate) struct SendQueue {
     queue: VecDeque<RtpPacket>,
@@ -74,6 +77,13 @@ impl SendQueue {
         let queue_time = now - packet.timestamp;
         self.total.decrease(now, packet.payload.len(), queue_time);
         self.last_emitted = Some(now);
+
+        // A burst (a keyframe, a batch of datagrams read at once) grows the queue; an empty
+        // queue gives back what it grew past a few frames' worth instead of keeping its peak
+        // for the life of the stream.
+        if self.queue.is_empty() && self.queue.capacity() > SEND_QUEUE_KEPT_CAPACITY {
+            self.queue.shrink_to(SEND_QUEUE_KEPT_CAPACITY);
+        }
 
         Some(packet)
     }

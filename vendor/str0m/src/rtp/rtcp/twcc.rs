@@ -1168,6 +1168,12 @@ pub struct TwccRecvReport {
     apply_report_counter: u64,
 }
 
+/// How long a send record waits for its feedback. Receivers report every 50 to 100 ms, so a
+/// record older than this gets none; keeping only these sizes the register (and the memory a
+/// connection keeps, since a queue never gives back what it grew to) by the connection's
+/// packet rate instead of always growing to `keep`.
+const TWCC_SEND_RECORD_MAX_AGE: Duration = Duration::from_secs(2);
+
 impl TwccSendRegister {
     pub fn new(keep: usize) -> Self {
         TwccSendRegister {
@@ -1190,7 +1196,11 @@ impl TwccSendRegister {
             // The recv report, derived from TWCC feedback later.
             recv_report: None,
         });
-        while self.queue.len() > self.keep {
+        while self.queue.len() > self.keep
+            || self.queue.front().is_some_and(|r| {
+                now.saturating_duration_since(r.local_send_time) > TWCC_SEND_RECORD_MAX_AGE
+            })
+        {
             self.queue.pop_front();
         }
     }
