@@ -47,6 +47,16 @@ pub const TIMEOUT_REASONS: [&str; 12] = [
     "receive",
     "other",
 ];
+/// What woke a media worker's loop (`sfu_worker_wakeups_total{cause}`), indexed by the
+/// worker's `Wake`.
+pub const WAKEUP_CAUSES: [&str; 6] = [
+    "socket",
+    "tcp",
+    "command",
+    "relay",
+    "timers",
+    "housekeeping",
+];
 
 /// Every metric the server exports.
 pub struct Metrics {
@@ -123,8 +133,9 @@ pub struct Metrics {
     pub queue_drops: IntCounterVec,
     /// Media worker threads restarted after a fault outside any peer's panic boundary.
     pub worker_restarts: IntCounter,
-    /// Times a media worker woke up: for a datagram, a command, peers' timers or housekeeping.
-    pub worker_wakeups: IntCounter,
+    /// Times a media worker woke up, by cause: a datagram, a command, peers' timers or
+    /// housekeeping.
+    pub worker_wakeups: IntCounterVec,
     pub worker_relay_packets: IntCounter,
     /// Cluster mode: live nodes seen in Redis (this one included), failed Redis requests,
     /// joins sent to another node by reason, and whether this node is draining.
@@ -410,9 +421,12 @@ impl Metrics {
                 "Media worker threads restarted after a fault",
             )
             .expect("valid metric"),
-            worker_wakeups: IntCounter::new(
-                "sfu_worker_wakeups_total",
-                "Times a media worker woke up (a datagram, a command, timers or housekeeping)",
+            worker_wakeups: IntCounterVec::new(
+                Opts::new(
+                    "sfu_worker_wakeups_total",
+                    "Times a media worker woke up, by cause (a datagram, a command, peers' timers, housekeeping)",
+                ),
+                &["cause"],
             )
             .expect("valid metric"),
             cluster_nodes: IntGauge::new(

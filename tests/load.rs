@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sfu_load::token::{Grants, Minter};
 use sfu_load::{run, LoadOptions, Report};
@@ -241,8 +241,8 @@ async fn load_subscribers_send_feedback_unless_told_not_to() {
 }
 
 /// A subscriber of tracks whose publisher sends nothing is not probed: no padding bursts for
-/// media that is not there. Counted as the pacer's and the estimator's timers against the
-/// statistics timers (once a second per connection) of the same seconds.
+/// media that is not there. Counted as the pacer's and the estimator's timers per connection
+/// and second of this test's clock, while every connection's routine timers fire a few times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_of_tracks_with_nothing_flowing_are_not_probed() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -257,35 +257,87 @@ async fn subscribers_of_tracks_with_nothing_flowing_are_not_probed() {
     };
     let load = running(&server, options).await;
     let timeouts = |reason: &'static str| common::peer_timeouts(&server, reason);
-    let stats_after = |n: f64| {
-        let timeouts = &timeouts;
+    let all_after = |n: f64| {
+        let server = &server;
         async move {
-            let start = timeouts("stats").await;
-            common::eventually_within(Duration::from_secs(15), || async {
-                timeouts("stats").await >= start + n
+            let start = common::all_peer_timeouts(server).await;
+            common::eventually_within(Duration::from_secs(20), || async {
+                common::all_peer_timeouts(server).await >= start + n
             })
             .await
         }
     };
     // Past the connections' start (str0m probes each new one once, whatever it carries).
-    assert!(stats_after(10.0).await, "the statistics timers never fired");
-    let before = (
-        timeouts("stats").await,
-        timeouts("pacer").await,
-        timeouts("bwe").await,
-    );
-    assert!(stats_after(15.0).await, "the statistics timers never fired");
-    let stats = timeouts("stats").await - before.0;
-    let pacer = timeouts("pacer").await - before.1;
-    let bwe = timeouts("bwe").await - before.2;
-    eprintln!("{stats} statistics timers, {pacer} pacer, {bwe} estimator");
+    assert!(all_after(10.0).await, "the peers' timers never fired");
+    let peers = common::metric(&server, "sfu_peers").await.unwrap_or(0.0);
+    assert!(peers >= 5.0, "{peers} peers");
+    let started = Instant::now();
+    let before = (timeouts("pacer").await, timeouts("bwe").await);
     assert!(
-        pacer <= stats,
-        "{pacer} pacer timers while the statistics timers fired {stats} times: probing"
+        all_after(4.0 * peers).await,
+        "the peers' timers never fired"
+    );
+    let peer_seconds = peers * started.elapsed().as_secs_f64();
+    let pacer = timeouts("pacer").await - before.0;
+    let bwe = timeouts("bwe").await - before.1;
+    eprintln!("{pacer} pacer timers, {bwe} estimator in {peer_seconds:.1} peer-seconds");
+    // Probing an idle subscriber was 8 pacer timers a second per connection.
+    assert!(
+        pacer <= peer_seconds,
+        "{pacer} pacer timers in {peer_seconds:.1} peer-seconds: probing"
     );
     assert!(
-        bwe <= stats * 2.0,
-        "{bwe} estimator timers while the statistics timers fired {stats} times"
+        bwe <= peer_seconds * 2.0,
+        "{bwe} estimator timers in {peer_seconds:.1} peer-seconds"
+    );
+    let report = load.await.expect("load task").expect("load run");
+    assert_eq!(report.joins_failed, 0, "{}", report.table());
+    server.shutdown().await;
+}
+
+/// Ninety connections with no media wake their worker for timers a few times a second,
+/// not once per timer each: their routine timers (statistics, RTCP reports, ICE, SCTP) are
+/// handled together on the worker's quiet tick. Counted as the timers handled against the
+/// wake-ups they took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_connections_share_their_workers_wake_ups() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Capacity is not what this measures: a debug build's joins must not find the CPU budget.
+    let server = common::start(|c| c.rtc.max_worker_load = 1.0).await;
+    let options = LoadOptions {
+        publishers: 1,
+        subscribers: 90,
+        simulcast: true,
+        idle: true,
+        duration: Duration::from_secs(20),
+        ..common::load_options(&server, "quiet")
+    };
+    let load = running(&server, options).await;
+    // Once every connection is quiet (a second after its last media: none here).
+    let settled = common::all_peer_timeouts(&server).await;
+    assert!(
+        common::eventually_within(Duration::from_secs(20), || async {
+            common::all_peer_timeouts(&server).await >= settled + 200.0
+        })
+        .await,
+        "the peers' timers never fired"
+    );
+    let timers_before = common::all_peer_timeouts(&server).await;
+    let wakeups_before = common::worker_wakeups(&server, "timers").await;
+    assert!(
+        common::eventually_within(Duration::from_secs(20), || async {
+            common::all_peer_timeouts(&server).await >= timers_before + 400.0
+        })
+        .await,
+        "the peers' timers never fired"
+    );
+    let timers = common::all_peer_timeouts(&server).await - timers_before;
+    let wakeups = common::worker_wakeups(&server, "timers").await - wakeups_before;
+    eprintln!("{timers} timers handled in {wakeups} wake-ups");
+    // One wake-up per timer (a little less where two happen to coincide) without the tick.
+    assert!(
+        timers >= wakeups * 2.0,
+        "{timers} timers handled in {wakeups} wake-ups"
     );
     let report = load.await.expect("load task").expect("load run");
     assert_eq!(report.joins_failed, 0, "{}", report.table());

@@ -253,6 +253,31 @@ pub async fn peer_timeouts(server: &Server, reason: &str) -> f64 {
     metric(server, &series).await.unwrap_or(0.0)
 }
 
+/// All the peers' str0m timers handled, whatever asked for them.
+pub async fn all_peer_timeouts(server: &Server) -> f64 {
+    let text = scrape(server).await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("sfu_peer_timeouts_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The peers' routine timers handled (statistics, RTCP reports, ICE, SCTP): a few a second
+/// per connection whether media flows or not, a clock to measure the others by.
+pub async fn routine_peer_timeouts(server: &Server) -> f64 {
+    let mut sum = 0.0;
+    for reason in ["stats", "feedback", "ice", "sctp"] {
+        sum += peer_timeouts(server, reason).await;
+    }
+    sum
+}
+
+/// How often the media workers woke for `cause` (`timers`, `socket`, `housekeeping`...).
+pub async fn worker_wakeups(server: &Server, cause: &str) -> f64 {
+    let series = format!("sfu_worker_wakeups_total{{cause=\"{cause}\"}}");
+    metric(server, &series).await.unwrap_or(0.0)
+}
+
 /// The server's /metrics text, for reading several samples taken at one moment.
 pub async fn scrape(server: &Server) -> Option<String> {
     reqwest::get(http_url(server, "/metrics"))

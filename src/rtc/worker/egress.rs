@@ -49,6 +49,7 @@ impl Worker {
             let Some(peer) = self.peers.get_mut(&d.subscriber) else {
                 continue;
             };
+            peer.media_at = packet.arrival;
             let (mid, pt) = d.route;
             let out = &d.packet;
             let mut write = RtpWrite::new(

@@ -183,6 +183,7 @@ impl Worker {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
+        peer.media_at = now;
         let Some((mid, rid)) = peer
             .rtc
             .direct_api()

@@ -53,7 +53,7 @@ use crate::forward::selector::{LayerIndex, MAX_LAYERS};
 use crate::forward::Codec;
 use crate::metrics::Metrics;
 use crate::model::{FailureCause, TrackKind, TrackSource};
-use crate::rtc::batch::{RecvBatch, SendBatch, Sent};
+use crate::rtc::batch::{RecvBatch, SendBatch};
 use crate::rtc::demux::Demux;
 use crate::rtc::load::WorkerLoad;
 use crate::rtc::relay::{burst, Crossing, Mesh};
@@ -202,6 +202,8 @@ struct Worker {
     /// Every peer's next timeout, earliest first. An entry whose time no longer matches its
     /// peer's `timeout` is stale and skipped: pushing is cheaper than finding and updating.
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// Where the grid of quiet peers' wake-ups starts (`peers::QUIET_TICK`).
+    quiet_epoch: Instant,
     metrics: Arc<Metrics>,
     counters: Counters,
     last_allocation: Instant,
@@ -324,6 +326,7 @@ impl Worker {
             to_poll: HashSet::new(),
             to_offer: HashSet::new(),
             timers: BinaryHeap::new(),
+            quiet_epoch: Instant::now(),
             counters: Counters::new(&metrics),
             metrics,
             last_allocation: Instant::now(),
@@ -360,6 +363,7 @@ impl Worker {
             };
             // What the worker does from here until it waits again is its load.
             let started = Instant::now();
+            self.counters.wakeups[woke.cause()].inc();
             match woke {
                 Wake::Socket(Ok(())) => self.drain_socket(&mut received),
                 Wake::Socket(Err(e)) => tracing::debug!("media socket read: {e}"),
@@ -375,7 +379,6 @@ impl Worker {
                 Wake::Timers => self.on_timeouts(),
                 Wake::Housekeeping => self.isolated(None, |w| w.housekeeping()),
             }
-            self.counters.wakeups.inc();
             self.flush();
             self.load.add_busy(started.elapsed());
             if self.crash {
@@ -491,19 +494,6 @@ impl Worker {
             for id in round {
                 self.poll_isolated(id);
             }
-        }
-    }
-
-    /// Counts what became of datagrams handed to the socket. UDP is lossy anyway: a full send
-    /// buffer drops like the network would.
-    fn count_sent(&self, sent: Sent) {
-        if sent.dropped_full > 0 {
-            self.counters
-                .dropped_socket_full
-                .inc_by(sent.dropped_full as u64);
-        }
-        if sent.failed > 0 {
-            self.counters.error_send.inc_by(sent.failed as u64);
         }
     }
 

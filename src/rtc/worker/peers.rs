@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Input, Output, Reason, Rtc, RtcError};
@@ -17,6 +17,15 @@ use crate::rtc::MediaEvent;
 /// Timeouts that are due at once handled in one poll of a peer before it waits for the loop's
 /// timer like everyone else: 256 packets is a few keyframes, and a few milliseconds of work.
 const MAX_IMMEDIATE_TIMEOUTS: u32 = 256;
+
+/// A connected peer with no media in or out for this long is quiet: its routine timers
+/// (statistics, RTCP reports, ICE consent, SCTP, the estimator's check for feedback) are
+/// handled on the worker's next [`QUIET_TICK`] instead of each at its own instant, so a
+/// hundred idle connections wake the worker a few times a second, not hundreds.
+const QUIET_AFTER: Duration = Duration::from_secs(1);
+/// The grid quiet peers' routine timers are rounded up to: at most this late, which none of
+/// them notices (their periods are 0.5 s and more).
+pub(super) const QUIET_TICK: Duration = Duration::from_millis(50);
 
 /// Which of a participant's two connections a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +41,8 @@ pub(super) struct Peer {
     /// The participant sid it belongs to.
     pub owner: String,
     pub role: Role,
-    /// The time str0m last asked to be woken at.
+    /// When the worker wakes it next: the time str0m last asked for, or for a quiet peer's
+    /// routine timer the quiet tick after it ([`wake_at`]).
     pub timeout: Instant,
     /// Which part of the stack asked for it (an index into `TIMEOUT_REASONS`).
     pub timeout_reason: usize,
@@ -42,6 +52,8 @@ pub(super) struct Peer {
     pub ice_up: bool,
     /// ICE, DTLS and SRTP are up (str0m's `Connected`).
     pub connected: bool,
+    /// When media last went to or came from it (packet arrival times).
+    pub media_at: Instant,
 }
 
 impl Worker {
@@ -82,6 +94,7 @@ impl Worker {
                 negotiated: None,
                 ice_up: false,
                 connected: false,
+                media_at: now,
             },
         );
         self.metrics.peers.inc();
@@ -215,9 +228,16 @@ impl Worker {
                         }
                     }
                     peer.timeout_reason = reason;
-                    if peer.timeout != t {
-                        peer.timeout = t;
-                        self.timers.push(Reverse((t, id)));
+                    let quiet = peer.connected
+                        && now.saturating_duration_since(peer.media_at) >= QUIET_AFTER;
+                    let wake = if quiet && routine(peer.rtc.last_timeout_reason()) {
+                        wake_at(t, self.quiet_epoch)
+                    } else {
+                        t
+                    };
+                    if peer.timeout != wake {
+                        peer.timeout = wake;
+                        self.timers.push(Reverse((wake, id)));
                     }
                     return;
                 }
@@ -398,5 +418,57 @@ impl Worker {
             // The publication is gone already; this only renegotiates the m-line away.
             self.unsubscribe(&owner, track);
         }
+    }
+}
+
+/// Timers that recur on their own (and nothing waits on): a quiet peer's may be late by a
+/// [`QUIET_TICK`]. A pacer, NACK, TWCC or probe timer is never rounded: media waits on it.
+fn routine(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::Stats
+            | Reason::Feedback
+            | Reason::Ice
+            | Reason::Sctp
+            | Reason::Channel
+            | Reason::BweDelayControl
+            | Reason::NotHappening
+    )
+}
+
+/// The first [`QUIET_TICK`] from `epoch` at or after `t`: every quiet peer of a worker wakes
+/// on the same ticks.
+fn wake_at(t: Instant, epoch: Instant) -> Instant {
+    let tick = QUIET_TICK.as_nanos();
+    let since = t.saturating_duration_since(epoch).as_nanos();
+    let ticks = since.div_ceil(tick);
+    epoch + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_timer_is_rounded_up_to_the_next_tick_and_no_further() {
+        let epoch = Instant::now();
+        let tick = QUIET_TICK;
+        assert_eq!(wake_at(epoch, epoch), epoch);
+        assert_eq!(wake_at(epoch + tick, epoch), epoch + tick);
+        let t = epoch + tick * 7 + Duration::from_micros(1);
+        assert_eq!(wake_at(t, epoch), epoch + tick * 8);
+        let t = epoch + tick * 3 - Duration::from_micros(1);
+        assert_eq!(wake_at(t, epoch), epoch + tick * 3);
+        // Before the epoch (a timer already due): the epoch, as due as it was.
+        assert_eq!(wake_at(epoch - tick, epoch), epoch);
+    }
+
+    #[test]
+    fn media_timers_are_never_rounded() {
+        assert!(routine(Reason::Stats) && routine(Reason::Feedback) && routine(Reason::Ice));
+        assert!(!routine(Reason::Nack));
+        assert!(!routine(Reason::Twcc));
+        assert!(!routine(Reason::BweProbeControl));
+        assert!(!routine(Reason::SendStream));
     }
 }

@@ -8,9 +8,12 @@ use str0m::media::{Mid, Rid};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::Reason;
 
-use super::{track_kind, PeerId, Worker};
-use crate::metrics::{Metrics, KEYFRAME_REQUEST_TYPES, KINDS, SWITCH_REASONS, TIMEOUT_REASONS};
+use super::{track_kind, PeerId, Wake, Worker};
+use crate::metrics::{
+    Metrics, KEYFRAME_REQUEST_TYPES, KINDS, SWITCH_REASONS, TIMEOUT_REASONS, WAKEUP_CAUSES,
+};
 use crate::model::{SubscriberForwarding, TrackForwarding};
+use crate::rtc::batch::Sent;
 use crate::rtc::WorkerStats;
 
 /// Metric handles of one worker. Arrays by kind are indexed audio 0, video 1.
@@ -34,7 +37,8 @@ pub(super) struct Counters {
     pub error_write: IntCounter,
     /// A panic with no participant to blame (it ended nothing).
     pub panics: IntCounter,
-    pub wakeups: IntCounter,
+    /// Indexed like [`WAKEUP_CAUSES`].
+    pub wakeups: [IntCounter; WAKEUP_CAUSES.len()],
     /// Indexed like [`TIMEOUT_REASONS`], by [`timeout_reason`].
     pub timeouts: [IntCounter; TIMEOUT_REASONS.len()],
 }
@@ -65,7 +69,7 @@ impl Counters {
             error_send: error("send"),
             error_write: error("write"),
             panics: error("panic"),
-            wakeups: m.worker_wakeups.clone(),
+            wakeups: WAKEUP_CAUSES.map(|c| m.worker_wakeups.with_label_values(&[c])),
             timeouts: TIMEOUT_REASONS.map(|r| m.peer_timeouts.with_label_values(&[r])),
         }
     }
@@ -111,7 +115,34 @@ impl StreamTotals {
     }
 }
 
+impl Wake {
+    /// Its index in [`WAKEUP_CAUSES`](crate::metrics::WAKEUP_CAUSES).
+    pub(super) fn cause(&self) -> usize {
+        match self {
+            Wake::Socket(_) => 0,
+            Wake::Tcp(_) => 1,
+            Wake::Command(_) => 2,
+            Wake::Relay(_) => 3,
+            Wake::Timers => 4,
+            Wake::Housekeeping => 5,
+        }
+    }
+}
+
 impl Worker {
+    /// Counts what became of datagrams handed to the socket. UDP is lossy anyway: a full send
+    /// buffer drops like the network would.
+    pub(super) fn count_sent(&self, sent: Sent) {
+        if sent.dropped_full > 0 {
+            self.counters
+                .dropped_socket_full
+                .inc_by(sent.dropped_full as u64);
+        }
+        if sent.failed > 0 {
+            self.counters.error_send.inc_by(sent.failed as u64);
+        }
+    }
+
     /// A subscriber stream's statistics: NACKs it received, packets it resent (what it sent
     /// beyond what we forwarded on it), and its round trip.
     pub(super) fn on_egress_stats(&mut self, id: PeerId, stats: &MediaEgressStats) {
