@@ -21,7 +21,8 @@ const MAX_IMMEDIATE_TIMEOUTS: u32 = 256;
 /// A connected peer with no media in or out for this long is quiet: its routine timers
 /// (statistics, RTCP reports, ICE consent, SCTP, the estimator's check for feedback) are
 /// handled on the worker's next [`QUIET_TICK`] instead of each at its own instant, so a
-/// hundred idle connections wake the worker a few times a second, not hundreds.
+/// hundred idle connections wake the worker for timers at most 20 times a second, not
+/// hundreds.
 const QUIET_AFTER: Duration = Duration::from_secs(1);
 /// The grid quiet peers' routine timers are rounded up to: at most this late, which none of
 /// them notices (their periods are 0.5 s and more).
