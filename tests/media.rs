@@ -1213,15 +1213,22 @@ async fn a_connection_with_nothing_to_send_is_not_woken_for_padding_or_estimates
     let timeouts = |reason: &'static str| common::peer_timeouts(&server, reason);
     // Measured over the seconds the three peers (alice's publisher connection, alice's and
     // bob's subscriber ones) take to have a few of their routine timers (statistics, RTCP
-    // reports, ICE) handled: per peer and second of this test's clock.
+    // reports, ICE) handled: per peer and second of this test's clock. First a few more, so
+    // the video's last packets have left the pacer.
+    let routine_after = |n: f64| {
+        let server = &server;
+        async move {
+            let start = common::routine_peer_timeouts(server).await;
+            common::eventually_within(Duration::from_secs(20), || async {
+                common::routine_peer_timeouts(server).await >= start + n
+            })
+            .await
+        }
+    };
+    assert!(routine_after(9.0).await, "the peers' timers never fired");
     let started = Instant::now();
-    let routine_before = common::routine_peer_timeouts(&server).await;
     let (pacer_before, bwe_before) = (timeouts("pacer").await, timeouts("bwe").await);
-    let waited = common::eventually_within(Duration::from_secs(20), || async {
-        common::routine_peer_timeouts(&server).await >= routine_before + 9.0
-    })
-    .await;
-    assert!(waited, "the peers' timers never fired");
+    assert!(routine_after(9.0).await, "the peers' timers never fired");
     let peer_seconds = 3.0 * started.elapsed().as_secs_f64();
     let pacer = timeouts("pacer").await - pacer_before;
     let bwe = timeouts("bwe").await - bwe_before;
