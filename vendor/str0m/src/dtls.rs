@@ -29,6 +29,10 @@ pub struct Dtls {
     /// Whether set_active has been called.
     active_state: Option<bool>,
 
+    /// The instance's last answer was that it waits until this instant, and nothing has gone
+    /// in since (packet, application data, timeout, close): polling again would say the same.
+    settled: Option<Instant>,
+
     /// Packets to be sent.
     pending_packets: VecDeque<DatagramSend>,
 
@@ -78,6 +82,7 @@ impl Dtls {
             remote_fingerprint: None,
             active_state: None,
             pending_packets: VecDeque::new(),
+            settled: None,
             mtu,
         })
     }
@@ -94,6 +99,7 @@ impl Dtls {
 
     /// Set whether this instance is active (client) or passive (server).
     pub fn set_active(&mut self, active: bool) {
+        self.settled = None;
         self.active_state = Some(active);
         self.instance.set_active(active)
     }
@@ -133,7 +139,17 @@ impl Dtls {
             return DtlsOutput::Timeout(not_happening());
         }
 
+        // Nothing went in since the instance last said it only waits: it would say so again
+        // (the RTC polls DTLS once per datagram it hands out).
+        if let Some(t) = self.settled {
+            return DtlsOutput::Timeout(t);
+        }
+
         let next = self.instance.poll_output(buf);
+
+        if let DtlsOutput::Timeout(t) = next {
+            self.settled = Some(t);
+        }
 
         if let DtlsOutput::Packet(packet) = next {
             if packet.len() > self.mtu_warn() {
@@ -158,6 +174,7 @@ impl Dtls {
             debug!("Ignoring DTLS datagram prior to DTLS start");
             return Ok(());
         }
+        self.settled = None;
 
         self.instance
             .handle_packet(packet)
@@ -177,6 +194,7 @@ impl Dtls {
         if !self.is_inited() {
             return Err(make_handshake_pending_err());
         }
+        self.settled = None;
 
         let accepted = self.instance.send_application_data(data).map_err(|e| {
             DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e)))
@@ -194,6 +212,7 @@ impl Dtls {
         if !self.is_inited() {
             return Ok(());
         }
+        self.settled = None;
 
         self.instance
             .handle_timeout(now)
@@ -202,6 +221,7 @@ impl Dtls {
 
     /// Initiate graceful shutdown by sending a close_notify alert.
     pub fn close(&mut self) -> Result<(), DtlsError> {
+        self.settled = None;
         self.instance
             .close()
             .map_err(|e| DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e))))

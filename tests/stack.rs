@@ -4,7 +4,7 @@
 //! instance in the same process, datagrams handed across in memory on a virtual clock, so the
 //! figure is the stack's alone and the same on every run; docs/performance.md has the RSS the
 //! load scenarios measure end to end. The same harness counts the allocations the stack makes
-//! per forwarded packet.
+//! per forwarded packet, and checks the data channel every subscriber connection carries.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
+use str0m::channel::ChannelId;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, SeqNo};
@@ -74,6 +75,8 @@ fn work<T>(server: bool, f: impl FnOnce() -> T) -> T {
 
 const SERVER: &str = "127.0.0.1:5000";
 const CLIENT: &str = "127.0.0.1:6000";
+/// The label of the data channel (the worker's is "sfu").
+const CHANNEL: &str = "sfu";
 
 /// One side of the in-memory connection.
 struct Side {
@@ -82,6 +85,10 @@ struct Side {
     rtc: Rtc,
     addr: SocketAddr,
     timeout: Instant,
+    /// The data channel events this side had (the rest are dropped as they come).
+    channel: Vec<Event>,
+    /// How many DTLS records (the data channel's, once connected) to lose on the way here.
+    lose: u32,
 }
 
 /// Polls `from` until it waits for time, handing each datagram to `to`.
@@ -94,6 +101,11 @@ fn drain(from: &mut Side, to: &mut Side, now: Instant, events: &mut Vec<Event>) 
                 return;
             }
             Output::Transmit(t) => {
+                // DTLS records start with a content type of 20 to 63 (RFC 7983).
+                if to.lose > 0 && (20..64).contains(&t.contents[0]) {
+                    to.lose -= 1;
+                    continue;
+                }
                 let receive = Receive::new(Protocol::Udp, t.source, t.destination, &t.contents)
                     .expect("a datagram str0m can read");
                 work(to.server, || {
@@ -109,11 +121,16 @@ fn drain(from: &mut Side, to: &mut Side, now: Instant, events: &mut Vec<Event>) 
 /// Runs both sides up to `until`, each woken at the time it asked for, handing datagrams
 /// across; returns the client's events.
 fn run_until(server: &mut Side, client: &mut Side, until: Instant) -> Vec<Event> {
-    let mut ignored = Vec::new();
+    let mut heard = Vec::new();
     let mut events = Vec::new();
     let mut now = server.timeout.min(client.timeout).min(until);
     for _ in 0..100_000 {
-        drain(server, client, now, &mut ignored);
+        drain(server, client, now, &mut heard);
+        server.channel.extend(
+            heard
+                .drain(..)
+                .filter(|e| matches!(e, Event::ChannelOpen(..) | Event::ChannelData(_))),
+        );
         drain(client, server, now, &mut events);
         let next = server.timeout.min(client.timeout);
         if next > until {
@@ -129,19 +146,24 @@ fn run_until(server: &mut Side, client: &mut Side, until: Instant) -> Vec<Event>
     panic!("the connection is woken without end at {now:?}");
 }
 
-/// A connected subscriber connection with one send-only video line, and its receiver.
+/// A connected subscriber connection with one send-only video line and the data channel the
+/// worker adds to it, and its receiver.
 fn connected(start: Instant) -> (Side, Side, Mid, Instant) {
     let mut server = Side {
         server: true,
         rtc: new_rtc(start, true),
         addr: SERVER.parse().expect("address"),
         timeout: start,
+        channel: Vec::new(),
+        lose: 0,
     };
     let mut client = Side {
         server: false,
         rtc: Rtc::builder().set_rtp_mode(true).build(start),
         addr: CLIENT.parse().expect("address"),
         timeout: start,
+        channel: Vec::new(),
+        lose: 0,
     };
     let s = Candidate::host(server.addr, "udp").expect("candidate");
     let c = Candidate::host(client.addr, "udp").expect("candidate");
@@ -152,6 +174,7 @@ fn connected(start: Instant) -> (Side, Side, Mid, Instant) {
 
     let mut change = server.rtc.sdp_api();
     let mid = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    change.add_channel(CHANNEL.to_string());
     let (offer, pending) = change.apply().expect("an offer");
     let offer = SdpOffer::from_sdp_string(&offer.to_sdp_string()).expect("offer parses");
     let answer = client.rtc.sdp_api().accept_offer(offer).expect("answer");
@@ -292,4 +315,103 @@ fn forwarding_a_packet_allocates_little_in_the_stack() {
     // report per ~5 packets here) and RTCP reports. One more allocation per packet anywhere in
     // the stack's path fails this.
     assert!(per_packet <= 3.0, "{per_packet:.2} allocations per packet");
+}
+
+/// Writes one packet of the stream, as the worker does.
+fn write_packet(server: &mut Side, mid: Mid, pt: str0m::media::Pt, seq: u64, now: Instant) {
+    let payload: Arc<[u8]> = vec![0x10u8; 1100].into();
+    let mut api = server.rtc.direct_api();
+    let tx = api.stream_tx_by_mid(mid, None).expect("the send stream");
+    tx.set_unpaced(true);
+    tx.write_rtp(
+        RtpWrite::new(pt, SeqNo::from(seq), (seq * 450) as u32, now, payload).nackable(true),
+    );
+}
+
+/// Each side writes `text` on the channel; both must read the other's within 5 s (a lost
+/// message is resent on SCTP's retransmission timer).
+fn exchange(
+    server: &mut Side,
+    client: &mut Side,
+    ids: (ChannelId, ChannelId),
+    now: &mut Instant,
+    text: &str,
+) {
+    let (server_id, client_id) = ids;
+    let mut channel = server.rtc.channel(server_id).expect("the server's channel");
+    channel
+        .write(false, text.as_bytes())
+        .expect("the server writes");
+    let mut channel = client.rtc.channel(client_id).expect("the client's channel");
+    channel
+        .write(false, text.as_bytes())
+        .expect("the client writes");
+    let said = |e: &Event| matches!(e, Event::ChannelData(d) if d.data == text.as_bytes());
+    let (mut server_heard, mut client_heard) = (false, false);
+    let deadline = *now + Duration::from_secs(5);
+    while !(server_heard && client_heard) {
+        assert!(
+            *now < deadline,
+            "{text:?} not read in 5 s (server {server_heard}, client {client_heard})"
+        );
+        *now += Duration::from_millis(5);
+        client_heard |= run_until(server, client, *now).iter().any(said);
+        server_heard |= server.channel.drain(..).any(|e| said(&e));
+    }
+}
+
+/// Every subscriber connection carries a data channel (the worker adds one to keep the
+/// transport when the last track goes). str0m's SCTP and DTLS are polled only when something
+/// went in or a timer of theirs is due (vendor/PATCHES.md): the channel must still open and
+/// carry messages both ways, while media flows, when a message is lost and must be resent on a
+/// timer, and after a quiet spell of heartbeats only.
+#[test]
+fn the_data_channel_opens_and_carries_messages_with_media_and_after_quiet() {
+    let start = Instant::now();
+    let (mut server, mut client, mid, mut now) = connected(start);
+    let pt = vp8(&server);
+    let (mut server_id, mut client_id) = (None, None);
+    let deadline = now + Duration::from_secs(5);
+    while server_id.is_none() || client_id.is_none() {
+        assert!(now < deadline, "the data channel never opened");
+        now += Duration::from_millis(5);
+        for e in run_until(&mut server, &mut client, now) {
+            if let Event::ChannelOpen(id, label) = e {
+                assert_eq!(label, CHANNEL);
+                client_id = Some(id);
+            }
+        }
+        for e in server.channel.drain(..) {
+            if let Event::ChannelOpen(id, _) = e {
+                server_id = Some(id);
+            }
+        }
+    }
+    let ids = (server_id.expect("open"), client_id.expect("open"));
+    exchange(&mut server, &mut client, ids, &mut now, "opened");
+
+    // A second of video at 200 packets/s, the channel used half way through.
+    for seq in 1..=200u64 {
+        now += Duration::from_millis(5);
+        write_packet(&mut server, mid, pt, seq, now);
+        run_until(&mut server, &mut client, now);
+        if seq == 100 {
+            exchange(&mut server, &mut client, ids, &mut now, "with media");
+        }
+    }
+    exchange(&mut server, &mut client, ids, &mut now, "after media");
+
+    // The server's next message is lost: only its retransmission timer brings it.
+    client.lose = 1;
+    exchange(&mut server, &mut client, ids, &mut now, "resent");
+    assert_eq!(client.lose, 0, "a message was lost");
+
+    // 40 s with nothing sent: only the stacks' own timers (SCTP heartbeats, RTCP, ICE).
+    now += Duration::from_secs(40);
+    run_until(&mut server, &mut client, now);
+    assert!(
+        server.rtc.is_connected() && client.rtc.is_connected(),
+        "the quiet spell ended the connection"
+    );
+    exchange(&mut server, &mut client, ids, &mut now, "after quiet");
 }
