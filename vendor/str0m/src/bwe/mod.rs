@@ -54,12 +54,22 @@ pub(crate) use probe::ProbeClusterConfig;
 const INITIAL_BITRATE_WINDOW: Duration = Duration::from_millis(500);
 const BITRATE_WINDOW: Duration = Duration::from_millis(150);
 const STARTUP_PHASE: Duration = Duration::from_secs(2);
+/// The estimator's controllers run at least this often while the RTC is woken (GoogCC's
+/// process interval), at once when anything went in (feedback, a probe, a new desired
+/// bitrate) or one of their own timers is due; not on every timeout of the RTC, which comes
+/// once per packet sent.
+const PROCESS_INTERVAL: Duration = Duration::from_millis(25);
 
 pub struct Bwe {
     bwe: SendSideBandwidthEstimator,
     desired_bitrate: Bitrate,
     minimum_bitrate: Bitrate,
     smoother: EstimateSmoother,
+    /// Something went in since the controllers last ran.
+    stale: bool,
+    handled_at: Option<Instant>,
+    /// Whether the last run could probe.
+    do_probe: bool,
 }
 
 impl Bwe {
@@ -70,10 +80,23 @@ impl Bwe {
             desired_bitrate: Bitrate::ZERO,
             minimum_bitrate: Bitrate::ZERO,
             smoother: EstimateSmoother::new(),
+            stale: true,
+            handled_at: None,
+            do_probe: false,
         }
     }
 
     pub fn handle_timeout(&mut self, now: Instant, do_probe: bool) -> Option<ProbeClusterConfig> {
+        let due = self.stale
+            || do_probe != self.do_probe
+            || self.handled_at.is_none_or(|t| now >= t + PROCESS_INTERVAL)
+            || self.poll_timeout().0.is_some_and(|t| t <= now);
+        if !due {
+            return None;
+        }
+        self.stale = false;
+        self.do_probe = do_probe;
+        self.handled_at = Some(now);
         let result = self.bwe.handle_timeout(self.desired_bitrate, do_probe, now);
         if let Some(estimate) = self.bwe.last_estimate() {
             self.smoother.record(now, estimate);
@@ -82,14 +105,17 @@ impl Bwe {
     }
 
     pub fn start_probe(&mut self, config: ProbeClusterConfig, now: Instant) -> bool {
+        self.stale = true;
         self.bwe.start_probe(config, now)
     }
 
     pub fn end_probe(&mut self, now: Instant, cluster_id: TwccClusterId) {
+        self.stale = true;
         self.bwe.end_probe(now, cluster_id);
     }
 
     pub fn reset(&mut self, init_bitrate: Bitrate) {
+        self.stale = true;
         self.bwe.reset(init_bitrate);
     }
 
@@ -98,6 +124,7 @@ impl Bwe {
         records: impl Iterator<Item = &'t crate::rtp_::TwccSendRecord>,
         now: Instant,
     ) {
+        self.stale = true;
         self.bwe.update(records, now);
     }
 
@@ -125,6 +152,7 @@ impl Bwe {
     }
 
     pub fn set_bitrate(&mut self, minimum: Bitrate, desired: Bitrate) {
+        self.stale |= desired != self.desired_bitrate || minimum.min(desired) != self.minimum_bitrate;
         self.minimum_bitrate = minimum.min(desired);
         self.desired_bitrate = desired;
     }
