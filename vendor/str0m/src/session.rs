@@ -1261,6 +1261,7 @@ impl Session {
         let twcc = twcc_enabled.then_some(&mut self.twcc);
 
         let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
+        let more_unpaced = stream.unpaced_ready();
 
         let PacketReceipt {
             header,
@@ -1279,6 +1280,9 @@ impl Session {
         }
 
         self.pacer.register_send(now, payload_size.into(), midrid);
+        if more_unpaced {
+            self.pacer.continue_unpaced(midrid);
+        }
 
         if let Some(raw_packets) = &mut self.raw_packets {
             raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));

@@ -50,6 +50,8 @@ pub struct LeakyBucketPacer {
     completed_probe: Option<TwccClusterId>,
     /// Gates poll_queue() until handle_timeout() is called after packet emission.
     needs_timeout_before_next_poll: bool,
+    /// Packets let through the gate since the last handle_timeout() (`continue_unpaced`).
+    continued: usize,
 }
 
 impl Pacer for LeakyBucketPacer {
@@ -96,6 +98,7 @@ impl Pacer for LeakyBucketPacer {
     ) -> Option<PaddingRequest> {
         // Clear the gate when time advances
         self.needs_timeout_before_next_poll = false;
+        self.continued = 0;
 
         // Clear the poll time - it will be recalculated below if needed.
         // This is important because if we return early (e.g., next_poll_queue is already set),
@@ -195,6 +198,28 @@ impl LeakyBucketPacer {
             probe_queue: VecDeque::new(),
             completed_probe: None,
             needs_timeout_before_next_poll: true,
+            continued: 0,
+        }
+    }
+
+    /// An unpaced queue's packets leave as they come: when the queue just polled is unpaced (as
+    /// the last queue states said) and has another packet ready, it is polled again at once
+    /// instead of after a timeout pass (up to `MAX_CONTINUED`, so one queue's burst does not
+    /// hold the RTC's other work). The immediate timeout `poll_queue` asked for stays, for
+    /// after the burst.
+    pub(crate) fn continue_unpaced(&mut self, midrid: MidRid) {
+        const MAX_CONTINUED: usize = 64;
+        if self.continued >= MAX_CONTINUED || self.next_poll_queue.is_some() {
+            return;
+        }
+        if self
+            .queue_states
+            .iter()
+            .any(|q| q.midrid == midrid && q.unpaced)
+        {
+            self.continued += 1;
+            self.needs_timeout_before_next_poll = false;
+            self.next_poll_queue = Some(midrid);
         }
     }
 

@@ -47,6 +47,16 @@ impl PacerImpl {
         }
     }
 
+    /// The unpaced queue `midrid` just sent from has another packet ready: it may go on the
+    /// same poll, without a timeout pass of the whole RTC between the two.
+    pub fn continue_unpaced(&mut self, midrid: MidRid) {
+        match self {
+            // The null pacer needs no timeout between polls.
+            PacerImpl::Null(_) => {}
+            PacerImpl::LeakyBucket(v) => v.continue_unpaced(midrid),
+        }
+    }
+
     pub fn check_probe_complete(&mut self, now: Instant) -> Option<TwccClusterId> {
         match self {
             PacerImpl::Null(_) => None,

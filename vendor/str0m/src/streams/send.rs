@@ -1269,6 +1269,11 @@ impl StreamTx {
         self.padding += padding;
     }
 
+    /// The stream is unpaced and another packet of its queue can go now.
+    pub(crate) fn unpaced_ready(&self) -> bool {
+        self.unpaced == Some(true) && self.send_queue.has_ready()
+    }
+
     pub(crate) fn need_timeout(&self) -> bool {
         self.send_queue.need_timeout()
     }

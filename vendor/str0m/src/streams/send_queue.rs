@@ -45,6 +45,13 @@ impl SendQueue {
         }
     }
 
+    /// A packet can be popped now (it was timestamped by a timeout).
+    pub fn has_ready(&self) -> bool {
+        self.queue
+            .front()
+            .is_some_and(|p| p.timestamp != not_happening())
+    }
+
     pub fn need_timeout(&self) -> bool {
         // Packets are timestamped contiguously from the front,
         // so checking the tail summarizes the entire queue's state.
