@@ -257,16 +257,7 @@ async fn subscribers_of_tracks_with_nothing_flowing_are_not_probed() {
     };
     let load = running(&server, options).await;
     let timeouts = |reason: &'static str| common::peer_timeouts(&server, reason);
-    let all_after = |n: f64| {
-        let server = &server;
-        async move {
-            let start = common::all_peer_timeouts(server).await;
-            common::eventually_within(Duration::from_secs(20), || async {
-                common::all_peer_timeouts(server).await >= start + n
-            })
-            .await
-        }
-    };
+    let all_after = |n| common::grows_by(|| common::all_peer_timeouts(&server), n);
     // Past the connections' start (str0m probes each new one once, whatever it carries).
     assert!(all_after(10.0).await, "the peers' timers never fired");
     let peers = common::metric(&server, "sfu_peers").await.unwrap_or(0.0);
@@ -314,23 +305,11 @@ async fn quiet_connections_share_their_workers_wake_ups() {
     };
     let load = running(&server, options).await;
     // Once every connection is quiet (a second after its last media: none here).
-    let settled = common::all_peer_timeouts(&server).await;
-    assert!(
-        common::eventually_within(Duration::from_secs(20), || async {
-            common::all_peer_timeouts(&server).await >= settled + 200.0
-        })
-        .await,
-        "the peers' timers never fired"
-    );
+    let timers_after = |n| common::grows_by(|| common::all_peer_timeouts(&server), n);
+    assert!(timers_after(200.0).await, "the peers' timers never fired");
     let timers_before = common::all_peer_timeouts(&server).await;
     let wakeups_before = common::worker_wakeups(&server, "timers").await;
-    assert!(
-        common::eventually_within(Duration::from_secs(20), || async {
-            common::all_peer_timeouts(&server).await >= timers_before + 400.0
-        })
-        .await,
-        "the peers' timers never fired"
-    );
+    assert!(timers_after(400.0).await, "the peers' timers never fired");
     let timers = common::all_peer_timeouts(&server).await - timers_before;
     let wakeups = common::worker_wakeups(&server, "timers").await - wakeups_before;
     eprintln!("{timers} timers handled in {wakeups} wake-ups");

@@ -1215,16 +1215,7 @@ async fn a_connection_with_nothing_to_send_is_not_woken_for_padding_or_estimates
     // bob's subscriber ones) take to have a few of their routine timers (statistics, RTCP
     // reports, ICE) handled: per peer and second of this test's clock. First a few more, so
     // the video's last packets have left the pacer.
-    let routine_after = |n: f64| {
-        let server = &server;
-        async move {
-            let start = common::routine_peer_timeouts(server).await;
-            common::eventually_within(Duration::from_secs(20), || async {
-                common::routine_peer_timeouts(server).await >= start + n
-            })
-            .await
-        }
-    };
+    let routine_after = |n| common::grows_by(|| common::routine_peer_timeouts(&server), n);
     assert!(routine_after(9.0).await, "the peers' timers never fired");
     let started = Instant::now();
     let (pacer_before, bwe_before) = (timeouts("pacer").await, timeouts("bwe").await);

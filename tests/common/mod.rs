@@ -272,6 +272,21 @@ pub async fn routine_peer_timeouts(server: &Server) -> f64 {
     sum
 }
 
+/// Waits (up to 20 s) until the count `read` gives has grown by `n` from what it reads now,
+/// e.g. `grows_by(|| routine_peer_timeouts(&server), 9.0)`.
+pub async fn grows_by<F, Fut>(mut read: F, n: f64) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let start = read().await;
+    eventually_within(Duration::from_secs(20), || {
+        let count = read();
+        async move { count.await >= start + n }
+    })
+    .await
+}
+
 /// How often the media workers woke for `cause` (`timers`, `socket`, `housekeeping`...).
 pub async fn worker_wakeups(server: &Server, cause: &str) -> f64 {
     let series = format!("sfu_worker_wakeups_total{{cause=\"{cause}\"}}");

@@ -1261,7 +1261,8 @@ impl Session {
         let twcc = twcc_enabled.then_some(&mut self.twcc);
 
         let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
-        let more_unpaced = stream.unpaced_ready();
+        // Whether the queue is unpaced is the pacer's to say, from its queue states.
+        let more_ready = stream.has_ready();
 
         let PacketReceipt {
             header,
@@ -1280,7 +1281,7 @@ impl Session {
         }
 
         self.pacer.register_send(now, payload_size.into(), midrid);
-        if more_unpaced {
+        if more_ready {
             self.pacer.continue_unpaced(midrid);
         }
 

@@ -1269,9 +1269,9 @@ impl StreamTx {
         self.padding += padding;
     }
 
-    /// The stream is unpaced and another packet of its queue can go now.
-    pub(crate) fn unpaced_ready(&self) -> bool {
-        self.unpaced == Some(true) && self.send_queue.has_ready()
+    /// Another packet of its queue can go now.
+    pub(crate) fn has_ready(&self) -> bool {
+        self.send_queue.has_ready()
     }
 
     pub(crate) fn need_timeout(&self) -> bool {

@@ -62,12 +62,10 @@ impl SendQueue {
     }
 
     pub fn peek(&mut self) -> Option<&mut RtpPacket> {
-        let peeked = self.queue.front_mut()?;
-        if peeked.timestamp == not_happening() {
-            None
-        } else {
-            Some(peeked)
+        if !self.has_ready() {
+            return None;
         }
+        self.queue.front_mut()
     }
 
     pub fn pop(&mut self, now: Instant) -> Option<RtpPacket> {
