@@ -183,6 +183,8 @@ struct Worker {
     tcp: Option<TcpConnections>,
     /// Datagrams of the current flush, sent together.
     batch: SendBatch,
+    /// The one buffer str0m encrypts packets into, lent to the peer being polled.
+    spare_datagram: Option<str0m::net::DatagramSend>,
     /// The address clients send to: what `Input::Receive` names as the destination.
     local: SocketAddr,
     settings: Settings,
@@ -314,6 +316,7 @@ impl Worker {
             socket,
             tcp,
             batch: SendBatch::default(),
+            spare_datagram: None,
             local,
             settings,
             peers: HashMap::new(),

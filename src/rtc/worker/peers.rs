@@ -192,6 +192,13 @@ impl Worker {
     /// (which may write to other peers and give them output), and its next timeout is noted.
     pub(super) fn poll_peer(&mut self, id: PeerId) {
         let mut immediate = 0;
+        // The worker's one datagram buffer: str0m encrypts this peer's next packet into it
+        // (each is given back once copied, below), and it comes back once the peer waits.
+        if let Some(peer) = self.peers.get_mut(&id) {
+            if let Some(spare) = self.spare_datagram.take() {
+                peer.rtc.recycle_datagram(spare);
+            }
+        }
         loop {
             let Some(peer) = self.peers.get_mut(&id) else {
                 return;
@@ -205,6 +212,9 @@ impl Worker {
             };
             match output {
                 Output::Timeout(t) => {
+                    if let Some(spare) = peer.rtc.take_spare_datagram() {
+                        self.spare_datagram = Some(spare);
+                    }
                     if !peer.rtc.is_alive() {
                         return self.fail_peer(id, FailureCause::DtlsFailed, "connection closed");
                     }
@@ -257,10 +267,14 @@ impl Worker {
                         if !queued {
                             self.counters.dropped_socket_full.inc();
                         }
+                        // Copied: str0m encrypts a later packet into the same buffer.
+                        peer.rtc.recycle_datagram(t.contents);
                         continue;
                     }
-                    // Leaves with the flush's other datagrams (or when the batch is full).
+                    // Leaves with the flush's other datagrams (or when the batch is full), a
+                    // copy: str0m encrypts a later packet into the same buffer.
                     let sent = self.batch.push(&self.socket, &t.contents, t.destination);
+                    peer.rtc.recycle_datagram(t.contents);
                     self.count_sent(sent);
                 }
                 Output::Event(event) => self.on_event(id, event),

@@ -1567,6 +1567,21 @@ impl Rtc {
         }
     }
 
+    /// Gives back a datagram from [`Output::Transmit`] once it has been sent (or copied), so
+    /// that a later RTP packet is encrypted into its buffer instead of a new allocation.
+    /// Optional: a datagram that is simply dropped costs only its allocation.
+    pub fn recycle_datagram(&mut self, datagram: crate::io::DatagramSend) {
+        self.session.recycle_datagram(datagram.into());
+    }
+
+    /// Takes back the datagram [`Rtc::recycle_datagram`] left here, if it is still unused: an
+    /// application with many connections can pass one buffer from connection to connection
+    /// (given before polling one, taken back once it waits for time) instead of each keeping
+    /// its own.
+    pub fn take_spare_datagram(&mut self) -> Option<crate::io::DatagramSend> {
+        self.session.take_spare_datagram().map(Into::into)
+    }
+
     /// Poll the `Rtc` instance for output. Output can be three things, something to _Transmit_
     /// via a UDP socket (maybe via a TURN server). An _Event_, such as receiving media data,
     /// or a _Timeout_.

@@ -56,6 +56,10 @@ const MAX_PENDING_RRTRS: usize = 300;
 /// Maximum number of DLRR items to include in a single ExtendedReport.
 const MAX_DLRR_PER_REPORT: usize = 50;
 
+/// The room an encrypted RTP datagram is written into: any packet `poll_packet_buf` holds
+/// plus the SRTP tag, so a recycled datagram never has to grow.
+const DATAGRAM_CAPACITY: usize = 2048;
+
 pub(crate) struct Session {
     id: SessionId,
 
@@ -108,6 +112,10 @@ pub(crate) struct Session {
 
     // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
     poll_packet_buf: Vec<u8>,
+
+    // Datagrams the application gave back (`Rtc::recycle_datagram`) once it had sent them:
+    // the next encrypted packets are written into them instead of new allocations.
+    spare_datagrams: Vec<Vec<u8>>,
 
     // Next packet for RtpPacket event.
     pending_packet: Option<RtpPacket>,
@@ -208,6 +216,7 @@ impl Session {
             pacer,
             pacer_control: PacerControl::new(),
             poll_packet_buf: vec![0; 2000],
+            spare_datagrams: Vec::new(),
             pending_packet: None,
             media_bytes_rx: 0,
             media_bytes_tx: 0,
@@ -926,6 +935,7 @@ impl Session {
         let unprotected = srtp.unprotect_rtcp(buf)?;
 
         Rtcp::read_packet(&unprotected, &mut self.feedback_rx);
+        srtp.recycle_rtcp(unprotected);
         let mut need_configure_pacer = false;
         let mut may_move_timeout = false;
 
@@ -1175,6 +1185,21 @@ impl Session {
         x
     }
 
+    /// Takes back a datagram this session handed out, once sent, to write a later packet into.
+    pub fn recycle_datagram(&mut self, datagram: Vec<u8>) {
+        // An application that gives each datagram back once it copied or sent it needs one.
+        // Others (STUN, DTLS, RTCP: smaller allocations) are dropped.
+        const MAX_SPARE: usize = 1;
+        if self.spare_datagrams.len() < MAX_SPARE && datagram.capacity() >= DATAGRAM_CAPACITY {
+            self.spare_datagrams.push(datagram);
+        }
+    }
+
+    /// Gives up the datagram kept for the next packet, if any (see `recycle_datagram`).
+    pub fn take_spare_datagram(&mut self) -> Option<Vec<u8>> {
+        self.spare_datagrams.pop()
+    }
+
     /// To be called in lieu of [`Self::poll_datagram`] when the owner is not in a position to transmit any
     /// generated feedback, and thus such feedback should be dropped.
     pub fn clear_feedback(&mut self) {
@@ -1289,7 +1314,11 @@ impl Session {
             raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
         }
 
-        let protected = srtp_tx.protect_rtp(buf, &header, *seq_no);
+        let mut protected = self
+            .spare_datagrams
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(DATAGRAM_CAPACITY));
+        srtp_tx.protect_rtp_into(buf, &header, *seq_no, &mut protected);
 
         if twcc_enabled {
             let packet_id = if let Some(cluster) = cluster_id {

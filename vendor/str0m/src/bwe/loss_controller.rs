@@ -113,6 +113,9 @@ pub trait PacketResult {
     fn lost(&self) -> bool;
 }
 
+/// The most candidates `get_candidates` makes: three factors and three appended rates.
+const MAX_CANDIDATES: usize = 6;
+
 impl LossController {
     pub fn new() -> LossController {
         let config = Config::default();
@@ -250,7 +253,8 @@ impl LossController {
         let mut best_candidate = self.current_estimate;
         let mut objective_max = f64::MIN;
 
-        for candidate in self.get_candidates().iter_mut() {
+        let (mut candidates, count) = self.get_candidates();
+        for candidate in candidates[..count].iter_mut() {
             self.newtons_method_update(candidate);
 
             let candidate_objective = self.get_objective(candidate);
@@ -488,26 +492,35 @@ impl LossController {
         true
     }
 
-    fn get_candidates(&self) -> Vec<ChannelParameters> {
-        let mut bandwidths = vec![];
+    /// The candidates, in a fixed array (at most the three factors and three appended rates)
+    /// and how many of it are filled: no allocation per TWCC report.
+    fn get_candidates(&self) -> ([ChannelParameters; MAX_CANDIDATES], usize) {
+        let mut bandwidths = [0.0_f64; MAX_CANDIDATES];
+        let mut count = 0;
+        let mut push = |bandwidth: f64| {
+            if count < MAX_CANDIDATES {
+                bandwidths[count] = bandwidth;
+                count += 1;
+            }
+        };
 
         let current = self.current_estimate.loss_limited_bandwidth;
 
         for factor in self.config.candidate_factor.iter() {
-            bandwidths.push(factor * current.as_f64());
+            push(factor * current.as_f64());
         }
 
         if self.delay_based_estimate.is_valid()
             && self.config.append_delay_based_estimate_candidate
             && self.delay_based_estimate > current
         {
-            bandwidths.push(self.delay_based_estimate.as_f64());
+            push(self.delay_based_estimate.as_f64());
         }
 
         let candidate_bandwidth_upper_bound = self.get_candidate_bandwidth_upper_bound().as_f64();
 
         if self.config.append_acknowledged_rate_candidate && self.acknowledged_bitrate.is_valid() {
-            bandwidths.push(
+            push(
                 (self.acknowledged_bitrate * self.config.bandwidth_backoff_lower_bound_factor)
                     .as_f64(),
             );
@@ -517,15 +530,15 @@ impl LossController {
             && self.delay_based_estimate.is_valid()
             && self.delay_based_estimate > current
         {
-            bandwidths.push(
+            push(
                 (self.delay_based_estimate * self.config.bandwidth_backoff_lower_bound_factor)
                     .as_f64(),
             );
         }
 
-        let mut candidates = Vec::with_capacity(bandwidths.len());
+        let mut candidates = [self.current_estimate; MAX_CANDIDATES];
 
-        for bandwidth in bandwidths.iter_mut() {
+        for (bandwidth, slot) in bandwidths[..count].iter().zip(candidates.iter_mut()) {
             let mut candidate = self.current_estimate;
             candidate.loss_limited_bandwidth = if self.config.trendline_integration_enabled {
                 bandwidth.min(candidate_bandwidth_upper_bound).into()
@@ -540,10 +553,10 @@ impl LossController {
                     .into()
             };
             candidate.inherent_loss = self.get_feasible_inherent_loss(&candidate);
-            candidates.push(candidate);
+            *slot = candidate;
         }
 
-        candidates
+        (candidates, count)
     }
 
     fn newtons_method_update(&self, channel_parameters: &mut ChannelParameters) {
@@ -1085,17 +1098,17 @@ impl Default for Config {
     }
 }
 
-impl PacketResult for &TwccSendRecord {
+impl PacketResult for TwccSendRecord {
     fn local_send_time(&self) -> Instant {
-        (*self).local_send_time()
+        TwccSendRecord::local_send_time(self)
     }
 
     fn size(&self) -> DataSize {
-        (*self).size().into()
+        TwccSendRecord::size(self).into()
     }
 
     fn lost(&self) -> bool {
-        (*self).remote_recv_time().is_none()
+        self.remote_recv_time().is_none()
     }
 }
 

@@ -162,6 +162,11 @@ impl Bwe {
     }
 }
 
+/// How many records of a TWCC report the estimator's vectors keep room for between reports:
+/// a steady stream's (a report every 50 ms) without growing, a keyframe's burst grows them
+/// for that report only.
+const SCRATCH_KEPT: usize = 16;
+
 struct SendSideBandwidthEstimator {
     delay_controller: DelayController,
     loss_controller: LossController,
@@ -173,6 +178,9 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
+    // Kept between TWCC reports so that a report allocates nothing once they are grown.
+    send_records_scratch: Vec<TwccSendRecord>,
+    acked_scratch: Vec<AckedPacket>,
 }
 
 impl SendSideBandwidthEstimator {
@@ -196,6 +204,8 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
+            send_records_scratch: Vec::new(),
+            acked_scratch: Vec::new(),
         }
     }
 
@@ -217,7 +227,27 @@ impl SendSideBandwidthEstimator {
 
     /// Record a packet from a TWCC report.
     pub fn update<'t>(&mut self, records: impl Iterator<Item = &'t TwccSendRecord>, now: Instant) {
-        let send_records: Vec<_> = records.collect();
+        // The report's records and the acknowledged packets go through vectors kept between
+        // reports (taken here, given back below), not new ones per report.
+        let mut send_records = std::mem::take(&mut self.send_records_scratch);
+        send_records.clear();
+        send_records.extend(records.copied());
+        let mut acked_packets = std::mem::take(&mut self.acked_scratch);
+        acked_packets.clear();
+        self.update_from(&send_records, &mut acked_packets, now);
+        // A keyframe's report is large; the room of a steady stream's reports is kept.
+        send_records.shrink_to(SCRATCH_KEPT);
+        acked_packets.shrink_to(SCRATCH_KEPT);
+        self.send_records_scratch = send_records;
+        self.acked_scratch = acked_packets;
+    }
+
+    fn update_from(
+        &mut self,
+        send_records: &[TwccSendRecord],
+        acked_packets: &mut Vec<AckedPacket>,
+        now: Instant,
+    ) {
         if send_records.is_empty() {
             return;
         }
@@ -225,7 +255,7 @@ impl SendSideBandwidthEstimator {
 
         // Feed records to probe estimator for analysis and process any new probe results
         let mut latest_probe_result = None;
-        for (config, bitrate) in self.probe_estimator.update(send_records.iter().copied()) {
+        for (config, bitrate) in self.probe_estimator.update(send_records.iter()) {
             latest_probe_result = Some(bitrate);
 
             // Update link capacity estimator for every successful ALR probe, not just the latest.
@@ -237,14 +267,12 @@ impl SendSideBandwidthEstimator {
             }
         }
 
-        let mut acked_packets = vec![];
-
         let mut max_rtt = None;
         let mut count = 0;
         let mut lost = 0;
         for record in send_records.iter() {
             count += 1;
-            let Ok(acked_packet) = (*record).try_into() else {
+            let Ok(acked_packet) = record.try_into() else {
                 lost += 1;
                 continue;
             };
@@ -268,7 +296,7 @@ impl SendSideBandwidthEstimator {
         // Update delay controller with the latest probe result
         let maybe_estimate =
             self.delay_controller
-                .update(&acked_packets, acked_bitrate, probe_result, now);
+                .update(acked_packets, acked_bitrate, probe_result, now);
 
         let Some(delay_estimate) = maybe_estimate else {
             return;

@@ -13,6 +13,9 @@ const TOLERANCE: f64 = 0.05;
 /// Smooths BWE estimates by averaging over a time window.
 pub struct EstimateSmoother {
     estimates: VecDeque<TimeBitrate>,
+    /// The sum of `estimates`' bitrates, kept as they come and go, so a poll does not add up
+    /// the whole window again.
+    sum: f64,
     maybe_emit: bool,
     emitted: Option<Bitrate>,
 }
@@ -21,6 +24,7 @@ impl EstimateSmoother {
     pub fn new() -> Self {
         Self {
             estimates: VecDeque::new(),
+            sum: 0.0,
             maybe_emit: false,
             emitted: None,
         }
@@ -34,6 +38,7 @@ impl EstimateSmoother {
         if do_update {
             self.maybe_emit = true;
             self.estimates.push_back((now, estimate));
+            self.sum += estimate.as_f64();
         }
 
         // Remove entries older than the window.
@@ -45,10 +50,16 @@ impl EstimateSmoother {
                 }
 
                 self.maybe_emit = true;
-                self.estimates.pop_front();
+                if let Some((_, gone)) = self.estimates.pop_front() {
+                    self.sum -= gone.as_f64();
+                }
             } else {
                 break;
             }
+        }
+        // A lone entry is its own sum: what rounding gathered goes with the rest.
+        if self.estimates.len() == 1 {
+            self.sum = self.estimates.back().map_or(0.0, |b| b.1.as_f64());
         }
     }
 
@@ -62,8 +73,7 @@ impl EstimateSmoother {
             return None;
         }
 
-        let total: f64 = self.estimates.iter().map(|b| b.1.as_f64()).sum();
-        let avg = total / self.estimates.len() as f64;
+        let avg = self.sum / self.estimates.len() as f64;
         let rate: Bitrate = avg.into();
 
         // This forces emitting if we have the first ever value, or a last

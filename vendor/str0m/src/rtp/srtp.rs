@@ -71,6 +71,7 @@ impl SrtpContext {
                     srtcp_index: 0,
                     sha1_hmac_provider,
                     rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+                    rtcp_rx_spare: Vec::new(),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
             }
@@ -87,6 +88,7 @@ impl SrtpContext {
                     srtcp_index: 0,
                     sha1_hmac_provider,
                     rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+                    rtcp_rx_spare: Vec::new(),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
             }
@@ -103,6 +105,7 @@ impl SrtpContext {
                     srtcp_index: 0,
                     sha1_hmac_provider,
                     rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+                    rtcp_rx_spare: Vec::new(),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
             }
@@ -146,6 +149,7 @@ impl SrtpContext {
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
             rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+            rtcp_rx_spare: Vec::new(),
             decrypt_warnings: DecryptWarnings::default(),
         }
     }
@@ -186,9 +190,28 @@ impl SrtpContext {
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
             rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+            rtcp_rx_spare: Vec::new(),
             decrypt_warnings: DecryptWarnings::default(),
         }
     }
+}
+
+/// The AADs an SRTCP packet has: one when encrypted (the second slot is empty), and the
+/// crypto provider then needs no copy to join them.
+fn used_aads<'a>(aads: &'a [&'a [u8]; 2], is_encrypted: bool) -> &'a [&'a [u8]] {
+    if is_encrypted {
+        &aads[..1]
+    } else {
+        &aads[..]
+    }
+}
+
+/// `len` zeroed bytes in the spare buffer (taken), grown only if it is too small.
+fn spare(buf: &mut Vec<u8>, len: usize) -> Vec<u8> {
+    let mut out = std::mem::take(buf);
+    out.clear();
+    out.resize(len, 0);
+    out
 }
 
 #[derive(Debug)]
@@ -204,6 +227,9 @@ pub struct SrtpContext {
     /// Reusable scratch buffer for RTP decryption output. Reused across calls
     /// to `unprotect_rtp` so we don't allocate a fresh `Vec` per packet.
     rx_scratch: Vec<u8>,
+    /// The buffer of the last SRTCP packet `unprotect_rtcp` returned, given back by its
+    /// reader (`recycle_rtcp`), so decrypting the next one allocates nothing.
+    rtcp_rx_spare: Vec<u8>,
     decrypt_warnings: DecryptWarnings,
 }
 
@@ -248,12 +274,29 @@ impl DecryptWarnings {
 }
 
 impl SrtpContext {
+    // Used by str0m's own tests and test exports; the session encrypts with protect_rtp_into.
+    #[allow(dead_code)]
     pub fn protect_rtp(
         &mut self,
         buf: &[u8],
         header: &RtpHeader,
         srtp_index: u64, // same as ext_seq
     ) -> Vec<u8> {
+        let mut output = Vec::new();
+        self.protect_rtp_into(buf, header, srtp_index, &mut output);
+        output
+    }
+
+    /// [`Self::protect_rtp`] into a buffer the caller passes (its contents replaced), so a
+    /// sender that recycles its datagrams allocates none per packet.
+    pub fn protect_rtp_into(
+        &mut self,
+        buf: &[u8],
+        header: &RtpHeader,
+        srtp_index: u64, // same as ext_seq
+        output: &mut Vec<u8>,
+    ) {
+        output.clear();
         // SRTP layout
         // [header, [rtp, (padding + pad_count)], tag]
 
@@ -295,8 +338,7 @@ impl SrtpContext {
                 // HMAC_TAG_LEN is 10, CTR_BUFFER_PADDING is 15, so we need 5 extra bytes
                 let padding_needed =
                     CTR_BUFFER_PADDING.saturating_sub(Aes128CmSha1_80::HMAC_TAG_LEN);
-                let mut output =
-                    vec![0_u8; buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed];
+                output.resize(buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed, 0);
 
                 enc.encrypt(&iv, input, &mut output[hlen..])
                     .expect("rtp encrypt");
@@ -305,10 +347,9 @@ impl SrtpContext {
 
                 let hmac_start = buf.len();
                 let sha1_hmac = |k: &[u8], p: &[&[u8]]| self.sha1_hmac_provider.sha1_hmac(k, p);
-                Aes128CmSha1_80::rtp_hmac(sha1_hmac, key, &mut output, srtp_index, hmac_start);
+                Aes128CmSha1_80::rtp_hmac(sha1_hmac, key, output, srtp_index, hmac_start);
 
                 output.truncate(buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN);
-                output
             }
             Derived::AeadAes128Gcm { salt, enc, .. } => {
                 let roc = (srtp_index >> 16) as u32;
@@ -318,13 +359,11 @@ impl SrtpContext {
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes128Gcm::TAG_LEN];
+                output.resize(buf.len() + AeadAes128Gcm::TAG_LEN, 0);
                 enc.encrypt(&iv, aad, input, &mut output[hlen..])
                     .expect("rtp encrypt");
 
                 output[..hlen].copy_from_slice(aad);
-
-                output
             }
             Derived::AeadAes256Gcm { salt, enc, .. } => {
                 let roc = (srtp_index >> 16) as u32;
@@ -334,13 +373,11 @@ impl SrtpContext {
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes256Gcm::TAG_LEN];
+                output.resize(buf.len() + AeadAes256Gcm::TAG_LEN, 0);
                 enc.encrypt(&iv, aad, input, &mut output[hlen..])
                     .expect("rtp encrypt");
 
                 output[..hlen].copy_from_slice(aad);
-
-                output
             }
         }
     }
@@ -559,6 +596,11 @@ impl SrtpContext {
     //
     //                  |--------------------------------------|
     //                              encrypted (aes)
+    /// Gives back a buffer [`Self::unprotect_rtcp`] returned, once read.
+    pub fn recycle_rtcp(&mut self, buf: Vec<u8>) {
+        self.rtcp_rx_spare = buf;
+    }
+
     pub fn unprotect_rtcp(&mut self, buf: &[u8]) -> Option<Vec<u8>> {
         match &mut self.rtcp {
             Derived::Aes128CmSha1_80 { key, salt, dec, .. } => {
@@ -610,7 +652,7 @@ impl SrtpContext {
                 // compound packet.
                 let input = &buf[8..idx_start];
                 // Allocate buffer with CTR padding (aws-lc-rs requirement)
-                let mut output = vec![0_u8; input.len() + 8 + CTR_BUFFER_PADDING];
+                let mut output = spare(&mut self.rtcp_rx_spare, input.len() + 8 + CTR_BUFFER_PADDING);
                 output[0..8].copy_from_slice(&buf[0..8]);
 
                 if let Err(e) = dec.decrypt(&iv, input, &mut output[8..]) {
@@ -672,10 +714,10 @@ impl SrtpContext {
                     aads[1] = &buf[idx_start..];
                 };
 
-                let mut output = vec![0_u8; buf.len() - AeadAes128Gcm::TAG_LEN - SRTCP_INDEX_LEN];
+                let mut output = spare(&mut self.rtcp_rx_spare, buf.len() - AeadAes128Gcm::TAG_LEN - SRTCP_INDEX_LEN);
                 output[0..8].copy_from_slice(&buf[0..8]);
 
-                let count = match dec.decrypt(&iv, &aads, input, &mut output[8..]) {
+                let count = match dec.decrypt(&iv, used_aads(&aads, is_encrypted), input, &mut output[8..]) {
                     Ok(c) => c,
                     Err(e) => {
                         trace!("Failed to decrypt SRTCP {}: {}", self.rtcp.profile(), e);
@@ -745,10 +787,10 @@ impl SrtpContext {
                     aads[1] = &buf[idx_start..];
                 };
 
-                let mut output = vec![0_u8; buf.len() - AeadAes256Gcm::TAG_LEN - SRTCP_INDEX_LEN];
+                let mut output = spare(&mut self.rtcp_rx_spare, buf.len() - AeadAes256Gcm::TAG_LEN - SRTCP_INDEX_LEN);
                 output[0..8].copy_from_slice(&buf[0..8]);
 
-                let count = match dec.decrypt(&iv, &aads, input, &mut output[8..]) {
+                let count = match dec.decrypt(&iv, used_aads(&aads, is_encrypted), input, &mut output[8..]) {
                     Ok(c) => c,
                     Err(e) => {
                         trace!("Failed to decrypt SRTCP {}: {}", self.rtcp.profile(), e);
