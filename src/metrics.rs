@@ -154,6 +154,8 @@ pub struct Metrics {
     pub forward_latency: Histogram,
     /// Time from a `join` request to its `joined` answer.
     pub join_duration: Histogram,
+    /// UDP datagrams the media workers read from their sockets (media, RTCP, STUN, DTLS).
+    pub udp_datagrams_received: IntCounter,
     /// UDP datagrams dropped before or by the WebRTC stack, by reason.
     pub udp_datagrams_dropped: IntCounterVec,
     /// Peer connections that failed, by reason (ice, dtls, panic).
@@ -392,6 +394,11 @@ impl Metrics {
                 ]),
             )
             .expect("valid metric"),
+            udp_datagrams_received: IntCounter::new(
+                "sfu_udp_datagrams_received_total",
+                "UDP datagrams the media workers read (media, RTCP, STUN, DTLS)",
+            )
+            .expect("valid metric"),
             udp_datagrams_dropped: IntCounterVec::new(
                 Opts::new(
                     "sfu_udp_datagrams_dropped_total",
@@ -531,6 +538,7 @@ impl Metrics {
             Box::new(m.rtt.clone()),
             Box::new(m.forward_latency.clone()),
             Box::new(m.join_duration.clone()),
+            Box::new(m.udp_datagrams_received.clone()),
             Box::new(m.udp_datagrams_dropped.clone()),
             Box::new(m.peer_failures.clone()),
             Box::new(m.queue_drops.clone()),

@@ -288,8 +288,9 @@ async fn subscribers_of_tracks_with_nothing_flowing_are_not_probed() {
 
 /// Ninety connections with no media wake their worker for timers a few times a second,
 /// not once per timer each: their routine timers (statistics, RTCP reports, ICE, SCTP) are
-/// handled together on the worker's quiet tick. Counted as the timers handled against the
-/// wake-ups they took.
+/// handled together on the worker's quiet tick, and what their clients send (RTCP reports,
+/// consent checks) is read on that tick too. Counted as the timers handled and the datagrams
+/// read against the wake-ups they took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_connections_share_their_workers_wake_ups() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -307,16 +308,31 @@ async fn quiet_connections_share_their_workers_wake_ups() {
     // Once every connection is quiet (a second after its last media: none here).
     let timers_after = |n| common::grows_by(|| common::all_peer_timeouts(&server), n);
     assert!(timers_after(200.0).await, "the peers' timers never fired");
+    let datagrams = || async {
+        common::metric(&server, "sfu_udp_datagrams_received_total")
+            .await
+            .unwrap_or(0.0)
+    };
     let timers_before = common::all_peer_timeouts(&server).await;
     let wakeups_before = common::worker_wakeups(&server, "timers").await;
+    let reads_before = common::worker_wakeups(&server, "socket").await;
+    let datagrams_before = datagrams().await;
     assert!(timers_after(400.0).await, "the peers' timers never fired");
     let timers = common::all_peer_timeouts(&server).await - timers_before;
     let wakeups = common::worker_wakeups(&server, "timers").await - wakeups_before;
-    eprintln!("{timers} timers handled in {wakeups} wake-ups");
+    let reads = common::worker_wakeups(&server, "socket").await - reads_before;
+    let read = datagrams().await - datagrams_before;
+    eprintln!("{timers} timers handled in {wakeups} wake-ups, {read} datagrams read in {reads}");
     // One wake-up per timer (a little less where two happen to coincide) without the tick.
     assert!(
         timers >= wakeups * 2.0,
         "{timers} timers handled in {wakeups} wake-ups"
+    );
+    // The clients' RTCP reports and consent checks: one wake-up each without the quiet
+    // worker's reads on the tick.
+    assert!(
+        read >= reads * 2.0,
+        "{read} datagrams read in {reads} socket wake-ups"
     );
     let report = load.await.expect("load task").expect("load run");
     assert_eq!(report.joins_failed, 0, "{}", report.table());

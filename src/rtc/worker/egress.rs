@@ -50,6 +50,7 @@ impl Worker {
                 continue;
             };
             peer.media_at = packet.arrival;
+            self.active_at = packet.arrival;
             let (mid, pt) = d.route;
             let out = &d.packet;
             let mut write = RtpWrite::new(

@@ -56,6 +56,8 @@ impl Worker {
                 if let Some(peer) = self.peers.get_mut(&id) {
                     peer.connected = true;
                 }
+                // The data channel's handshake follows: answered at once, not on a tick.
+                self.active_at = Instant::now();
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.on_estimate(id, estimate.as_u64(), true)
@@ -184,6 +186,7 @@ impl Worker {
             return;
         };
         peer.media_at = now;
+        self.active_at = now;
         let Some((mid, rid)) = peer
             .rtc
             .direct_api()

@@ -206,6 +206,8 @@ struct Worker {
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
     /// Where the grid of quiet peers' wake-ups starts (`peers::QUIET_TICK`).
     quiet_epoch: Instant,
+    /// The last media in or out, peer created or connected: a second later the worker is quiet.
+    active_at: Instant,
     metrics: Arc<Metrics>,
     counters: Counters,
     last_allocation: Instant,
@@ -330,6 +332,7 @@ impl Worker {
             to_offer: HashSet::new(),
             timers: BinaryHeap::new(),
             quiet_epoch: Instant::now(),
+            active_at: Instant::now(),
             counters: Counters::new(&metrics),
             metrics,
             last_allocation: Instant::now(),
@@ -357,7 +360,7 @@ impl Worker {
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             let woke = tokio::select! {
-                ready = self.socket.readable() => Wake::Socket(ready),
+                ready = peers::readable_by(&self.socket, self.read_tick()) => Wake::Socket(ready),
                 input = tcp::next_input(&mut self.tcp) => Wake::Tcp(input),
                 command = inbox.recv() => Wake::Command(command),
                 crossing = crossings.recv() => Wake::Relay(crossing),
@@ -400,7 +403,8 @@ impl Worker {
             .socket
             .try_io(Interest::READABLE, || batch.recv(&self.socket));
         match read {
-            Ok(_) => {
+            Ok(read) => {
+                self.counters.datagrams_in.inc_by(read as u64);
                 for (source, datagram) in batch.datagrams() {
                     self.take_datagram(source, datagram);
                 }

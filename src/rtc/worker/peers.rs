@@ -28,6 +28,21 @@ const QUIET_AFTER: Duration = Duration::from_secs(1);
 /// them notices (their periods are 0.5 s and more).
 pub(super) const QUIET_TICK: Duration = Duration::from_millis(50);
 
+/// Waits until the socket is readable and, when `tick` is given (the worker is quiet), until
+/// that tick too: the datagrams of a quiet worker's clients (RTCP reports, consent checks,
+/// about 1.4 a second each) are read together on the tick its quiet peers' timers use, one
+/// wake-up for all instead of one each.
+pub(super) async fn readable_by(
+    socket: &tokio::net::UdpSocket,
+    tick: Option<Instant>,
+) -> std::io::Result<()> {
+    socket.readable().await?;
+    if let Some(tick) = tick {
+        tokio::time::sleep_until(tick.into()).await;
+    }
+    Ok(())
+}
+
 /// Which of a participant's two connections a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
@@ -98,6 +113,7 @@ impl Worker {
                 media_at: now,
             },
         );
+        self.active_at = now;
         self.metrics.peers.inc();
         id
     }
@@ -186,6 +202,17 @@ impl Worker {
             }
             self.to_poll.insert(id);
         }
+    }
+
+    /// When a quiet worker reads its socket next: the next [`QUIET_TICK`], once no media went
+    /// in or out for [`QUIET_AFTER`] and every peer is connected (a handshake or a new peer
+    /// keeps every datagram prompt); `None` (at once) otherwise. The first packet of media
+    /// after a quiet second waits at most a tick, once.
+    pub(super) fn read_tick(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let quiet = now.saturating_duration_since(self.active_at) >= QUIET_AFTER
+            && self.peers.values().all(|p| p.connected);
+        quiet.then(|| wake_at(now, self.quiet_epoch))
     }
 
     /// Takes everything a peer has to output: datagrams go to the socket, events are handled
