@@ -206,8 +206,10 @@ struct Worker {
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
     /// Where the grid of quiet peers' wake-ups starts (`peers::QUIET_TICK`).
     quiet_epoch: Instant,
-    /// The last media in or out, peer created or connected: a second later the worker is quiet.
+    /// The last media in or out, command, peer made or connected: a second on, it is quiet.
     active_at: Instant,
+    /// The last read filled its batch: the rest is read at once, quiet or not.
+    read_now: bool,
     metrics: Arc<Metrics>,
     counters: Counters,
     last_allocation: Instant,
@@ -333,6 +335,7 @@ impl Worker {
             timers: BinaryHeap::new(),
             quiet_epoch: Instant::now(),
             active_at: Instant::now(),
+            read_now: false,
             counters: Counters::new(&metrics),
             metrics,
             last_allocation: Instant::now(),
@@ -360,7 +363,7 @@ impl Worker {
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             let woke = tokio::select! {
-                ready = peers::readable_by(&self.socket, self.read_tick()) => Wake::Socket(ready),
+                ready = peers::readable_by(&self.socket, self.read_epoch()) => Wake::Socket(ready),
                 input = tcp::next_input(&mut self.tcp) => Wake::Tcp(input),
                 command = inbox.recv() => Wake::Command(command),
                 crossing = crossings.recv() => Wake::Relay(crossing),
@@ -382,7 +385,7 @@ impl Worker {
                         self.isolated(None, |w| w.on_crossing(crossing));
                     }
                 }
-                Wake::Timers => self.on_timeouts(),
+                Wake::Timers => self.on_timers(&mut received),
                 Wake::Housekeeping => self.isolated(None, |w| w.housekeeping()),
             }
             self.flush();
@@ -405,6 +408,7 @@ impl Worker {
         match read {
             Ok(read) => {
                 self.counters.datagrams_in.inc_by(read as u64);
+                self.read_now = read == crate::rtc::batch::RECV_BATCH;
                 for (source, datagram) in batch.datagrams() {
                     self.take_datagram(source, datagram);
                 }
@@ -471,6 +475,7 @@ impl Worker {
 
     fn on_command_isolated(&mut self, command: Command) {
         let participant = command.participant().map(str::to_string);
+        self.active_at = Instant::now();
         self.isolated(participant.as_deref(), |w| w.on_command(command));
     }
 

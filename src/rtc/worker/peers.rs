@@ -11,6 +11,7 @@ use str0m::{Candidate, Input, Output, Reason, Rtc, RtcError};
 use super::stats::timeout_reason;
 use super::{PeerId, Source, Worker};
 use crate::model::FailureCause;
+use crate::rtc::batch::RecvBatch;
 use crate::rtc::stack::{guard, new_rtc};
 use crate::rtc::MediaEvent;
 
@@ -28,17 +29,18 @@ const QUIET_AFTER: Duration = Duration::from_secs(1);
 /// them notices (their periods are 0.5 s and more).
 pub(super) const QUIET_TICK: Duration = Duration::from_millis(50);
 
-/// Waits until the socket is readable and, when `tick` is given (the worker is quiet), until
-/// that tick too: the datagrams of a quiet worker's clients (RTCP reports, consent checks,
-/// about 1.4 a second each) are read together on the tick its quiet peers' timers use, one
-/// wake-up for all instead of one each.
+/// Waits until the socket is readable and, when the grid's `epoch` is given (the worker is
+/// quiet), until the next tick after that: the datagrams of a quiet worker's clients (RTCP
+/// reports, consent checks, about 1.4 a second each) are read together on the tick its quiet
+/// peers' timers use, one wake-up for all instead of one each. A timer wake-up that wins the
+/// race on that tick reads them ([`Worker::on_timers`]).
 pub(super) async fn readable_by(
     socket: &tokio::net::UdpSocket,
-    tick: Option<Instant>,
+    epoch: Option<Instant>,
 ) -> std::io::Result<()> {
     socket.readable().await?;
-    if let Some(tick) = tick {
-        tokio::time::sleep_until(tick.into()).await;
+    if let Some(epoch) = epoch {
+        tokio::time::sleep_until(wake_at(Instant::now(), epoch).into()).await;
     }
     Ok(())
 }
@@ -204,15 +206,24 @@ impl Worker {
         }
     }
 
-    /// When a quiet worker reads its socket next: the next [`QUIET_TICK`], once no media went
-    /// in or out for [`QUIET_AFTER`] and every peer is connected (a handshake or a new peer
-    /// keeps every datagram prompt); `None` (at once) otherwise. The first packet of media
-    /// after a quiet second waits at most a tick, once.
-    pub(super) fn read_tick(&self) -> Option<Instant> {
-        let now = Instant::now();
-        let quiet = now.saturating_duration_since(self.active_at) >= QUIET_AFTER
+    /// Whether the worker reads its socket on the [`QUIET_TICK`]s (the grid's epoch, if so):
+    /// once no media went in or out and no command came for [`QUIET_AFTER`], every peer is
+    /// connected (a handshake or a new peer keeps every datagram prompt) and the last read
+    /// left nothing behind. The first packet of media after a quiet second waits at most a
+    /// tick, once.
+    pub(super) fn read_epoch(&self) -> Option<Instant> {
+        let quiet = !self.read_now
+            && self.active_at.elapsed() >= QUIET_AFTER
             && self.peers.values().all(|p| p.connected);
-        quiet.then(|| wake_at(now, self.quiet_epoch))
+        quiet.then_some(self.quiet_epoch)
+    }
+
+    /// Due timers, and on a quiet worker the socket too: its read waits for the same tick.
+    pub(super) fn on_timers(&mut self, received: &mut RecvBatch) {
+        self.on_timeouts();
+        if self.read_epoch().is_some() {
+            self.drain_socket(received);
+        }
     }
 
     /// Takes everything a peer has to output: datagrams go to the socket, events are handled
@@ -239,9 +250,6 @@ impl Worker {
             };
             match output {
                 Output::Timeout(t) => {
-                    if let Some(spare) = peer.rtc.take_spare_datagram() {
-                        self.spare_datagram = Some(spare);
-                    }
                     if !peer.rtc.is_alive() {
                         return self.fail_peer(id, FailureCause::DtlsFailed, "connection closed");
                     }
@@ -276,6 +284,10 @@ impl Worker {
                     if peer.timeout != wake {
                         peer.timeout = wake;
                         self.timers.push(Reverse((wake, id)));
+                    }
+                    // The worker's buffer, back for the next peer polled.
+                    if let Some(spare) = peer.rtc.take_spare_datagram() {
+                        self.spare_datagram = Some(spare);
                     }
                     return;
                 }

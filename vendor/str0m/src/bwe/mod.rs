@@ -236,6 +236,8 @@ impl SendSideBandwidthEstimator {
         acked_packets.clear();
         self.update_from(&send_records, &mut acked_packets, now);
         // A keyframe's report is large; the room of a steady stream's reports is kept.
+        send_records.clear();
+        acked_packets.clear();
         send_records.shrink_to(SCRATCH_KEPT);
         acked_packets.shrink_to(SCRATCH_KEPT);
         self.send_records_scratch = send_records;
