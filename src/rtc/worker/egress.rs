@@ -17,6 +17,8 @@ use crate::rtc::MediaEvent;
 impl Worker {
     /// Sends what the Router decided for one packet of `track`.
     pub(super) fn deliver(&mut self, track: &str, packet: &Packet, fanout: &Fanout<PeerId, Route>) {
+        // Media on this worker (a relayed packet included): its reads stay prompt.
+        self.active_at = packet.arrival;
         let kind = usize::from(packet.codec.is_video());
         if fanout.lost > 0 {
             self.counters.lost[kind].inc_by(fanout.lost);
@@ -50,7 +52,6 @@ impl Worker {
                 continue;
             };
             peer.media_at = packet.arrival;
-            self.active_at = packet.arrival;
             let (mid, pt) = d.route;
             let out = &d.packet;
             let mut write = RtpWrite::new(

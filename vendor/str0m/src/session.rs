@@ -113,9 +113,9 @@ pub(crate) struct Session {
     // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
     poll_packet_buf: Vec<u8>,
 
-    // Datagrams the application gave back (`Rtc::recycle_datagram`) once it had sent them:
-    // the next encrypted packets are written into them instead of new allocations.
-    spare_datagrams: Vec<Vec<u8>>,
+    // A datagram the application gave back (`Rtc::recycle_datagram`) once it had sent it:
+    // the next encrypted packet is written into it instead of a new allocation.
+    spare_datagram: Option<Vec<u8>>,
 
     // Next packet for RtpPacket event.
     pending_packet: Option<RtpPacket>,
@@ -216,7 +216,7 @@ impl Session {
             pacer,
             pacer_control: PacerControl::new(),
             poll_packet_buf: vec![0; 2000],
-            spare_datagrams: Vec::new(),
+            spare_datagram: None,
             pending_packet: None,
             media_bytes_rx: 0,
             media_bytes_tx: 0,
@@ -1189,15 +1189,14 @@ impl Session {
     pub fn recycle_datagram(&mut self, datagram: Vec<u8>) {
         // An application that gives each datagram back once it copied or sent it needs one.
         // Others (STUN, DTLS, RTCP: smaller allocations) are dropped.
-        const MAX_SPARE: usize = 1;
-        if self.spare_datagrams.len() < MAX_SPARE && datagram.capacity() >= DATAGRAM_CAPACITY {
-            self.spare_datagrams.push(datagram);
+        if self.spare_datagram.is_none() && datagram.capacity() >= DATAGRAM_CAPACITY {
+            self.spare_datagram = Some(datagram);
         }
     }
 
     /// Gives up the datagram kept for the next packet, if any (see `recycle_datagram`).
     pub fn take_spare_datagram(&mut self) -> Option<Vec<u8>> {
-        self.spare_datagrams.pop()
+        self.spare_datagram.take()
     }
 
     /// To be called in lieu of [`Self::poll_datagram`] when the owner is not in a position to transmit any
@@ -1315,8 +1314,8 @@ impl Session {
         }
 
         let mut protected = self
-            .spare_datagrams
-            .pop()
+            .spare_datagram
+            .take()
             .unwrap_or_else(|| Vec::with_capacity(DATAGRAM_CAPACITY));
         srtp_tx.protect_rtp_into(buf, &header, *seq_no, &mut protected);
 

@@ -228,12 +228,10 @@ impl SendSideBandwidthEstimator {
     /// Record a packet from a TWCC report.
     pub fn update<'t>(&mut self, records: impl Iterator<Item = &'t TwccSendRecord>, now: Instant) {
         // The report's records and the acknowledged packets go through vectors kept between
-        // reports (taken here, given back below), not new ones per report.
+        // reports (taken here, given back empty below), not new ones per report.
         let mut send_records = std::mem::take(&mut self.send_records_scratch);
-        send_records.clear();
         send_records.extend(records.copied());
         let mut acked_packets = std::mem::take(&mut self.acked_scratch);
-        acked_packets.clear();
         self.update_from(&send_records, &mut acked_packets, now);
         // A keyframe's report is large; the room of a steady stream's reports is kept.
         send_records.clear();

@@ -199,11 +199,7 @@ impl SrtpContext {
 /// The AADs an SRTCP packet has: one when encrypted (the second slot is empty), and the
 /// crypto provider then needs no copy to join them.
 fn used_aads<'a>(aads: &'a [&'a [u8]; 2], is_encrypted: bool) -> &'a [&'a [u8]] {
-    if is_encrypted {
-        &aads[..1]
-    } else {
-        &aads[..]
-    }
+    if is_encrypted { &aads[..1] } else { &aads[..] }
 }
 
 /// `len` zeroed bytes in the spare buffer (taken), grown only if it is too small.
@@ -338,7 +334,10 @@ impl SrtpContext {
                 // HMAC_TAG_LEN is 10, CTR_BUFFER_PADDING is 15, so we need 5 extra bytes
                 let padding_needed =
                     CTR_BUFFER_PADDING.saturating_sub(Aes128CmSha1_80::HMAC_TAG_LEN);
-                output.resize(buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed, 0);
+                output.resize(
+                    buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed,
+                    0,
+                );
 
                 enc.encrypt(&iv, input, &mut output[hlen..])
                     .expect("rtp encrypt");
@@ -588,6 +587,11 @@ impl SrtpContext {
         }
     }
 
+    /// Gives back a buffer [`Self::unprotect_rtcp`] returned, once read.
+    pub fn recycle_rtcp(&mut self, buf: Vec<u8>) {
+        self.rtcp_rx_spare = buf;
+    }
+
     // SRTCP layout
     // ["header", ssrc, payload, ["header", ssrc, payload], ...], ssrtcp_index, tag]
     //
@@ -596,11 +600,6 @@ impl SrtpContext {
     //
     //                  |--------------------------------------|
     //                              encrypted (aes)
-    /// Gives back a buffer [`Self::unprotect_rtcp`] returned, once read.
-    pub fn recycle_rtcp(&mut self, buf: Vec<u8>) {
-        self.rtcp_rx_spare = buf;
-    }
-
     pub fn unprotect_rtcp(&mut self, buf: &[u8]) -> Option<Vec<u8>> {
         match &mut self.rtcp {
             Derived::Aes128CmSha1_80 { key, salt, dec, .. } => {
@@ -652,7 +651,10 @@ impl SrtpContext {
                 // compound packet.
                 let input = &buf[8..idx_start];
                 // Allocate buffer with CTR padding (aws-lc-rs requirement)
-                let mut output = spare(&mut self.rtcp_rx_spare, input.len() + 8 + CTR_BUFFER_PADDING);
+                let mut output = spare(
+                    &mut self.rtcp_rx_spare,
+                    input.len() + 8 + CTR_BUFFER_PADDING,
+                );
                 output[0..8].copy_from_slice(&buf[0..8]);
 
                 if let Err(e) = dec.decrypt(&iv, input, &mut output[8..]) {
@@ -714,10 +716,14 @@ impl SrtpContext {
                     aads[1] = &buf[idx_start..];
                 };
 
-                let mut output = spare(&mut self.rtcp_rx_spare, buf.len() - AeadAes128Gcm::TAG_LEN - SRTCP_INDEX_LEN);
+                let mut output = spare(
+                    &mut self.rtcp_rx_spare,
+                    buf.len() - AeadAes128Gcm::TAG_LEN - SRTCP_INDEX_LEN,
+                );
                 output[0..8].copy_from_slice(&buf[0..8]);
 
-                let count = match dec.decrypt(&iv, used_aads(&aads, is_encrypted), input, &mut output[8..]) {
+                let aads = used_aads(&aads, is_encrypted);
+                let count = match dec.decrypt(&iv, aads, input, &mut output[8..]) {
                     Ok(c) => c,
                     Err(e) => {
                         trace!("Failed to decrypt SRTCP {}: {}", self.rtcp.profile(), e);
@@ -787,10 +793,14 @@ impl SrtpContext {
                     aads[1] = &buf[idx_start..];
                 };
 
-                let mut output = spare(&mut self.rtcp_rx_spare, buf.len() - AeadAes256Gcm::TAG_LEN - SRTCP_INDEX_LEN);
+                let mut output = spare(
+                    &mut self.rtcp_rx_spare,
+                    buf.len() - AeadAes256Gcm::TAG_LEN - SRTCP_INDEX_LEN,
+                );
                 output[0..8].copy_from_slice(&buf[0..8]);
 
-                let count = match dec.decrypt(&iv, used_aads(&aads, is_encrypted), input, &mut output[8..]) {
+                let aads = used_aads(&aads, is_encrypted);
+                let count = match dec.decrypt(&iv, aads, input, &mut output[8..]) {
                     Ok(c) => c,
                     Err(e) => {
                         trace!("Failed to decrypt SRTCP {}: {}", self.rtcp.profile(), e);
