@@ -1020,6 +1020,25 @@ async fn sessions_that_cannot_be_resumed_leave() {
     let left = bob.recv_type("participant_left").await;
     assert_eq!(left["identity"], "dave");
 
+    // Claiming to have received nothing, not even `joined` (which carried the token): the
+    // log numbers `joined` but does not keep its text, so there is nothing to replay.
+    let (frank, token) = join_resumable(&server, "r", "frank").await;
+    bob.recv_type("participant_joined").await;
+    frank.drop_hard();
+    let mut back = Client::connect(&server).await;
+    let refused = back
+        .request(json!({"type":"resume","token":token,"received":0}))
+        .await;
+    assert_eq!(refused["code"], "resume_failed", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no longer kept")),
+        "{refused}"
+    );
+    let left = bob.recv_type("participant_left").await;
+    assert_eq!(left["identity"], "frank");
+
     // A client that closes its socket means to leave: nobody waits for a resume.
     let (erin, _) = join_resumable(&server, "r", "erin").await;
     bob.recv_type("participant_joined").await;

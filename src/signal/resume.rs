@@ -6,7 +6,10 @@
 //! while no socket is there. A client that reconnects sends `resume{token, received}`: the session
 //! behind the token takes the new socket over ([`Handover`]) and sends every message numbered above
 //! `received` again, in order, then `resumed` with a new token. Tokens are single-use: taking one
-//! out of [`ResumeTokens`] is what makes it used.
+//! out of [`ResumeTokens`] is what makes it used. `joined` itself is numbered but its text is
+//! not kept: the first token is in it, so a client that can resume has received it (and it is
+//! the largest message, with the room's participants and chat history: kept for every
+//! participant of a large room, a minute of joins held a square of the room's size).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -98,6 +101,8 @@ pub struct ReplayLog {
     bytes: usize,
     /// The highest number written to a socket (0: none).
     written: u64,
+    /// The highest number logged without its text (0: none): never replayed.
+    unreplayable: u64,
 }
 
 impl Default for ReplayLog {
@@ -107,6 +112,7 @@ impl Default for ReplayLog {
             messages: VecDeque::new(),
             bytes: 0,
             written: 0,
+            unreplayable: 0,
         }
     }
 }
@@ -140,6 +146,14 @@ impl ReplayLog {
         Ok(self.last())
     }
 
+    /// Numbers a message without keeping its text: one no resume needs again (`joined`, which
+    /// carries the first resume token). A resume from before it is refused as [`ReplayError::Gone`].
+    pub fn push_unreplayable(&mut self, now: Instant) -> Result<u64, ReplayError> {
+        let seq = self.push(Utf8Bytes::default(), now)?;
+        self.unreplayable = seq;
+        Ok(seq)
+    }
+
     /// Message `seq` was written to a socket.
     pub fn written(&mut self, seq: u64) {
         self.written = self.written.max(seq);
@@ -154,10 +168,10 @@ impl ReplayLog {
                 sent: last,
             });
         }
-        if received + 1 < self.first {
+        if received + 1 < self.first || received < self.unreplayable {
             return Err(ReplayError::Gone {
                 received,
-                oldest: self.first,
+                oldest: self.first.max(self.unreplayable + 1),
             });
         }
         let skip = (received + 1 - self.first) as usize;
@@ -208,6 +222,29 @@ mod tests {
             Err(ReplayError::Ahead {
                 received: 4,
                 sent: 3
+            })
+        );
+    }
+
+    #[test]
+    fn joined_is_numbered_but_its_text_is_not_kept() {
+        let mut log = ReplayLog::default();
+        let now = Instant::now();
+        let joined = log.push_unreplayable(now).unwrap();
+        log.written(joined);
+        assert_eq!(joined, 1);
+        assert_eq!(sent(&mut log, "chat", now), 2);
+        // What the log holds is the messages after it.
+        assert_eq!(log.bytes, "chat".len());
+        let missed = log.after(1).unwrap();
+        assert_eq!(missed.len(), 1);
+        assert_eq!(missed[0].0, 2);
+        // A resume from before `joined` (its token came in it) would replay an empty message.
+        assert_eq!(
+            log.after(0),
+            Err(ReplayError::Gone {
+                received: 0,
+                oldest: 2
             })
         );
     }

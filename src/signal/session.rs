@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use futures_util::stream::StreamExt;
 use futures_util::SinkExt;
 use rand::distr::{Alphanumeric, SampleString};
@@ -330,16 +331,25 @@ impl Session {
             .with_label_values(&[message.kind()])
             .inc();
         let text = encode(message, request_id);
-        self.deliver(text.into()).await
+        // `joined` carries the first resume token: a client that can resume has it.
+        let replayable = !matches!(message, ServerMessage::Joined { .. });
+        self.deliver(text.into(), replayable).await
     }
 
     /// Sends one message. Once joined, every message is logged with its number first, and a
-    /// session without a socket keeps it there for the client's resume.
-    async fn deliver(&mut self, text: Utf8Bytes) -> Result<(), SocketGone> {
+    /// session without a socket keeps it there for the client's resume (a message that is
+    /// not `replayable` is numbered, its text not kept).
+    async fn deliver(&mut self, text: Utf8Bytes, replayable: bool) -> Result<(), SocketGone> {
         if self.joined.is_none() {
             return self.write(Message::Text(text)).await;
         }
-        let seq = match self.log.push(text.clone(), Instant::now()) {
+        let now = Instant::now();
+        let logged = if replayable {
+            self.log.push(text.clone(), now)
+        } else {
+            self.log.push_unreplayable(now)
+        };
+        let seq = match logged {
             Ok(seq) => seq,
             Err(e) => {
                 tracing::info!("signaling client cannot resume: {e}");
@@ -482,7 +492,11 @@ impl Session {
             .signal_messages_sent
             .with_label_values(&[event.kind])
             .inc();
-        self.deliver(Utf8Bytes::from(&*event.text)).await
+        let Some(text) = shared_text(event) else {
+            tracing::error!(kind = event.kind, "room event is not UTF-8; not sent");
+            return Ok(());
+        };
+        self.deliver(text, true).await
     }
 
     async fn error(
@@ -1305,8 +1319,14 @@ pub fn encode_room_event(event: &RoomEvent) -> Encoded {
     let message = ServerMessage::from(event);
     Encoded {
         kind: message.kind(),
-        text: encode(&message, None).into(),
+        text: Bytes::from(encode(&message, None)),
     }
+}
+
+/// A room event's text as a WebSocket message: the broadcast's one buffer, checked to be
+/// UTF-8 (the room encoded it from a String), not copied.
+fn shared_text(event: &Encoded) -> Option<Utf8Bytes> {
+    Utf8Bytes::try_from(event.text.clone()).ok()
 }
 
 /// The close code for a frame the WebSocket layer refused (RFC 6455 §7.4.1), if the socket is
@@ -1353,4 +1373,25 @@ fn carries_sdp(text: &str) -> bool {
         .ok()
         .and_then(|k| k.kind)
         .is_some_and(|k| k == "offer" || k == "answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_event_reaches_every_recipient_without_a_copy() {
+        let event = encode_room_event(&RoomEvent::Typing {
+            sid: "PA_1".into(),
+            identity: "alice".into(),
+            typing: true,
+        });
+        let (Some(bob), Some(carol)) = (shared_text(&event), shared_text(&event)) else {
+            panic!("a room event is UTF-8");
+        };
+        assert!(bob.as_str().contains("alice"), "{}", bob.as_str());
+        // Every recipient's message (and resume log entry) is the room's one buffer.
+        assert_eq!(bob.as_str().as_ptr(), event.text.as_ptr());
+        assert_eq!(carol.as_str().as_ptr(), event.text.as_ptr());
+    }
 }
