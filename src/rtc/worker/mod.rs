@@ -188,7 +188,8 @@ struct Worker {
     /// The address clients send to: what `Input::Receive` names as the destination.
     local: SocketAddr,
     settings: Settings,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a peer is ~10 KiB; inline, the map's empty slots (up to half) were that big.
+    peers: HashMap<PeerId, Box<Peer>>,
     next_peer: PeerId,
     demux: Demux<PeerId>,
     participants: HashMap<String, Participant>,

@@ -103,7 +103,7 @@ impl Worker {
         self.timers.push(Reverse((now, id)));
         self.peers.insert(
             id,
-            Peer {
+            Box::new(Peer {
                 rtc,
                 owner: owner.to_string(),
                 role,
@@ -113,7 +113,7 @@ impl Worker {
                 ice_up: false,
                 connected: false,
                 media_at: now,
-            },
+            }),
         );
         self.active_at = now;
         self.metrics.peers.inc();

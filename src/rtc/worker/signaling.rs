@@ -500,7 +500,7 @@ pub(super) enum NoRoute {
 /// Where packets of a publication go on subscriber peer `peer`'s m-line `mid`: the payload
 /// type that m-line negotiated for the publisher's format.
 fn route(
-    peers: &HashMap<PeerId, Peer>,
+    peers: &HashMap<PeerId, Box<Peer>>,
     publication: &Publication,
     peer: PeerId,
     mid: Mid,
@@ -522,7 +522,7 @@ fn route(
 /// waited for the publisher's format once its first packet is in. Returns the subscribers
 /// that refused the format (they must be told).
 pub(super) fn route_subscriptions(
-    peers: &HashMap<PeerId, Peer>,
+    peers: &HashMap<PeerId, Box<Peer>>,
     participants: &HashMap<String, Participant>,
     track: &str,
     publication: &mut Publication,
