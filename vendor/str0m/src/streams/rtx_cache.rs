@@ -25,7 +25,14 @@ pub(crate) struct RtxCache {
     // The packet last looked up, rebuilt from its compact form. Lookups hand out a
     // reference to this.
     scratch: RtpPacket,
+
+    // The MID and RID that compact entries' headers carried, when they carried any: the
+    // stream's own, the same for every packet, so kept once here instead of in each entry.
+    ids: Option<StreamIds>,
 }
+
+/// A header's MID and RID.
+type StreamIds = (Option<Mid>, Option<Rid>);
 
 /// A sent packet as the cache holds it.
 ///
@@ -33,7 +40,8 @@ pub(crate) struct RtxCache {
 /// as one entry, so entries are kept small: a packet whose header carries only what str0m
 /// writes on every send (MID, RID) and audio levels is kept without the rest of
 /// [`RtpHeader`] (CSRCs, every other extension value), which is most of an `RtpPacket`'s
-/// size. Any other packet is boxed whole.
+/// size; its MID and RID are the stream's, kept once by the cache, and its sequence number
+/// is the entry's position. Any other packet is boxed whole.
 #[derive(Debug)]
 enum CachedPacket {
     Plain(PlainPacket),
@@ -42,7 +50,6 @@ enum CachedPacket {
 
 #[derive(Debug)]
 struct PlainPacket {
-    seq_no: SeqNo,
     time: MediaTime,
     payload: Arc<[u8]>,
     timestamp: Instant,
@@ -57,15 +64,19 @@ struct PlainPacket {
     has_extension: bool,
     audio_level: Option<i8>,
     voice_activity: Option<bool>,
-    mid: Option<Mid>,
-    rid: Option<Rid>,
+    /// The header carried the cache's [`StreamIds`] (else no MID and no RID).
+    with_ids: bool,
     vp8_patch: Option<Vp8Patch>,
 }
 
 impl CachedPacket {
-    fn new(packet: RtpPacket) -> Self {
+    /// `ids`: the cache's [`StreamIds`], set by the first packet that carries any.
+    fn new(packet: RtpPacket, ids: &mut Option<StreamIds>) -> Self {
         let h = &packet.header;
         let v = &h.ext_vals;
+        let carried = (v.mid, v.rid);
+        let with_ids = carried != (None, None);
+        let same_ids = !with_ids || *ids.get_or_insert(carried) == carried;
         let plain_exts = ExtensionValues {
             audio_level: v.audio_level,
             voice_activity: v.voice_activity,
@@ -77,12 +88,12 @@ impl CachedPacket {
             && h.csrc == [0; 15]
             && *v == plain_exts
             && packet.last_sender_info.is_none()
+            && same_ids
             && u16::try_from(h.header_len).is_ok();
         if !plain {
             return Self::Full(Box::new(packet));
         }
         Self::Plain(PlainPacket {
-            seq_no: packet.seq_no,
             time: packet.time,
             timestamp: packet.timestamp,
             rtp_time: h.timestamp,
@@ -96,8 +107,7 @@ impl CachedPacket {
             has_extension: h.has_extension,
             audio_level: v.audio_level,
             voice_activity: v.voice_activity,
-            mid: v.mid,
-            rid: v.rid,
+            with_ids,
             vp8_patch: packet.vp8_patch,
             payload: packet.payload,
         })
@@ -110,14 +120,21 @@ impl CachedPacket {
         }
     }
 
-    /// The packet as it was cached, in `scratch` unless it was kept whole.
-    fn restore<'a>(&'a mut self, scratch: &'a mut RtpPacket) -> &'a mut RtpPacket {
+    /// The packet as it was cached, in `scratch` unless it was kept whole. `seq_no` is its
+    /// position, `ids` the cache's.
+    fn restore<'a>(
+        &'a mut self,
+        seq_no: SeqNo,
+        ids: Option<StreamIds>,
+        scratch: &'a mut RtpPacket,
+    ) -> &'a mut RtpPacket {
         let p = match self {
             Self::Full(p) => return p,
             Self::Plain(p) => p,
         };
+        let (mid, rid) = ids.filter(|_| p.with_ids).unwrap_or_default();
         *scratch = RtpPacket {
-            seq_no: p.seq_no,
+            seq_no,
             time: p.time,
             header: RtpHeader {
                 version: p.version,
@@ -133,8 +150,8 @@ impl CachedPacket {
                 ext_vals: ExtensionValues {
                     audio_level: p.audio_level,
                     voice_activity: p.voice_activity,
-                    mid: p.mid,
-                    rid: p.rid,
+                    mid,
+                    rid,
                     ..Default::default()
                 },
                 header_len: usize::from(p.header_len),
@@ -155,6 +172,7 @@ impl RtxCache {
             packet_by_seq_no: EvictingBuffer::new(10, max_packet_age, max_packet_count),
             seq_no_by_quantized_size: [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS],
             scratch: RtpPacket::blank(),
+            ids: None,
         }
     }
 
@@ -162,8 +180,8 @@ impl RtxCache {
         assert!(packet.nackable);
         let seq_no = packet.seq_no;
         let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
-        self.packet_by_seq_no
-            .push(*seq_no, now, CachedPacket::new(packet));
+        let cached = CachedPacket::new(packet, &mut self.ids);
+        self.packet_by_seq_no.push(*seq_no, now, cached);
         self.seq_no_by_quantized_size[quantized_size] = seq_no;
         self.remove_old_packets(now);
     }
@@ -179,7 +197,7 @@ impl RtxCache {
 
     pub fn get_cached_packet_by_seq_no(&mut self, seq_no: SeqNo) -> Option<&mut RtpPacket> {
         let cached = self.packet_by_seq_no.get_mut(*seq_no)?;
-        Some(cached.restore(&mut self.scratch))
+        Some(cached.restore(seq_no, self.ids, &mut self.scratch))
     }
 
     pub fn get_cached_packet_smaller_than(&mut self, max_size: usize) -> Option<&mut RtpPacket> {
@@ -207,6 +225,7 @@ impl RtxCache {
         self.packet_by_seq_no.clear();
         self.seq_no_by_quantized_size = [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS];
         self.scratch = RtpPacket::blank();
+        self.ids = None;
     }
 }
 
@@ -247,6 +266,37 @@ mod test {
             Some(&mut packet(now, 1, 10)),
             rtx_cache.get_cached_packet_smaller_than(1000)
         );
+    }
+
+    #[test]
+    fn compact_entries_restore_mid_rid_and_seq_no() {
+        let now = Instant::now();
+        let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
+        let with_ids = |seq_no: u64, mid: &str| {
+            let mut p = packet(now, seq_no, 10);
+            p.header.ext_vals.mid = Some(mid.into());
+            p.header.ext_vals.rid = Some("h".into());
+            p
+        };
+        // Before the receiver bound the stream: MID and RID on every packet.
+        rtx_cache.cache_sent_packet(with_ids(1, "v"), now);
+        // After: none.
+        rtx_cache.cache_sent_packet(packet(now, 2, 10), now);
+        // Other ids than the stream's first: kept whole.
+        rtx_cache.cache_sent_packet(with_ids(3, "w"), now);
+        assert!(matches!(
+            rtx_cache.packet_by_seq_no.get(1),
+            Some(CachedPacket::Plain(_))
+        ));
+        assert!(matches!(
+            rtx_cache.packet_by_seq_no.get(3),
+            Some(CachedPacket::Full(_))
+        ));
+        for (seq_no, expected) in [(1, with_ids(1, "v")), (2, packet(now, 2, 10)), (3, with_ids(3, "w"))] {
+            let mut expected = expected;
+            let got = rtx_cache.get_cached_packet_by_seq_no(seq_no.into());
+            assert_eq!(Some(&mut expected), got, "seq_no {seq_no}");
+        }
     }
 
     #[test]
@@ -332,7 +382,7 @@ mod test {
         // A slot of the cache's buffer is as large as its largest entry; a full RtpPacket
         // is several hundred bytes, and a video stream's cache holds hundreds of them.
         assert!(
-            std::mem::size_of::<CachedPacket>() <= 128,
+            std::mem::size_of::<CachedPacket>() <= 96,
             "{} bytes",
             std::mem::size_of::<CachedPacket>()
         );
@@ -343,7 +393,7 @@ mod test {
         pkt.header.ext_vals.audio_level = Some(-30);
         pkt.header.ext_vals.mid = Some("1".into());
         assert!(matches!(
-            CachedPacket::new(clone(&pkt)),
+            CachedPacket::new(clone(&pkt), &mut None),
             CachedPacket::Plain(_)
         ));
         let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
@@ -359,7 +409,7 @@ mod test {
         pkt.header.csrc_count = 1;
         pkt.header.csrc[0] = 42;
         pkt.header.ext_vals.video_orientation = Some(crate::rtp_::VideoOrientation::Deg90);
-        assert!(matches!(CachedPacket::new(clone(&pkt)), CachedPacket::Full(_)));
+        assert!(matches!(CachedPacket::new(clone(&pkt), &mut None), CachedPacket::Full(_)));
         let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
         rtx_cache.cache_sent_packet(clone(&pkt), after(now, 10));
         assert_eq!(Some(&mut pkt), rtx_cache.get_cached_packet_by_seq_no(7.into()));
