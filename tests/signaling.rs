@@ -1033,7 +1033,7 @@ async fn sessions_that_cannot_be_resumed_leave() {
     assert!(
         refused["message"]
             .as_str()
-            .is_some_and(|m| m.contains("no longer kept")),
+            .is_some_and(|m| m.contains("never replayed")),
         "{refused}"
     );
     let left = bob.recv_type("participant_left").await;

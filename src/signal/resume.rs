@@ -86,6 +86,9 @@ pub enum ReplayError {
     /// The client says it received more than was sent.
     #[error("the client says it received {received} messages; {sent} were sent")]
     Ahead { received: u64, sent: u64 },
+    /// The client says it missed `joined`, which is never replayed: its token came in it.
+    #[error("the client says it received {received} messages; joined (message 1, which carried the token) is never replayed")]
+    BeforeJoined { received: u64 },
     /// Messages the client missed are no longer kept.
     #[error("messages after {received} are no longer kept (the oldest kept is {oldest})")]
     Gone { received: u64, oldest: u64 },
@@ -147,7 +150,8 @@ impl ReplayLog {
     }
 
     /// Numbers a message without keeping its text: one no resume needs again (`joined`, which
-    /// carries the first resume token). A resume from before it is refused as [`ReplayError::Gone`].
+    /// carries the first resume token). A resume from before it is refused
+    /// ([`ReplayError::BeforeJoined`]).
     pub fn push_unreplayable(&mut self, now: Instant) -> Result<u64, ReplayError> {
         let seq = self.push(Utf8Bytes::default(), now)?;
         self.unreplayable = seq;
@@ -168,10 +172,13 @@ impl ReplayLog {
                 sent: last,
             });
         }
-        if received + 1 < self.first || received < self.unreplayable {
+        if received < self.unreplayable {
+            return Err(ReplayError::BeforeJoined { received });
+        }
+        if received + 1 < self.first {
             return Err(ReplayError::Gone {
                 received,
-                oldest: self.first.max(self.unreplayable + 1),
+                oldest: self.first,
             });
         }
         let skip = (received + 1 - self.first) as usize;
@@ -240,13 +247,7 @@ mod tests {
         assert_eq!(missed.len(), 1);
         assert_eq!(missed[0].0, 2);
         // A resume from before `joined` (its token came in it) would replay an empty message.
-        assert_eq!(
-            log.after(0),
-            Err(ReplayError::Gone {
-                received: 0,
-                oldest: 2
-            })
-        );
+        assert_eq!(log.after(0), Err(ReplayError::BeforeJoined { received: 0 }));
     }
 
     #[test]
