@@ -278,12 +278,13 @@ fn a_steady_video_subscription_holds_little_heap() {
         "the receiver got {received} of {seq} packets"
     );
     // What grows with the stream: its resend buffer (500 packets, RESEND_BUFFER_VIDEO: 3 s of
-    // this stream, ~52 KiB; ~68 KiB while each entry kept the stream's MID and RID), the send records waiting for transport-wide feedback (1 s of
-    // them here, where feedback comes at once: twice the last report's delay, at least 1 s),
-    // the bandwidth estimator's 3 s of estimates, the buffers kept between TWCC reports so
-    // they allocate nothing (~3.5 KiB), and the receiver's own registers (both ends are in
-    // this process). 82 KiB today; 94 KiB with the MID and RID in each resend entry, 116 KiB
-    // with send records also kept a fixed 2 s (checked).
+    // this stream, ~52 KiB; ~68 KiB while each entry kept the stream's MID and RID), the send
+    // records waiting for transport-wide feedback (2 s of them), the bandwidth estimator's 3 s
+    // of estimates, the buffers kept between TWCC reports so they allocate nothing (~3.5 KiB),
+    // and the receiver's own registers (both ends are in this process). 104 KiB today; 116 KiB
+    // with the MID and RID in each resend entry (checked). (Send records kept 1 s, or twice
+    // the feedback's delay, measured 82 KiB, but made the estimate tests of tests/simulcast.rs
+    // fail under load: not kept.)
     // Measured before those buffers (112 KiB then): 131 KiB with a
     // send queue that keeps the room of its largest burst, 156 KiB with send records kept as
     // long as str0m kept them (checked); the resend buffer of whole parsed packets (408 bytes
@@ -291,7 +292,7 @@ fn a_steady_video_subscription_holds_little_heap() {
     // datagrams between polls (vendor/PATCHES.md).
     eprintln!("heap grown after the first 100 packets: {grown} bytes");
     assert!(
-        grown < 92 * 1024,
+        grown < 110 * 1024,
         "the subscription's heap grew {} KiB over {} packets",
         grown / 1024,
         seq - 100

@@ -1028,9 +1028,6 @@ pub struct TwccSendRegister {
 
     /// Last registered Twcc number.
     last_registered: TwccSeq,
-
-    /// How long the last report took to come back for the oldest packet it covered.
-    feedback_delay: Option<Duration>,
 }
 
 impl<'a> IntoIterator for &'a TwccSendRegister {
@@ -1177,11 +1174,6 @@ pub struct TwccRecvReport {
 /// packet rate instead of always growing to `keep`.
 const TWCC_SEND_RECORD_MAX_AGE: Duration = Duration::from_secs(2);
 
-/// Once reports come, a record waits twice as long as the last report took to arrive for the
-/// oldest packet it covered (a round trip plus the receiver's report interval), and at least
-/// this long.
-const TWCC_SEND_RECORD_MIN_AGE: Duration = Duration::from_secs(1);
-
 impl TwccSendRegister {
     pub fn new(keep: usize) -> Self {
         TwccSendRegister {
@@ -1190,19 +1182,6 @@ impl TwccSendRegister {
             time_zero: None,
             apply_report_counter: 0,
             last_registered: 0.into(),
-            feedback_delay: None,
-        }
-    }
-
-    /// How long a record waits for its feedback: [`TWCC_SEND_RECORD_MAX_AGE`] until a report
-    /// came, then twice the last report's delay within
-    /// [`TWCC_SEND_RECORD_MIN_AGE`]..=[`TWCC_SEND_RECORD_MAX_AGE`].
-    fn max_age(&self) -> Duration {
-        match self.feedback_delay {
-            Some(delay) => delay
-                .saturating_mul(2)
-                .clamp(TWCC_SEND_RECORD_MIN_AGE, TWCC_SEND_RECORD_MAX_AGE),
-            None => TWCC_SEND_RECORD_MAX_AGE,
         }
     }
 
@@ -1217,12 +1196,10 @@ impl TwccSendRegister {
             // The recv report, derived from TWCC feedback later.
             recv_report: None,
         });
-        let max_age = self.max_age();
         while self.queue.len() > self.keep
-            || self
-                .queue
-                .front()
-                .is_some_and(|r| now.saturating_duration_since(r.local_send_time) > max_age)
+            || self.queue.front().is_some_and(|r| {
+                now.saturating_duration_since(r.local_send_time) > TWCC_SEND_RECORD_MAX_AGE
+            })
         {
             self.queue.pop_front();
         }
@@ -1260,7 +1237,6 @@ impl TwccSendRegister {
         };
         let mut iter2 = self.queue.range_mut(first_index..);
         let first_record = iter2.next()?;
-        self.feedback_delay = Some(now.saturating_duration_since(first_record.local_send_time));
 
         fn update(
             now: Instant,
@@ -2285,33 +2261,6 @@ mod test {
             iter.map(|r| *r.seq()).collect::<Vec<_>>(),
             (990..998).collect::<Vec<_>>()
         );
-    }
-
-    #[test]
-    fn test_twcc_send_register_keeps_records_by_feedback_delay() {
-        let mut reg = TwccSendRegister::new(1000);
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        // 100 packets a second; no report yet: records wait 2 s.
-        for i in 0..=200u64 {
-            reg.register_seq(TwccPacketId::new(i), at(i * 10), 0);
-        }
-        assert_eq!(reg.queue.len(), 201);
-        // A report 100 ms after its oldest packet: records wait the minimum, 1 s.
-        assert!(reg.apply_report(received(190, 8), at(2000)).is_some());
-        reg.register_seq(TwccPacketId::new(201), at(2010), 0);
-        assert_eq!(reg.queue.front().map(|r| *r.seq()), Some(101));
-        // A report 800 ms late: records wait 1.6 s.
-        for i in 202..=300u64 {
-            reg.register_seq(TwccPacketId::new(i), at(i * 10), 0);
-        }
-        assert!(reg.apply_report(received(220, 8), at(3000)).is_some());
-        reg.register_seq(TwccPacketId::new(301), at(3010), 0);
-        assert_eq!(reg.queue.front().map(|r| *r.seq()), Some(200));
-        for i in 302..=400u64 {
-            reg.register_seq(TwccPacketId::new(i), at(i * 10), 0);
-        }
-        assert_eq!(reg.queue.front().map(|r| *r.seq()), Some(240));
     }
 
     #[test]
