@@ -1002,6 +1002,27 @@ async fn a_dropped_socket_resumes_the_session_with_what_it_missed() {
     server.shutdown().await;
 }
 
+/// `identity` joins, its socket dies and a resume claiming `received` messages is refused:
+/// `bob`, in the room, sees it leave at once. Returns the refusal.
+async fn refused_resume(
+    server: &sfu::http::Server,
+    bob: &mut Client,
+    identity: &str,
+    received: u64,
+) -> Value {
+    let (client, token) = join_resumable(server, "r", identity).await;
+    bob.recv_type("participant_joined").await;
+    client.drop_hard();
+    let mut back = Client::connect(server).await;
+    let refused = back
+        .request(json!({"type":"resume","token":token,"received":received}))
+        .await;
+    assert_eq!(refused["code"], "resume_failed", "{refused}");
+    let left = bob.recv_type("participant_left").await;
+    assert_eq!(left["identity"], identity);
+    refused
+}
+
 #[tokio::test]
 async fn sessions_that_cannot_be_resumed_leave() {
     let server = common::start(|c| c.signal.resume_window = Duration::from_secs(20)).await;
@@ -1009,35 +1030,17 @@ async fn sessions_that_cannot_be_resumed_leave() {
 
     // Claiming more messages than were sent: refused, and the participant leaves at once
     // (not at the end of the window).
-    let (dave, token) = join_resumable(&server, "r", "dave").await;
-    bob.recv_type("participant_joined").await;
-    dave.drop_hard();
-    let mut back = Client::connect(&server).await;
-    let refused = back
-        .request(json!({"type":"resume","token":token,"received":99}))
-        .await;
-    assert_eq!(refused["code"], "resume_failed", "{refused}");
-    let left = bob.recv_type("participant_left").await;
-    assert_eq!(left["identity"], "dave");
+    refused_resume(&server, &mut bob, "dave", 99).await;
 
     // Claiming to have received nothing, not even `joined` (which carried the token): the
     // log numbers `joined` but does not keep its text, so there is nothing to replay.
-    let (frank, token) = join_resumable(&server, "r", "frank").await;
-    bob.recv_type("participant_joined").await;
-    frank.drop_hard();
-    let mut back = Client::connect(&server).await;
-    let refused = back
-        .request(json!({"type":"resume","token":token,"received":0}))
-        .await;
-    assert_eq!(refused["code"], "resume_failed", "{refused}");
+    let refused = refused_resume(&server, &mut bob, "frank", 0).await;
     assert!(
         refused["message"]
             .as_str()
             .is_some_and(|m| m.contains("never replayed")),
         "{refused}"
     );
-    let left = bob.recv_type("participant_left").await;
-    assert_eq!(left["identity"], "frank");
 
     // A client that closes its socket means to leave: nobody waits for a resume.
     let (erin, _) = join_resumable(&server, "r", "erin").await;

@@ -284,8 +284,7 @@ fn a_steady_video_subscription_holds_little_heap() {
     // and the receiver's own registers (both ends are in this process). 104 KiB today; 116 KiB
     // with the MID and RID in each resend entry (checked). (Send records kept 1 s, or twice
     // the feedback's delay, measured 82 KiB, but made the estimate tests of tests/simulcast.rs
-    // fail under load: not kept.)
-    // Measured before those buffers (112 KiB then): 131 KiB with a
+    // fail under load: not kept.) Measured before those buffers (112 KiB then): 131 KiB with a
     // send queue that keeps the room of its largest burst, 156 KiB with send records kept as
     // long as str0m kept them (checked); the resend buffer of whole parsed packets (408 bytes
     // each) added ~110 KiB more, measured when this harness still handed a side several

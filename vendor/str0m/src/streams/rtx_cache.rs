@@ -292,8 +292,12 @@ mod test {
             rtx_cache.packet_by_seq_no.get(3),
             Some(CachedPacket::Full(_))
         ));
-        for (seq_no, expected) in [(1, with_ids(1, "v")), (2, packet(now, 2, 10)), (3, with_ids(3, "w"))] {
-            let mut expected = expected;
+        let expected = [
+            (1, with_ids(1, "v")),
+            (2, packet(now, 2, 10)),
+            (3, with_ids(3, "w")),
+        ];
+        for (seq_no, mut expected) in expected {
             let got = rtx_cache.get_cached_packet_by_seq_no(seq_no.into());
             assert_eq!(Some(&mut expected), got, "seq_no {seq_no}");
         }
