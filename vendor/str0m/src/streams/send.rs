@@ -151,6 +151,10 @@ pub struct StreamTx {
     /// Last time we produced a SR.
     last_sender_report: Instant,
 
+    /// Packets sent (`stats.packets`) when the last SR was due: a stream that sent nothing
+    /// since is not a sender and sends no SR (RFC 3550 6.4).
+    packets_at_last_sr: u64,
+
     /// If we have a pending incoming keyframe request.
     pending_request_keyframe: Option<KeyframeRequestKind>,
 
@@ -382,6 +386,7 @@ impl StreamTx {
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
             rtx_ratio_cap: DEFAULT_RTX_RATIO_CAP,
             last_sender_report: already_happened(),
+            packets_at_last_sr: 0,
             pending_request_keyframe: None,
             pending_request_remb: None,
             stats: StreamTxStats::new(enable_stats),
@@ -1080,6 +1085,18 @@ impl StreamTx {
     }
 
     pub(crate) fn create_sr_and_update(&mut self, now: Instant, feedback: &mut VecDeque<Rtcp>) {
+        // Update timestamp to move time when next is created.
+        self.last_sender_report = now;
+
+        // A stream that sent nothing since its last report (not started, paused, or a
+        // subscriber's idle track) is no sender: RFC 3550 6.4 has it send no SR. Each SR
+        // costs an encryption and a datagram; idle connections would otherwise send one
+        // per stream every interval for nothing.
+        if self.stats.packets == self.packets_at_last_sr {
+            return;
+        }
+        self.packets_at_last_sr = self.stats.packets;
+
         let sr = self.create_sender_report(now);
 
         trace!("Created feedback SR: {:?}", sr);
@@ -1088,9 +1105,6 @@ impl StreamTx {
         if let Some(ds) = self.create_sdes() {
             feedback.push_back(Rtcp::SourceDescription(ds));
         }
-
-        // Update timestamp to move time when next is created.
-        self.last_sender_report = now;
     }
 
     fn create_sender_report(&self, now: Instant) -> SenderReport {
@@ -1578,6 +1592,33 @@ mod test {
 
         assert_eq!(snapshot.byte_size, 240);
         assert_eq!(snapshot.packet_count, 1);
+    }
+
+    #[test]
+    fn a_stream_that_sent_nothing_since_its_last_report_sends_no_sr() {
+        let mut stream = StreamTx::new(42.into(), None, MidRid(Mid::from("0"), None), false, 1200);
+        stream.kind = Some(MediaKind::Video);
+        let now = Instant::now();
+        let mut feedback = VecDeque::new();
+        let srs = |f: &VecDeque<Rtcp>| {
+            f.iter()
+                .filter(|r| matches!(r, Rtcp::SenderReport(_)))
+                .count()
+        };
+
+        // Never sent: no SR, but the next one is still a whole interval away.
+        stream.create_sr_and_update(now, &mut feedback);
+        assert_eq!(srs(&feedback), 0);
+        assert_eq!(stream.last_sender_report, now);
+
+        stream.stats.update_packet_counts(1000, false);
+        let later = now + Duration::from_secs(1);
+        stream.create_sr_and_update(later, &mut feedback);
+        assert_eq!(srs(&feedback), 1);
+
+        // Paused since: none again.
+        stream.create_sr_and_update(later + Duration::from_secs(1), &mut feedback);
+        assert_eq!(srs(&feedback), 1);
     }
 
     #[test]
