@@ -16,9 +16,12 @@
 // dropped ("dropped by rate"). So the link behaves like a bottleneck router with a short buffer:
 // queueing delay first, then loss. Client -> server has no rate limit.
 //
-// Spec: RATE,DELAY,LOSS[,queue=MS][,burst=BYTES][,bursts=P%xN][,jitter=MS][,inorder], e.g. `2000kbit,50ms,1%`,
+// Spec: RATE,DELAY,LOSS[,queue=MS][,burst=BYTES][,bursts=P%xN][,jitter=MS][,inorder][,only=up|down],
+// e.g. `2000kbit,50ms,1%`,
 // `1.5mbit,20ms,0%,queue=100ms,burst=20000` or issue 13's `100mbit,10ms,5%,bursts=2%x5,jitter=30ms`
-// (bursts=2%x5: a further 2% of datagrams lost in runs of 5, a run starting with chance 2%/5).
+// (bursts=2%x5: a further 2% of datagrams lost in runs of 5, a run starting with chance 2%/5;
+// only=down: loss and jitter toward the clients only, so publishers' media arrives whole and
+// subscribers' is lossy; only=up: toward the server only).
 
 import dgram from 'node:dgram';
 import { performance } from 'node:perf_hooks';
@@ -49,6 +52,7 @@ export function parseRelaySpec(text) {
     burstLength: 0,
     jitterMs: 0,
     inOrder: false,
+    only: null,
   };
   for (const option of options) {
     const queue = /^queue=(\d+(?:\.\d+)?)ms$/i.exec(option);
@@ -62,7 +66,8 @@ export function parseRelaySpec(text) {
       spec.burstLength = Number(bursts[2]);
     } else if (jitter) spec.jitterMs = Number(jitter[1]);
     else if (option === 'inorder') spec.inOrder = true;
-    else throw new Error(`bad relay option "${option}": expected queue=MS, burst=BYTES, bursts=P%xN, jitter=MS or inorder`);
+    else if (option === 'only=up' || option === 'only=down') spec.only = option.slice(5);
+    else throw new Error(`bad relay option "${option}": expected queue=MS, burst=BYTES, bursts=P%xN, jitter=MS, inorder or only=up|down`);
   }
   if (spec.rateBps <= 0) throw new Error(`relay rate must be above 0 (${text})`);
   if (spec.loss >= 1) throw new Error(`relay loss must be below 100% (${text})`);
@@ -75,7 +80,7 @@ export function describeRelaySpec(spec) {
   const bursts = spec.burstLength ? `, ${spec.burstLoss * 100}% more in bursts of ${spec.burstLength}` : '';
   const jitter = spec.jitterMs ? `, up to ${spec.jitterMs} ms jitter${spec.inOrder ? ' in order' : ' (reordering)'}` : '';
   return `${spec.rateBps / 1e3} kbit/s down per client (burst ${spec.burstBytes} B, queue ${spec.queueMs} ms), ` +
-    `${spec.delayMs} ms each way, ${spec.loss * 100}% loss each way${bursts}${jitter}`;
+    `${spec.delayMs} ms each way, ${spec.loss * 100}% loss ${spec.only ? `${spec.only} only` : 'each way'}${bursts}${jitter}`;
 }
 
 /**
@@ -208,11 +213,15 @@ export async function startRelay({ ports, spec, listenHost = '127.0.0.2', server
   const sockets = [];
 
   // Random loss, and runs of `burstLength` lost datagrams; `state` is one direction's run.
-  const lossy = (counters, next) => {
+  const lossy = (counters, next, direction) => {
     const state = { burstLeft: 0 };
     return (datagram) => {
       counters.packets += 1;
       counters.bytes += datagram.length;
+      if (spec.only && spec.only !== direction) {
+        next(datagram);
+        return;
+      }
       let lost = false;
       if (state.burstLeft > 0) {
         state.burstLeft -= 1;
@@ -248,12 +257,12 @@ export async function startRelay({ ports, spec, listenHost = '127.0.0.2', server
       up.deliveredPackets += 1;
       up.deliveredBytes += datagram.length;
       back.send(datagram, port, serverHost);
-    }, spec.jitterMs, spec.inOrder);
+    }, spec.only === 'down' ? 0 : spec.jitterMs, spec.inOrder);
     const toClient = new DelayLine(spec.delayMs, (datagram) => {
       down.deliveredPackets += 1;
       down.deliveredBytes += datagram.length;
       front.send(datagram, rinfo.port, rinfo.address);
-    }, spec.jitterMs, spec.inOrder);
+    }, spec.only === 'up' ? 0 : spec.jitterMs, spec.inOrder);
     const shaper = new Shaper(spec, (datagram) => toClient.push(datagram), down);
     const flow = {
       client: `${rinfo.address}:${rinfo.port}`,
@@ -261,9 +270,9 @@ export async function startRelay({ ports, spec, listenHost = '127.0.0.2', server
       back,
       up,
       down,
-      fromClient: lossy(up, (datagram) => toServer.push(datagram)),
+      fromClient: lossy(up, (datagram) => toServer.push(datagram), 'up'),
     };
-    back.on('message', lossy(down, (datagram) => shaper.push(datagram)));
+    back.on('message', lossy(down, (datagram) => shaper.push(datagram), 'down'));
     back.on('error', (err) => console.error(`relay: socket toward ${serverHost}:${port} for ${flow.client}: ${err.message}`));
     flows.set(`${port} ${flow.client}`, flow);
     return flow;
