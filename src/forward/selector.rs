@@ -129,7 +129,13 @@ impl Selector {
         if self.preferred != layer {
             self.preferred = layer;
             self.pending_reason = Some(SwitchReason::Request);
-            self.climbing_to_request = true;
+            // Already on (or above) it, there is nothing to climb: a later step up is the
+            // publisher's (its layer came back), not this request's.
+            self.climbing_to_request = match (self.current, layer) {
+                (Some(current), Some(preferred)) => current < preferred,
+                (None, preferred) => preferred.is_some(),
+                (Some(_), None) => false,
+            };
         }
     }
 
@@ -207,6 +213,10 @@ impl Selector {
             let pending = self.pending_reason.take();
             if self.climbing_to_request && up {
                 SwitchReason::Request
+            } else if Some(layer) != self.desired() {
+                // Not the layer asked for or allotted: the one wanted is not arriving (or
+                // came back), whatever request or cap came before.
+                by_publisher
             } else {
                 pending.unwrap_or(by_publisher)
             }
@@ -354,6 +364,34 @@ mod tests {
             s.on_packet(1, true, later + MS),
             Verdict::Forward {
                 switched: Some(SwitchReason::LayerLost)
+            }
+        );
+    }
+
+    #[test]
+    fn a_layer_lost_after_a_request_already_met_says_layer_lost_and_its_return_publisher() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.on_packet(2, true, t);
+        s.on_packet(1, false, t);
+        assert_eq!(s.current(), Some(2));
+        // The subscriber asks again for the layer it already gets (say auto, then high):
+        // nothing to switch, so nothing is pending on the request's account.
+        s.set_preferred(Some(1));
+        s.set_preferred(Some(2));
+        let later = t + LAYER_DOWN_AFTER;
+        assert_eq!(s.on_packet(1, false, later), Verdict::NeedKeyframe);
+        assert_eq!(
+            s.on_packet(1, true, later + MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::LayerLost)
+            }
+        );
+        assert_eq!(s.on_packet(2, false, later + 2 * MS), Verdict::NeedKeyframe);
+        assert_eq!(
+            s.on_packet(2, true, later + 3 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Publisher)
             }
         );
     }

@@ -320,7 +320,7 @@ export function joinMarks(person) {
 /**
  * Inbound stats of the video and audio `viewer` receives from the participant `identity`, read
  * from the tile the demo page shows for it: {video: {framesDecoded, frameWidth, frameHeight,
- * freezeCount, packetsReceived} | null, audio: {packetsReceived} | null}.
+ * freezeCount, totalFreezesDuration, packetsReceived} | null, audio: {packetsReceived} | null}.
  */
 export function receivedFrom(viewer, identity) {
   return viewer.page.evaluate(async (identity) => {
@@ -344,6 +344,7 @@ export function receivedFrom(viewer, identity) {
         frameWidth: v.frameWidth ?? 0,
         frameHeight: v.frameHeight ?? 0,
         freezeCount: v.freezeCount ?? 0,
+        totalFreezesDuration: v.totalFreezesDuration ?? 0,
         packetsReceived: v.packetsReceived ?? 0,
       },
       audio: a && { packetsReceived: a.packetsReceived ?? 0 },

@@ -434,6 +434,45 @@ describe('a meeting in Chromium through the demo page', { timeout: 10 * 60_000 }
     await Bob.page.selectOption('.tile[data-identity="Alice"] select.quality', 'auto');
   }));
 
+  it('page A\'s camera stops its top layer (as Chromium does when its uplink estimate falls): B goes on from the layer below (layer_lost), and back up when A sends it again', () => diagnose(async () => {
+    const { Alice, Bob } = people;
+    const tile = '.tile[data-identity="Alice"]';
+    await Bob.page.selectOption(`${tile} select.quality`, 'high');
+    const layer = () => Bob.page.evaluate((tile) =>
+      window.sfu.remoteLayer(document.querySelector(tile).dataset.videoTrack), tile);
+    await until(async () => (await layer())?.layer === 'f' && (await receivedFrom(Bob, 'Alice')).video?.frameWidth >= 1280,
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: `Bob to receive Alice's top layer (${JSON.stringify(await layer())}; she sends ${JSON.stringify(await sentLayers(Alice))})` });
+    // Alice's browser turns the layer off itself, not told by the server (whose dynacast
+    // still has Bob wanting it).
+    const setTopLayer = (active) => Alice.page.evaluate(async (active) => {
+      const cam = [...window.sfu.localTracks.values()].find((l) => l.source === 'camera');
+      const sender = cam.transceiver.sender;
+      const params = sender.getParameters();
+      params.encodings.find((e) => e.rid === 'f').active = active;
+      await sender.setParameters(params);
+    }, active);
+    const before = (await receivedFrom(Bob, 'Alice')).video;
+    const stoppedAt = performance.now();
+    await setTopLayer(false);
+    const down = await until(async () => {
+      const l = await layer();
+      return l?.reason === 'layer_lost' && l.layer !== 'f' ? l : null;
+    }, { timeoutMs: MEDIA_TIMEOUT_MS, what: 'Bob to be told he is switched off Alice\'s stopped top layer (quality_changed, layer_lost)' });
+    const lowerAt = await until(async () => {
+      const v = (await receivedFrom(Bob, 'Alice')).video;
+      return v && v.frameWidth < before.frameWidth ? v : null;
+    }, { timeoutMs: MEDIA_TIMEOUT_MS, what: 'Bob to decode the layer below' });
+    const switchMs = performance.now() - stoppedAt;
+    const frozeS = lowerAt.totalFreezesDuration - before.totalFreezesDuration;
+    console.log(`Alice stopped her top layer: Bob on ${down.layer} (${down.reason}) and decoding ${lowerAt.frameWidth} wide after ${Math.round(switchMs)} ms; frozen ${frozeS.toFixed(2)} s meanwhile`);
+    metrics.top_layer_stopped = { switchMs: Math.round(switchMs), frozenS: frozeS };
+    await setTopLayer(true);
+    await until(async () => (await layer())?.layer === 'f',
+      { timeoutMs: MEDIA_TIMEOUT_MS, what: `Bob to get Alice's top layer back (${JSON.stringify(await layer())})` });
+    await assertReceiving(Bob, 'Alice');
+    await Bob.page.selectOption(`${tile} select.quality`, 'auto');
+  }));
+
   it('page B draws A\'s video small, large, then not at all (adaptive stream): the layer follows the element, and nothing comes while it is hidden', () => diagnose(async () => {
     const { Bob } = people;
     await Bob.page.selectOption('.tile[data-identity="Alice"] select.quality', 'auto');
