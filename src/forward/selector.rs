@@ -24,6 +24,15 @@ pub const MAX_LAYERS: usize = 3;
 /// packets in this time.
 pub const LAYER_DOWN_AFTER: Duration = Duration::from_secs(1);
 
+/// A layer that fell silent while a lower layer of the same publication kept arriving for this
+/// long is down sooner: the publisher dropped it (browsers stop their top layer when their
+/// uplink estimate falls), and waiting the whole [`LAYER_DOWN_AFTER`] froze its subscribers
+/// that long before the switch down even began. The layers of one frame arrive within
+/// milliseconds of each other, so only a layer slower than 2 frames a second could be
+/// mistaken; a mistake costs a keyframe request for the layer below, and the layer is live
+/// again with its next packet.
+pub const LAYER_DOWN_BESIDE_LOWER: Duration = Duration::from_millis(500);
+
 /// Why the layer a subscriber receives changed; reported to the client and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwitchReason {
@@ -169,8 +178,13 @@ impl Selector {
     }
 
     fn is_live(&self, layer: LayerIndex, now: Instant) -> bool {
-        self.last_seen[layer as usize]
-            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_DOWN_AFTER)
+        let Some(seen) = self.last_seen[layer as usize] else {
+            return false;
+        };
+        now.saturating_duration_since(seen) < LAYER_DOWN_AFTER
+            && !self.last_seen[..layer as usize].iter().any(|lower| {
+                lower.is_some_and(|t| t.saturating_duration_since(seen) >= LAYER_DOWN_BESIDE_LOWER)
+            })
     }
 
     /// The layer to aim for now: the best live layer within the desired one, or failing that
@@ -394,6 +408,51 @@ mod tests {
                 switched: Some(SwitchReason::Publisher)
             }
         );
+    }
+
+    #[test]
+    fn a_layer_silent_while_a_lower_one_flows_is_down_before_the_timeout() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.on_packet(2, true, t);
+        s.on_packet(1, false, t);
+        assert_eq!(s.current(), Some(2));
+        // Layer 2 stops; layer 1 keeps coming: not yet down just short of the limit.
+        let short = t + LAYER_DOWN_BESIDE_LOWER - MS;
+        assert_eq!(s.on_packet(1, false, short), Verdict::Skip);
+        let at = t + LAYER_DOWN_BESIDE_LOWER;
+        assert!(at < t + LAYER_DOWN_AFTER);
+        assert_eq!(s.on_packet(1, false, at), Verdict::NeedKeyframe);
+        assert_eq!(
+            s.on_packet(1, true, at + MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::LayerLost)
+            }
+        );
+        // It comes back: live again with its first packet; the switch up waits for its
+        // keyframe.
+        assert_eq!(s.on_packet(2, false, at + 2 * MS), Verdict::NeedKeyframe);
+        assert_eq!(
+            s.on_packet(2, true, at + 3 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Publisher)
+            }
+        );
+    }
+
+    #[test]
+    fn a_silent_layer_with_nothing_else_flowing_waits_the_whole_timeout() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.on_packet(2, true, t);
+        // Nothing lower is arriving (the publisher sends its top layer only): a pause of it
+        // alone does not move the subscriber before LAYER_DOWN_AFTER.
+        let later = t + LAYER_DOWN_BESIDE_LOWER + 100 * MS;
+        assert_eq!(
+            s.on_packet(2, false, later),
+            Verdict::Forward { switched: None }
+        );
+        assert_eq!(s.target(), Some(2));
     }
 
     #[test]
