@@ -393,17 +393,23 @@ mod tests {
         // nothing to switch, so nothing is pending on the request's account.
         s.set_preferred(Some(1));
         s.set_preferred(Some(2));
-        let later = t + LAYER_DOWN_AFTER;
-        assert_eq!(s.on_packet(1, false, later), Verdict::NeedKeyframe);
+        down_to_1_then_back_to_2(&mut s, t + LAYER_DOWN_AFTER);
+    }
+
+    /// Layer 2 has stopped and layer 1 flows: at `at` layer 1's keyframe takes its place
+    /// (`layer_lost`); then layer 2 comes back, live with its first packet, and takes over at
+    /// its keyframe (`publisher`).
+    fn down_to_1_then_back_to_2(s: &mut Selector, at: Instant) {
+        assert_eq!(s.on_packet(1, false, at), Verdict::NeedKeyframe);
         assert_eq!(
-            s.on_packet(1, true, later + MS),
+            s.on_packet(1, true, at + MS),
             Verdict::Forward {
                 switched: Some(SwitchReason::LayerLost)
             }
         );
-        assert_eq!(s.on_packet(2, false, later + 2 * MS), Verdict::NeedKeyframe);
+        assert_eq!(s.on_packet(2, false, at + 2 * MS), Verdict::NeedKeyframe);
         assert_eq!(
-            s.on_packet(2, true, later + 3 * MS),
+            s.on_packet(2, true, at + 3 * MS),
             Verdict::Forward {
                 switched: Some(SwitchReason::Publisher)
             }
@@ -420,24 +426,8 @@ mod tests {
         // Layer 2 stops; layer 1 keeps coming: not yet down just short of the limit.
         let short = t + LAYER_DOWN_BESIDE_LOWER - MS;
         assert_eq!(s.on_packet(1, false, short), Verdict::Skip);
-        let at = t + LAYER_DOWN_BESIDE_LOWER;
-        assert!(at < t + LAYER_DOWN_AFTER);
-        assert_eq!(s.on_packet(1, false, at), Verdict::NeedKeyframe);
-        assert_eq!(
-            s.on_packet(1, true, at + MS),
-            Verdict::Forward {
-                switched: Some(SwitchReason::LayerLost)
-            }
-        );
-        // It comes back: live again with its first packet; the switch up waits for its
-        // keyframe.
-        assert_eq!(s.on_packet(2, false, at + 2 * MS), Verdict::NeedKeyframe);
-        assert_eq!(
-            s.on_packet(2, true, at + 3 * MS),
-            Verdict::Forward {
-                switched: Some(SwitchReason::Publisher)
-            }
-        );
+        assert!(LAYER_DOWN_BESIDE_LOWER < LAYER_DOWN_AFTER);
+        down_to_1_then_back_to_2(&mut s, t + LAYER_DOWN_BESIDE_LOWER);
     }
 
     #[test]
