@@ -341,6 +341,8 @@ impl<S: Copy + Eq + Hash, R: Copy> Router<S, R> {
         out.lost = layer.receiver.on_packet(packet, now);
         for (subscriber, routed) in self.subscriptions.iter_mut() {
             let Some(route) = routed.route else {
+                // Not negotiated yet: it still learns which layers arrive, to start right.
+                routed.subscription.layer_seen(packet.layer, now);
                 continue;
             };
             match routed.subscription.on_packet(packet, now) {

@@ -28,9 +28,10 @@ pub const LAYER_DOWN_AFTER: Duration = Duration::from_secs(1);
 /// long is down sooner: the publisher dropped it (browsers stop their top layer when their
 /// uplink estimate falls), and waiting the whole [`LAYER_DOWN_AFTER`] froze its subscribers
 /// that long before the switch down even began. The layers of one frame arrive within
-/// milliseconds of each other, so only a layer slower than 2 frames a second could be
-/// mistaken; a mistake costs a keyframe request for the layer below, and the layer is live
-/// again with its next packet.
+/// milliseconds of each other; what could be mistaken is a top layer whose encoder skipped 10
+/// frames in a row (at 20 fps) while the others went on. A mistake costs a keyframe request
+/// for the layer below and, if that keyframe comes before the top layer's next packet, a
+/// switch down and a keyframe to come back up; the layer is live again with its next packet.
 pub const LAYER_DOWN_BESIDE_LOWER: Duration = Duration::from_millis(500);
 
 /// Why the layer a subscriber receives changed; reported to the client and counted.
@@ -227,9 +228,10 @@ impl Selector {
             let pending = self.pending_reason.take();
             if self.climbing_to_request && up {
                 SwitchReason::Request
-            } else if Some(layer) != self.desired() {
-                // Not the layer asked for or allotted: the one wanted is not arriving (or
-                // came back), whatever request or cap came before.
+            } else if !up && Some(layer) != self.desired() {
+                // Down to a layer below the one asked for or allotted: that one stopped
+                // arriving, whatever request or cap came before. (A step up on the way to a
+                // new cap or request is that change's.)
                 by_publisher
             } else {
                 pending.unwrap_or(by_publisher)
@@ -466,6 +468,40 @@ mod tests {
         s.set_cap(Some(0));
         assert_eq!(
             s.on_packet(0, true, t + 2 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Bandwidth)
+            }
+        );
+    }
+
+    #[test]
+    fn a_resume_or_a_climb_onto_a_layer_below_the_new_cap_is_the_bandwidth() {
+        let t = Instant::now();
+        let mut s = Selector::default();
+        s.on_packet(0, true, t);
+        s.on_packet(1, false, t);
+        // Paused for bandwidth, then the cap opens to the top while only q and h arrive
+        // (dynacast had stopped f): the resume lands below the cap, and is the bandwidth's.
+        s.set_cap(None);
+        assert_eq!(s.on_packet(0, true, t + MS), Verdict::Off);
+        s.set_cap(Some(2));
+        assert_eq!(
+            s.on_packet(1, true, t + 2 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Bandwidth)
+            }
+        );
+        // Capped at q, then at f while f has not restarted yet: the step to h is the cap's.
+        s.set_cap(Some(0));
+        assert_eq!(
+            s.on_packet(0, true, t + 3 * MS),
+            Verdict::Forward {
+                switched: Some(SwitchReason::Bandwidth)
+            }
+        );
+        s.set_cap(Some(2));
+        assert_eq!(
+            s.on_packet(1, true, t + 4 * MS),
             Verdict::Forward {
                 switched: Some(SwitchReason::Bandwidth)
             }

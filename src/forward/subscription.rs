@@ -116,6 +116,9 @@ impl Subscription {
 
     pub fn on_packet(&mut self, packet: &Packet, now: Instant) -> Forward {
         if self.paused {
+            // Still told which layers arrive, so a resume does not judge them by an old view
+            // (a top layer last seen before the pause would read as stopped).
+            self.selector.layer_seen(packet.layer, now);
             return Forward::Drop(DropReason::Paused);
         }
         let mut switched = None;
@@ -227,6 +230,41 @@ mod tests {
         p.codec = Codec::Opus;
         let mut s = Subscription::new(Codec::Opus);
         assert!(matches!(s.on_packet(&p, Instant::now()), Forward::Send(_)));
+    }
+
+    #[test]
+    fn a_paused_subscription_keeps_track_of_the_layers_so_its_resume_starts_on_the_best() {
+        use crate::forward::selector::LAYER_DOWN_BESIDE_LOWER;
+        let t = Instant::now();
+        let layer = |layer: LayerIndex, seq: u64, key: bool| Packet {
+            layer,
+            ssrc: 7 + u32::from(layer),
+            ..vp8(seq, key)
+        };
+        let mut s = Subscription::new(Codec::Vp8);
+        assert!(matches!(
+            s.on_packet(&layer(2, 1, true), t),
+            Forward::Send(_)
+        ));
+        s.set_paused(true);
+        // Paused while every layer keeps arriving.
+        let mut at = t;
+        for seq in 2..20 {
+            at += LAYER_DOWN_BESIDE_LOWER / 10;
+            s.on_packet(&layer(0, seq, false), at);
+            s.on_packet(&layer(2, seq, false), at);
+        }
+        s.set_paused(false);
+        // The first packet after the resume is of the lowest layer: the top one is still
+        // live, so that is what it waits for.
+        assert_eq!(
+            s.on_packet(
+                &layer(0, 20, true),
+                at + std::time::Duration::from_millis(1)
+            ),
+            Forward::Drop(DropReason::NotSelected)
+        );
+        assert_eq!(s.selector().target(), Some(2));
     }
 
     #[test]

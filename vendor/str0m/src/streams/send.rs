@@ -1369,6 +1369,8 @@ impl StreamTx {
         // Reset all statistics - preserve whether stats tracking is enabled
         let stats_enabled = self.stats.bytes_transmitted.is_some();
         self.stats = StreamTxStats::new(stats_enabled);
+        // A new stream has sent nothing yet: no SR until it has.
+        self.packets_at_last_sr = 0;
         self.rtx_ratio = (0.0, already_happened());
         self.remote_acked_ssrc = false;
 
@@ -1618,6 +1620,11 @@ mod test {
 
         // Paused since: none again.
         stream.create_sr_and_update(later + Duration::from_secs(1), &mut feedback);
+        assert_eq!(srs(&feedback), 1);
+
+        // A new SSRC has sent nothing: none for it either.
+        stream.reset_ssrc(43.into(), None);
+        stream.create_sr_and_update(later + Duration::from_secs(2), &mut feedback);
         assert_eq!(srs(&feedback), 1);
     }
 
