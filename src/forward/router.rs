@@ -637,6 +637,29 @@ mod tests {
     }
 
     #[test]
+    fn a_subscription_routed_late_starts_on_the_top_layer_it_saw_arriving_meanwhile() {
+        use crate::forward::selector::LAYER_DOWN_BESIDE_LOWER;
+        let t = Instant::now();
+        let mut r = simulcast();
+        r.subscribe(1); // not negotiated yet
+        let mut out = Fanout::default();
+        let mut at = t;
+        for seq in 1..20 {
+            at += LAYER_DOWN_BESIDE_LOWER / 10;
+            r.on_packet(&video(0, seq, false, at), at, &mut out);
+            r.on_packet(&video(2, seq, false, at), at, &mut out);
+        }
+        r.set_route(&1, Some("x"));
+        // Its first packet is of the lowest layer: the top one was arriving all along, so
+        // that is the one it starts on.
+        let at = at + MS;
+        r.on_packet(&video(0, 20, true, at), at, &mut out);
+        assert!(out.deliveries.is_empty());
+        r.on_packet(&video(2, 20, true, at), at, &mut out);
+        assert_eq!(r.current_layer(&1), Some(2));
+    }
+
+    #[test]
     fn each_subscription_gets_its_own_layer_and_hears_of_the_switch_once() {
         let t = Instant::now();
         let mut r = simulcast();
