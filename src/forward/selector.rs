@@ -141,11 +141,8 @@ impl Selector {
             self.pending_reason = Some(SwitchReason::Request);
             // Already on (or above) it, there is nothing to climb: a later step up is the
             // publisher's (its layer came back), not this request's.
-            self.climbing_to_request = match (self.current, layer) {
-                (Some(current), Some(preferred)) => current < preferred,
-                (None, preferred) => preferred.is_some(),
-                (Some(_), None) => false,
-            };
+            self.climbing_to_request =
+                layer.is_some_and(|preferred| self.current.is_none_or(|c| c < preferred));
         }
     }
 
